@@ -1,0 +1,1 @@
+"""Whisper-LLaDA in JAX/Flax."""

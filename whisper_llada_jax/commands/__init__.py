@@ -1,0 +1,1 @@
+"""CLI subcommands, discovered by ``whisper_llada_jax.cli``."""

@@ -1,0 +1,318 @@
+"""Typed configuration for every part of the system, loaded strictly from YAML.
+
+All configs are frozen dataclasses. ``load(cls, source, overrides)`` builds one from a YAML
+file (or a named file under ``configs/``) plus ``key.sub=value`` overrides, and rejects
+unknown fields and wrongly typed values with an error that names the file and the field.
+Model configs live here; the trainer, decoder and data configs reuse the same loader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from whisper_llada_jax.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+DType = Literal["float32", "bfloat16", "float16"]
+Remat = Literal["none", "full", "dots", "dots_with_no_batch_dims"]
+
+
+# --------------------------------------------------------------------------- model parts
+@dataclasses.dataclass(frozen=True)
+class WhisperConfig:
+    """Whisper encoder/decoder sizes (HF names in comments). Defaults: tiny.en."""
+
+    n_mels: int = 80  # num_mel_bins
+    d_model: int = 384
+    encoder_layers: int = 4
+    encoder_heads: int = 6  # encoder_attention_heads
+    encoder_ffn: int = 1536  # encoder_ffn_dim
+    decoder_layers: int = 4
+    decoder_heads: int = 6
+    decoder_ffn: int = 1536
+    vocab_size: int = 51864
+    max_source_positions: int = 1500
+    max_target_positions: int = 448
+    # Mel frames fed to the encoder. 3000 (30 s) is Whisper's; fewer is a documented
+    # departure used by the laptop demo to save compute on short clips.
+    input_frames: int = 3000
+    dtype: DType = "float32"
+    param_dtype: DType = "float32"
+    scan_layers: bool = False
+    remat: Remat = "none"
+
+    @property
+    def encoder_frames(self) -> int:
+        """Encoder output frames (conv2 has stride 2)."""
+        return (self.input_frames + 1) // 2
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectorConfig:
+    """Window-level Q-Former (SPEC section 3) or the frame-stacking MLP ablation."""
+
+    kind: Literal["qformer", "mlp"] = "qformer"
+    window: int = 17  # frames per window
+    stride: int = 17
+    num_queries: int = 4
+    layers: int = 2
+    hidden: int = 768
+    heads: int = 12
+    intermediate: int = 3072
+    ln_eps: float = 1e-12
+    init_std: float = 0.02
+    # mlp ablation: stack `window` frames, then Linear-GELU-Linear; `num_queries` vectors out.
+    dtype: DType = "float32"
+    param_dtype: DType = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class LLMConfig:
+    """LLaDA (bidirectional) or LLaMA-style (causal, GQA) transformer. Defaults: LLaDA-8B."""
+
+    vocab_size: int = 126464
+    d_model: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int = 32
+    head_dim: int = 128
+    mlp_hidden: int = 12288
+    rope_theta: float = 500000.0
+    norm_eps: float = 1e-5
+    max_len: int = 4096
+    causal: bool = False
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+    dtype: DType = "float32"
+    param_dtype: DType = "float32"
+    scan_layers: bool = False
+    remat: Remat = "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+    """LoRA on the LLM's projections (SPEC section 5)."""
+
+    enabled: bool = True
+    rank: int = 8
+    alpha: float = 32.0
+    dropout: float = 0.1
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenConfig:
+    """Special token ids and the chat prompt (SPEC section 4; LLaDA-8B-Instruct ids)."""
+
+    bos: int = 126080
+    eos: int = 126081
+    pad: int = 126081
+    mask: int = 126336
+    start_header: int = 126346
+    end_header: int = 126347
+    eot: int = 126348
+    prompt_text: str = "Transcribe the audio:"
+    # The chat prompt as ids (bos, user header, prompt_text, eot, assistant header). Filled from
+    # the tokenizer when a MODEL_DIR is built, so the model itself never needs a tokenizer.
+    prompt_ids: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The composite Whisper-LLaDA model."""
+
+    name: str = "custom"
+    whisper: WhisperConfig = WhisperConfig()
+    projector: ProjectorConfig = ProjectorConfig()
+    llm: LLMConfig = LLMConfig()
+    lora: LoRAConfig = LoRAConfig()
+    tokens: TokenConfig = TokenConfig()
+
+    @property
+    def num_windows(self) -> int:
+        """Projector windows over the encoder output (88 for 1500 frames, 17/17)."""
+        frames = self.whisper.encoder_frames
+        return (frames - self.projector.window) // self.projector.stride + 1
+
+    @property
+    def audio_tokens(self) -> int:
+        """LLM positions taken by audio (352 for the paper system)."""
+        return self.num_windows * self.projector.num_queries
+
+
+# --------------------------------------------------------------------------- strict loader
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Checks/converts one YAML value to the annotated type, or raises ConfigError."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{where}: {value!r} does not fit {_type_name(tp)}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, data: dict, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field(s) {unknown} for {cls.__name__}",
+            hint=f"valid fields are {sorted(fields)}",
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def from_dict(cls: type, data: dict, where: str = "config") -> Any:
+    """Builds dataclass ``cls`` from a nested dict, rejecting unknown fields."""
+    return _build(cls, data or {}, where)
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict (tuples become lists) suitable for YAML/JSON."""
+
+    def conv(x):
+        if dataclasses.is_dataclass(x):
+            return {f.name: conv(getattr(x, f.name)) for f in dataclasses.fields(x) if f.init}
+        if isinstance(x, (tuple, list)):
+            return [conv(v) for v in x]
+        return x
+
+    return conv(cfg)
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
+    """``["llm.n_layers=2", "lora.enabled=false"]`` -> nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override")
+        node[parts[-1]] = value
+    return out
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def resolve_config_path(source: str | Path, kind: str = "model") -> Path:
+    """A path to a YAML file, or a bare name looked up as ``configs/<kind>/<name>.yaml``."""
+    p = Path(source)
+    if p.suffix in (".yaml", ".yml", ".json") or p.exists():
+        if not p.exists():
+            raise ConfigError(f"config file {p} does not exist")
+        return p
+    named = CONFIG_DIR / kind / f"{source}.yaml"
+    if not named.exists():
+        names = sorted(x.stem for x in (CONFIG_DIR / kind).glob("*.yaml"))
+        raise ConfigError(f"no {kind} config named {source!r}", hint=f"choose one of {names} or give a YAML path")
+    return named
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of fields")
+    return data
+
+
+def load(cls: type, source: str | Path | dict | None = None, overrides=(), kind: str = "model") -> Any:
+    """Loads ``cls`` from a YAML file, a named config, a dict or defaults, plus overrides."""
+    where = "config"
+    if source is None:
+        data: dict = {}
+    elif isinstance(source, dict):
+        data = source
+    else:
+        path = resolve_config_path(source, kind)
+        data, where = read_yaml(path), str(path)
+    data = merge(data, parse_overrides(list(overrides)))
+    return from_dict(cls, data, where)
+
+
+def load_model_config(source: str | Path | dict | None = None, overrides=()) -> ModelConfig:
+    """``load_model_config("paper")`` or a YAML path."""
+    return load(ModelConfig, source, overrides, kind="model")
