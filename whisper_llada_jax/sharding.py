@@ -6,7 +6,8 @@ about the mesh axes ``data``, ``fsdp`` and ``tensor``.
 
 Parameter axes: ``vocab``, ``embed`` (model width), ``mlp`` (feed-forward hidden), ``heads``
 (query heads x head_dim, fused), ``kv_heads`` (key/value heads x head_dim, fused), ``layers``
-(stacked by scan), ``lora_rank``, ``norm`` (vectors), ``conv_width``, ``mel``, ``positions``,
+(stacked by scan), ``embed_unsharded`` (a second width axis in the same tensor: one
+mesh axis may appear only once per tensor), ``lora_rank``, ``norm`` (vectors), ``conv_width``, ``mel``, ``positions``,
 ``queries``.
 Activation axes: ``act_batch``, ``act_length``, ``act_embed``, ``act_heads``, ``act_mlp``,
 ``act_vocab``.
@@ -34,6 +35,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
+    ("embed_unsharded", None),  # a second width axis in one tensor (conv2, square Q-Former maps)
     ("layers", None),
     ("lora_rank", None),
     ("norm", None),
