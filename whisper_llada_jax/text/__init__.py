@@ -1,0 +1,1 @@
+"""Tokenizers over Hugging Face ``tokenizers`` files (no transformers at run time)."""
