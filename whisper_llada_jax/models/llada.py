@@ -259,3 +259,11 @@ def count_params(tree) -> int:
     """Number of scalars in a (possibly boxed / abstract) parameter tree."""
     leaves = jax.tree_util.tree_leaves(nn.unbox(tree))
     return int(sum(functools.reduce(lambda a, c: a * c, leaf.shape, 1) for leaf in leaves))
+
+
+def abstract_variables(config: LLMConfig, lora: LoRAConfig | None = None) -> dict:
+    """``jax.eval_shape`` of ``LLaDA.init``: boxed ShapeDtypeStructs with logical axis names
+    (``params`` and, with LoRA, ``lora``). The target for checkpoint import; allocates nothing."""
+    model = LLaDA(config, lora)
+    ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    return jax.eval_shape(lambda rng, x: model.init(rng, x), jax.random.key(0), ids)

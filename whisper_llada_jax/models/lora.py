@@ -52,9 +52,9 @@ class Projection(nn.Module):
         rank = self.lora.rank
         a_init = nn.with_logical_partitioning(lora_a_init, (self.axes[0], "lora_rank"))
         b_init = nn.with_logical_partitioning(lora_b_init, ("lora_rank", self.axes[1]))
-        a = self.variable("lora", "lora_a", lambda: a_init(self.make_rng("params"), (d_in, rank), self.param_dtype))
-        b = self.variable("lora", "lora_b", lambda: b_init(self.make_rng("params"), (rank, self.features),
-                                                             self.param_dtype))
+        # Adapters are few and trained: kept in fp32 whatever the base param_dtype.
+        a = self.variable("lora", "lora_a", lambda: a_init(self.make_rng("params"), (d_in, rank), jnp.float32))
+        b = self.variable("lora", "lora_b", lambda: b_init(self.make_rng("params"), (rank, self.features), jnp.float32))
         h = nn.Dropout(self.lora.dropout)(x, deterministic=deterministic)
         h = jnp.einsum("...i,ir->...r", h, a.value.astype(self.dtype))
         h = jnp.einsum("...r,ro->...o", h, b.value.astype(self.dtype))
