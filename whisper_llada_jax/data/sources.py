@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import parse_qsl
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -141,7 +141,13 @@ def parse_source(spec: str) -> RecordSource:
         from whisper_llada_jax.data.librispeech_tfds import tfds_source
 
         name, _, query = arg.partition("?")
-        opts = dict(parse_qsl(query, keep_blank_values=True))
+        # not parse_qsl: '+' joins tfds splits ("train_clean100+train_clean360")
+        opts = {}
+        for part in filter(None, query.split("&")):
+            key, eq, value = part.partition("=")
+            if not eq:
+                raise DataError(f"tfds source: option {part!r} is not key=value", hint="tfds:NAME?split=test&data_dir=DIR")
+            opts[unquote(key)] = unquote(value)
         return tfds_source(name, **opts)
     if sep and kind == "librispeech":
         return librispeech_folder(arg)
