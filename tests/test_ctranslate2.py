@@ -39,7 +39,8 @@ def converted(tmp_path_factory):
     dirs = {}
     for quant in ("float32", "float16", "int8"):
         dirs[quant] = root / quant
-        ctranslate2.converters.TransformersConverter(str(root / "hf")).convert(str(dirs[quant]), quantization=quant)
+        converter = ctranslate2.converters.TransformersConverter(str(root / "hf"), copy_files=["tokenizer.json"])
+        converter.convert(str(dirs[quant]), quantization=quant)
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     return model, state, dirs, root
 
@@ -68,22 +69,24 @@ def test_round_trip_tensors_float32_float16_int8(converted):
 
 def test_config_from_ct2_directory(converted):
     _, _, dirs, _ = converted
-    cfg, facts = whisper_config_from_ct2(dirs["float16"], input_frames=400)
+    cfg, gen = whisper_config_from_ct2(dirs["float16"], input_frames=400)
     assert cfg == WhisperConfig(n_mels=80, d_model=64, encoder_layers=2, encoder_heads=4, encoder_ffn=128,
                                 decoder_layers=2, decoder_heads=4, decoder_ffn=96, vocab_size=51864,
                                 max_source_positions=1500, max_target_positions=448, input_frames=400)
-    assert facts["suppress_ids"] == (1, 2, 7)
-    assert facts["suppress_ids_begin"] == (220, 50256)
-    assert facts["is_multilingual"] is False
+    assert gen.suppress_tokens == (1, 2, 7)
+    assert gen.begin_suppress_tokens == (220, 50256)
+    assert gen.is_multilingual is False and gen.eos_token_id == 50256
+    assert gen.task_to_id == {"translate": 50357, "transcribe": 50358} and gen.no_timestamps_token_id == 50362
 
 
 def test_real_tiny_en_imports():
     from transformers import WhisperConfig as HFConfig
 
     d = bundled_whisper_dir()
-    cfg, facts = whisper_config_from_ct2(d)
+    cfg, gen = whisper_config_from_ct2(d)
     assert cfg == WhisperConfig()  # the defaults are tiny.en
-    assert facts["suppress_ids_begin"] == (220, 50256) and 50257 in facts["suppress_ids"]
+    assert gen.begin_suppress_tokens == (220, 50256) and 50257 in gen.suppress_tokens
+    assert gen.lang_to_id["<|fr|>"] == 50264 and not gen.is_multilingual
     src = CTranslate2WhisperSource(d)
     assert src.file.quantization == "float16"
     hf = HFConfig(vocab_size=51864, num_mel_bins=80, d_model=384, encoder_layers=4, decoder_layers=4,
@@ -162,3 +165,24 @@ def test_config_json_errors(tmp_path, converted):
     (d / "config.json").write_text("{broken")
     with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
         whisper_config_from_ct2(d)
+
+
+def test_round_trip_logits_match_transformers(converted):
+    """ctranslate2's file of a random model, read back and run in Flax, gives transformers' logits."""
+    import jax
+    import torch
+
+    from whisper_llada_jax.checkpoints.whisper_hf import import_whisper_tensors
+    from whisper_llada_jax.models.whisper import Whisper
+
+    model, _, dirs, _ = converted
+    src = CTranslate2WhisperSource(dirs["float32"])
+    cfg, _ = whisper_config_from_ct2(dirs["float32"], source=src)
+    params = import_whisper_tensors(src, cfg)
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(2, 80, 3000)).astype(np.float32)
+    ids = rng.integers(0, 51864, size=(2, 7)).astype(np.int32)
+    ours = np.asarray(jax.jit(Whisper(cfg).apply)({"params": params}, features, ids))
+    with torch.no_grad():
+        want = model(input_features=torch.from_numpy(features), decoder_input_ids=torch.from_numpy(ids).long()).logits
+    np.testing.assert_allclose(ours, want.numpy(), atol=1e-4, rtol=1e-4)

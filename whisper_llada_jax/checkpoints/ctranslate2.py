@@ -32,6 +32,7 @@ from typing import Callable
 import ml_dtypes
 import numpy as np
 
+from whisper_llada_jax.checkpoints.whisper_hf import WhisperGenerationConfig
 from whisper_llada_jax.config import WhisperConfig
 from whisper_llada_jax.errors import CheckpointError
 
@@ -312,16 +313,30 @@ def _read_config_json(directory: Path) -> dict:
     return data
 
 
-def whisper_config_from_ct2(directory: str | Path, *, source: CTranslate2WhisperSource | None = None,
-                            **overrides) -> tuple[WhisperConfig, dict]:
-    """(WhisperConfig from the tensor shapes, generation facts from config.json).
+def _added_tokens(directory: Path) -> dict[str, int]:
+    """Special-token text -> id from the directory's tokenizer.json ({} when absent)."""
+    path = directory / "tokenizer.json"
+    if not path.exists():
+        return {}
+    try:
+        added = json.loads(path.read_text(encoding="utf-8")).get("added_tokens") or []
+        return {str(t["content"]): int(t["id"]) for t in added}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise CheckpointError(f"{path}: not a valid tokenizer.json") from None
 
-    The facts dict holds ``suppress_ids``, ``suppress_ids_begin``, ``lang_ids``,
-    ``alignment_heads`` and ``is_multilingual`` (vocabulary >= 51865, CTranslate2's rule).
-    ``overrides`` are WhisperConfig fields (dtype, input_frames, scan_layers ...); ``source``
-    reuses an already parsed file.
+
+def whisper_config_from_ct2(directory: str | Path, *, source: CTranslate2WhisperSource | None = None,
+                            **overrides) -> tuple[WhisperConfig, WhisperGenerationConfig]:
+    """(WhisperConfig from the tensor shapes, decoding facts from config.json + tokenizer.json).
+
+    CTranslate2's ``suppress_ids`` / ``suppress_ids_begin`` become HF's ``suppress_tokens`` /
+    ``begin_suppress_tokens``; ``lang_ids`` are named through tokenizer.json; multilingual
+    means a vocabulary of >= 51865 (the rule CTranslate2 and HF share). ``overrides`` are
+    WhisperConfig fields (dtype, input_frames, scan_layers ...); ``source`` reuses a parsed file.
     """
     directory = Path(directory)
+    if not directory.is_dir():
+        directory = directory.parent
     src = source or CTranslate2WhisperSource(directory)
     f = src.file
     conv1 = f.shape("encoder/conv1/weight")
@@ -340,12 +355,20 @@ def whisper_config_from_ct2(directory: str | Path, *, source: CTranslate2Whisper
     )
     if overrides:
         cfg = dataclasses.replace(cfg, **overrides)
-    raw = _read_config_json(directory if directory.is_dir() else directory.parent)
-    facts = {
-        "suppress_ids": tuple(int(i) for i in raw.get("suppress_ids") or ()),
-        "suppress_ids_begin": tuple(int(i) for i in raw.get("suppress_ids_begin") or ()),
-        "lang_ids": tuple(int(i) for i in raw.get("lang_ids") or ()),
-        "alignment_heads": tuple(tuple(int(x) for x in p) for p in raw.get("alignment_heads") or ()),
+    raw = _read_config_json(directory)
+    names = {i: t for t, i in _added_tokens(directory).items()}
+    facts: dict = {
+        "suppress_tokens": [int(i) for i in raw.get("suppress_ids") or ()],
+        "begin_suppress_tokens": [int(i) for i in raw.get("suppress_ids_begin") or ()],
         "is_multilingual": cfg.vocab_size >= 51865,
     }
-    return cfg, facts
+    langs = {names[i]: i for i in raw.get("lang_ids") or () if i in names}
+    if langs:
+        facts["lang_to_id"] = langs
+    tasks = {task: i for i, t in names.items() for task in ("transcribe", "translate") if t == f"<|{task}|>"}
+    if tasks:
+        facts["task_to_id"] = tasks
+    for i, t in names.items():
+        if t == "<|notimestamps|>":
+            facts["no_timestamps_token_id"] = i
+    return cfg, WhisperGenerationConfig.from_dicts(facts, None, cfg)
