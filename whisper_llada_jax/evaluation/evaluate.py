@@ -1,0 +1,235 @@
+"""Runs decode configurations over a dataset and scores them: results.json, hypotheses, tables.
+
+Each config decodes every utterance of the eval split once (``data.pipeline`` eval iterator,
+batch shape fixed by the config's ``batch_size`` and ``gen_len``) through
+``decoding.api.run_decode``. Timing excludes compilation: the first batch is decoded once
+before the clock starts and its compile time is reported on its own. RTF = decoding seconds /
+audio seconds; ``mean_nfe`` counts LLM forward passes per utterance.
+
+Grids expand one base config into the paper's table layouts:
+``steps_x_block`` (steps x block length: diffusion when the block is the whole canvas,
+semi-AR otherwise), ``masking_x_ratio`` (deliberation: masking type x mask ratio) and
+``chunks`` (semi-AR deliberation: number of chunks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from whisper_llada_jax import config as config_lib
+from whisper_llada_jax.data.config import DataConfig
+from whisper_llada_jax.data.pipeline import build_eval_iterator
+from whisper_llada_jax.data.sources import RecordSource, parse_source
+from whisper_llada_jax.decoding.config import DecodeConfig, load_decode_config, validate
+from whisper_llada_jax.errors import ConfigError, DataError
+from whisper_llada_jax.evaluation.tables import grid_table, results_table
+from whisper_llada_jax.evaluation.wer import corpus_wer
+
+GRIDS = {
+    # name: (row field, col field, row title, col title)
+    "steps_x_block": ("steps", "block_length", "steps", "block length"),
+    "masking_x_ratio": ("masking", "mask_ratio", "masking", "mask ratio"),
+    "chunks": ("num_chunks", "strategy", "chunks", "deliberation"),
+}
+MASK_RATIOS = (0.1, 0.3, 0.5, 0.7, 0.9)
+CHUNKS = (1, 2, 4, 8)
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Splits ``a=1,b=[2,3]`` at commas outside brackets."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "[("
+        depth -= ch in "])"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [p.strip() for p in parts + [cur] if p.strip()]
+
+
+def parse_decode_spec(spec: str) -> tuple[str, DecodeConfig]:
+    """``(name, config)`` from a YAML path, a name under configs/decode/, inline overrides
+    ``decoder=semi_ar,steps=64,block_length=32``, or ``NAME:overrides``."""
+    spec = spec.strip()
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path.stem, load_decode_config(path)
+    if "=" not in spec:
+        return spec, load_decode_config(spec)
+    head, sep, tail = spec.partition(":")
+    base, inline = (head, tail) if sep and "=" not in head else (None, spec)
+    return spec, load_decode_config(base, _split_top_level(inline))
+
+
+def expand_grid(grid: str, base: DecodeConfig) -> list[tuple[str, DecodeConfig, dict]]:
+    """The paper's layouts as (name, config, grid cell) triples around ``base``."""
+    if grid not in GRIDS:
+        raise ConfigError(f"unknown grid {grid!r}", hint=f"choose one of {sorted(GRIDS)}")
+    out = []
+    g = base.gen_len
+    if grid == "steps_x_block":
+        for steps in (g, g // 2, g // 4):
+            for block in (g, g // 2, g // 4):
+                if steps < 1 or block < 1 or steps % (g // block):
+                    continue
+                cfg = dataclasses.replace(base, decoder="diffusion" if block == g else "semi_ar",
+                                          strategy="none", steps=steps, block_length=block)
+                out.append((f"steps={steps},block_length={block}", cfg, {"steps": steps, "block_length": block}))
+    elif grid == "masking_x_ratio":
+        strategy = base.strategy if base.strategy != "none" else "diffusion"
+        for masking in ("random", "low_confidence"):
+            for ratio in MASK_RATIOS:
+                cfg = dataclasses.replace(base, strategy=strategy, masking=masking, mask_ratio=ratio)
+                out.append((f"{strategy}:masking={masking},mask_ratio={ratio}", cfg,
+                            {"masking": masking, "mask_ratio": ratio}))
+    else:
+        for chunks in CHUNKS:
+            if chunks > base.steps:
+                continue
+            cfg = dataclasses.replace(base, strategy="semi_ar", num_chunks=chunks)
+            out.append((f"semi_ar:num_chunks={chunks}", cfg, {"num_chunks": chunks, "strategy": "semi_ar"}))
+    for _, cfg, _ in out:
+        validate(cfg)
+    return out
+
+
+def load_first_pass(path: str | Path) -> dict[str, str]:
+    """``id -> first-pass transcript`` from JSON lines with ``id`` and ``first_pass`` (or
+    ``hypothesis``, as ``transcribe`` / ``evaluate`` write them)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: first-pass file does not exist", hint="JSON lines with id and first_pass/hypothesis")
+    out = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            e = json.loads(line)
+            text = e["first_pass"] if "first_pass" in e else e["hypothesis"]
+            out[str(e["id"])] = str(text or "")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataError(f"{path}:{lineno}: expected a JSON object with id and first_pass (or hypothesis)") from None
+    return out
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", name).strip("_") or "config"
+
+
+def decode_dataset(loaded: Any, source: RecordSource, cfg: DecodeConfig, *, first_pass: dict[str, str] | None = None,
+                   seed: int = 0, num_workers: int = 0, strict: bool = False) -> dict:
+    """Decodes every utterance of ``source`` once with ``cfg``; hypotheses, timings, counts."""
+    import jax
+
+    from whisper_llada_jax.decoding.api import run_decode
+
+    deliberating = cfg.strategy != "none"
+    dcfg = DataConfig(eval_source="", batch_size=cfg.batch_size, max_response_len=cfg.gen_len,
+                      num_workers=num_workers, strict=strict)
+    it = build_eval_iterator(dcfg, loaded.config, loaded.tokenizer, source=source)
+    key = jax.random.key(seed)
+    rows, decode_s, audio_s, compile_s = [], 0.0, 0.0, 0.0
+    for index, batch in enumerate(it):
+        valid = batch["valid"].copy()
+        fp = None
+        if deliberating:
+            given = batch.get("first_pass")
+            fp = []
+            for i, (uid, ok) in enumerate(zip(batch["ids"], valid)):
+                if first_pass is not None and uid in first_pass:
+                    fp.append(first_pass[uid])
+                elif given is not None or not ok:
+                    fp.append(given[i] if given is not None else "")
+                else:
+                    raise DataError(f"no first-pass transcript for utterance {uid!r}",
+                                    hint="give --first-pass FILE or first_pass in the manifest")
+            batch = {**batch, "first_pass": fp}
+            # an empty first pass has nothing to deliberate: it stays empty, the row is skipped
+            batch["valid"] = valid & np.array([bool(t.strip()) for t in fp])
+        if not batch["valid"].any():
+            out = [{"hypothesis": "", "tokens": [], "nfe": 0}] * len(valid)
+        else:
+            rng = jax.random.fold_in(key, index)
+            if index == 0:  # compile outside the clock
+                t0 = time.perf_counter()
+                run_decode(loaded, batch, cfg, rng)
+                compile_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            out = run_decode(loaded, batch, cfg, rng)
+            decode_s += time.perf_counter() - t0
+        for i, ok in enumerate(valid):
+            if not ok:
+                continue
+            live = bool(batch["valid"][i])
+            row = {"id": batch["ids"][i], "reference": batch["text"][i],
+                   "hypothesis": out[i]["hypothesis"] if live else "", "nfe": out[i]["nfe"] if live else 0}
+            if fp is not None:
+                row["first_pass"] = fp[i]
+            rows.append(row)
+            audio_s += float(batch["audio_len"][i]) / 16000.0
+    it.close()
+    return {"rows": rows, "decode_s": decode_s, "audio_s": audio_s, "compile_s": compile_s, "counts": it.counts}
+
+
+def score(name: str, cfg: DecodeConfig, run: dict) -> dict:
+    rows = run["rows"]
+    refs = [r["reference"] for r in rows]
+    res = {"name": name, "config": config_lib.to_dict(cfg), "utterances": len(rows),
+           "wer": corpus_wer(refs, [r["hypothesis"] for r in rows]).to_dict(),
+           "first_pass_wer": None,
+           "rtf": run["decode_s"] / run["audio_s"] if run["audio_s"] else 0.0,
+           "utterances_per_s": len(rows) / run["decode_s"] if run["decode_s"] else 0.0,
+           "mean_nfe": float(np.mean([r["nfe"] for r in rows])) if rows else 0.0,
+           "decode_s": run["decode_s"], "audio_s": run["audio_s"], "compile_s": run["compile_s"],
+           "data": run["counts"]}
+    if cfg.strategy != "none":
+        res["first_pass_wer"] = corpus_wer(refs, [r.get("first_pass", "") for r in rows]).to_dict()
+    return res
+
+
+def evaluate(loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str, DecodeConfig]], out_dir: str | Path,
+             *, first_pass: dict[str, str] | None = None, grid: str | None = None, seed: int = 0,
+             num_workers: int = 0, strict: bool = False, extra: dict | None = None) -> dict:
+    """Decodes and scores each ``(name, config)``; writes ``results.json``, ``results.md`` and
+    ``hypotheses/<name>.jsonl`` under ``out_dir``; returns the results dict."""
+    out_dir = Path(out_dir)
+    (out_dir / "hypotheses").mkdir(parents=True, exist_ok=True)
+    source = parse_source(data) if isinstance(data, str) else data
+    cells = {}
+    if grid:
+        expanded = []
+        for _, base in configs:
+            for name, cfg, cell in expand_grid(grid, base):
+                expanded.append((name, cfg))
+                cells[name] = cell
+        configs = expanded
+    results = []
+    for name, cfg in configs:
+        run = decode_dataset(loaded, source, cfg, first_pass=first_pass, seed=seed, num_workers=num_workers,
+                             strict=strict)
+        res = score(name, cfg, run)
+        res["hypotheses"] = f"hypotheses/{_safe(name)}.jsonl"
+        if name in cells:
+            res["grid"] = cells[name]
+        with (out_dir / res["hypotheses"]).open("w", encoding="utf-8") as f:
+            for r in run["rows"]:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        results.append(res)
+    doc = {"model": str(getattr(loaded, "path", "")), "data": data if isinstance(data, str) else repr(data),
+           "grid": grid, "seed": seed, "results": results, **(extra or {})}
+    (out_dir / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    md = [f"# Evaluation\n\nmodel `{doc['model']}`, data `{doc['data']}`\n", results_table(results)]
+    if grid:
+        row_key, col_key, rt, ct = GRIDS[grid]
+        md += ["", f"## Grid: {grid} (WER %)", "", grid_table(results, row_key, col_key, rt, ct)]
+    (out_dir / "results.md").write_text("\n".join(md) + "\n")
+    return doc
