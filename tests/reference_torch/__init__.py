@@ -1,0 +1,1 @@
+"""Small PyTorch references written from SPEC semantics, for fp32 parity tests."""
