@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from reference_torch.qformer import WindowQFormerRef, randomize_
+from tests.reference_torch.qformer import WindowQFormerRef, randomize_
 
 from whisper_llada_jax.checkpoints.reference_pth import projector_rules
 from whisper_llada_jax.checkpoints.tensors import DictSource, import_params

@@ -1,0 +1,174 @@
+"""MODEL_DIR: the one on-disk form of a Whisper-LLaDA model that every command takes as ``--model``.
+
+    MODEL_DIR/
+      config.yaml          the ModelConfig (``config.to_dict``), token ids and chat prompt ids included
+      tokenizer.json       the LLaDA tokenizer
+      params.safetensors   the ``params`` collection, keys are '/'-joined Flax paths
+      lora.safetensors     the ``lora`` collection (absent when LoRA is disabled)
+      first_pass.json      optional: {"whisper": DIR} a Whisper recogniser for deliberation
+
+Writing is atomic (a temporary directory renamed into place) and streams one tensor at a time
+from the devices; reading memory-maps the files and builds each array straight into its
+sharding on a mesh, so a model is never held twice in host memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+import yaml
+
+from whisper_llada_jax import config as config_lib
+from whisper_llada_jax.checkpoints import tensors
+from whisper_llada_jax.checkpoints.tensors import Rule, SafetensorsSource, atomic_dir, flatten, import_params
+from whisper_llada_jax.config import ModelConfig
+from whisper_llada_jax.errors import CheckpointError, ConfigError
+
+CONFIG_FILE = "config.yaml"
+TOKENIZER_FILE = "tokenizer.json"
+PARAMS_FILE = "params.safetensors"
+LORA_FILE = "lora.safetensors"
+FIRST_PASS_FILE = "first_pass.json"
+FORMAT = "whisper-llada-model-dir/1"
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model ready to run: ``model.apply(variables, ...)``; ``tokenizer`` is a LLaDATokenizer."""
+
+    config: ModelConfig
+    model: Any
+    variables: dict
+    tokenizer: Any
+    path: Path
+    first_pass: str | None = None  # a Whisper recogniser directory (deliberation's first pass)
+
+
+# ----------------------------------------------------------------------------- save
+def _write_safetensors_streaming(tree: Mapping, path: Path) -> None:
+    """One safetensors file from a (sharded) array tree, fetching one leaf at a time."""
+    flat = flatten(tree)
+    header, offset = {"__metadata__": {"format": FORMAT}}, 0
+    for key, arr in flat.items():
+        dtype = np.dtype(arr.dtype)
+        if dtype not in tensors._ST_NAMES:
+            raise CheckpointError(f"cannot write variable {key!r} of dtype {dtype} to safetensors")
+        nbytes = int(np.prod(arr.shape)) * dtype.itemsize
+        header[key] = {"dtype": tensors._ST_NAMES[dtype], "shape": list(arr.shape),
+                       "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * ((8 - len(raw) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for arr in flat.values():
+            f.write(np.ascontiguousarray(jax.device_get(arr)).tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_model_dir(out: str | Path, config: ModelConfig, variables: Mapping, tokenizer_json: str | Path | None,
+                   *, first_pass: str | Path | None = None) -> Path:
+    """Writes MODEL_DIR ``out`` atomically. ``tokenizer_json``: a path to a tokenizer.json (or
+    its text); ``variables``: ``{"params": ..., "lora": ...}`` (boxed or not, any sharding)."""
+    variables = nn.unbox(dict(variables))
+    if "params" not in variables:
+        raise CheckpointError("save_model_dir: variables have no 'params' collection")
+    if tokenizer_json is None:
+        raise CheckpointError(f"{out}: a MODEL_DIR needs the LLaDA tokenizer.json")
+    text = Path(tokenizer_json).read_text() if _is_path(tokenizer_json) else str(tokenizer_json)
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config_lib.to_dict(config), sort_keys=False))
+        (tmp / TOKENIZER_FILE).write_text(text)
+        _write_safetensors_streaming(variables["params"], tmp / PARAMS_FILE)
+        if variables.get("lora"):
+            _write_safetensors_streaming(variables["lora"], tmp / LORA_FILE)
+        if first_pass is not None:
+            (tmp / FIRST_PASS_FILE).write_text(json.dumps({"whisper": str(first_pass)}) + "\n")
+    return out
+
+
+def _is_path(x: str | Path) -> bool:
+    if isinstance(x, Path):
+        return True
+    return "\n" not in x and len(x) < 4096 and not x.lstrip().startswith("{")
+
+
+# ----------------------------------------------------------------------------- load
+def is_model_dir(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and (path / PARAMS_FILE).is_file()
+
+
+def read_model_config(path: str | Path, overrides: Sequence[str] = ()) -> ModelConfig:
+    """The ModelConfig of a MODEL_DIR (``overrides`` may change compute settings, not sizes)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: MODEL_DIR does not exist", hint="create one with `whisper-llada import`")
+    if not (path / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{path}: not a MODEL_DIR (no {CONFIG_FILE})",
+                              hint="create one with `whisper-llada import`, or give the directory it wrote")
+    return config_lib.load_model_config(path / CONFIG_FILE, overrides)
+
+
+def _identity_rules(source: SafetensorsSource) -> list[Rule]:
+    return [Rule(k, k) for k in source.keys()]
+
+
+def load_variables(path: str | Path, config: ModelConfig, *, mesh: jax.sharding.Mesh | None = None,
+                   rules: Sequence | None = None) -> dict:
+    """The variables of MODEL_DIR ``path`` for ``config``, each leaf built in its sharding."""
+    from whisper_llada_jax.models.composite import abstract_variables, mesh_shardings
+
+    path = Path(path)
+    abstract = nn.unbox(abstract_variables(config))
+    shardings = mesh_shardings(config, mesh, rules) if mesh is not None else None
+    out = {}
+    for collection, file in (("params", PARAMS_FILE), ("lora", LORA_FILE)):
+        target = abstract.get(collection)
+        if not target:
+            if (path / file).exists():
+                raise CheckpointError(f"{path / file}: the config has no {collection!r} variables "
+                                      "(lora.enabled: false?) but the MODEL_DIR holds them",
+                                      hint=f"fix {path / CONFIG_FILE} or remove {file}")
+            continue
+        if not (path / file).is_file():
+            raise CheckpointError(f"{path}: {file} is missing", hint="re-create the MODEL_DIR with `whisper-llada import`")
+        source = SafetensorsSource(path / file)
+        out[collection] = import_params(source, _identity_rules(source), target,
+                                        shardings=None if shardings is None else shardings[collection])
+    return out
+
+
+def load_model_dir(path: str | Path, mesh: jax.sharding.Mesh | None = None, rules: Sequence | None = None, *,
+                   overrides: Sequence[str] = ()) -> LoadedModel:
+    """Reads MODEL_DIR ``path``: config, tokenizer and variables (sharded on ``mesh`` if given)."""
+    from whisper_llada_jax.models.composite import WhisperLLaDA
+    from whisper_llada_jax.text.llada_tokenizer import LLaDATokenizer
+
+    path = Path(path)
+    try:
+        config = read_model_config(path, overrides)
+    except ConfigError as e:
+        raise CheckpointError(f"{path / CONFIG_FILE}: {e.message}", hint=e.hint) from None
+    if not (path / TOKENIZER_FILE).is_file():
+        raise CheckpointError(f"{path}: {TOKENIZER_FILE} is missing", hint="copy the LLaDA tokenizer.json into it")
+    tokenizer = LLaDATokenizer(path / TOKENIZER_FILE)
+    variables = load_variables(path, config, mesh=mesh, rules=rules)
+    first_pass = None
+    if (path / FIRST_PASS_FILE).is_file():
+        try:
+            first_pass = json.loads((path / FIRST_PASS_FILE).read_text())["whisper"]
+        except (ValueError, KeyError, TypeError):
+            raise CheckpointError(f"{path / FIRST_PASS_FILE}: expected {{\"whisper\": DIR}}") from None
+    return LoadedModel(config, WhisperLLaDA(config), variables, tokenizer, path, first_pass)
