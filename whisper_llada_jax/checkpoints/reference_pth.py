@@ -208,7 +208,7 @@ def export_reference_pth(path: str | Path, config: ModelConfig, variables: Mappi
         raise CheckpointError(f"export: the reference .pth layout holds a Q-Former, not projector.kind "
                               f"{config.projector.kind!r}")
     torch = _torch()
-    model = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in reference_state(variables).items()}
+    model = {k: torch.from_numpy(np.array(v, np.float32, copy=True)) for k, v in reference_state(variables).items()}
     ckpt = {"model": model, "optimizer": None, "scheduler": None, "config": config_lib.to_dict(config),
             "scaler": None, "epoch": int(epoch)}
     path = Path(path)
