@@ -83,5 +83,23 @@ def merge_lora(params: Mapping, lora: Mapping, lora_cfg: LoRAConfig) -> dict:
                 out[key] = value
         return out
 
-    unbox = nn.unbox
-    return walk(unbox(params), unbox(lora))
+    params, lora = nn.unbox(params), nn.unbox(lora)
+    _check_targets(params, lora)
+    return walk(params, lora)
+
+
+def _check_targets(params: Mapping, lora: Mapping, path: str = "") -> None:
+    """Every LoRA pair must sit beside a kernel of matching shape (else it would be dropped)."""
+    for key, value in lora.items():
+        where = f"{path}/{key}" if path else key
+        node = params.get(key) if isinstance(params, Mapping) else None
+        if not isinstance(value, Mapping):
+            continue
+        if "lora_a" in value:
+            kernel = None if node is None else node.get("kernel")
+            want = None if kernel is None else kernel.shape
+            got = value["lora_a"].shape[:-1] + value["lora_b"].shape[-1:]
+            if want != got:
+                raise ValueError(f"merge_lora: {where} has no base kernel of shape {got} (found {want})")
+        else:
+            _check_targets(node if node is not None else {}, value, where)
