@@ -1,0 +1,146 @@
+"""MODEL_DIR and the import / export CLI on tiny models: bit-identical round trips for MODEL_DIR
+and the reference .pth, HF / PEFT export, CTranslate2 Whisper import, and clear errors."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from tests.reference_torch.composite import build_reference, write_checkpoints
+from whisper_llada_jax import cli
+from whisper_llada_jax.checkpoints.llada_hf import abstract_params, import_llada_hf, llada_rules
+from whisper_llada_jax.checkpoints.model_dir import load_model_dir, save_model_dir
+from whisper_llada_jax.checkpoints.peft import import_peft
+from whisper_llada_jax.checkpoints.reference_pth import read_pth
+from whisper_llada_jax.checkpoints.tensors import SafetensorsSource, import_params
+from whisper_llada_jax.config import load_model_config
+from whisper_llada_jax.errors import CheckpointError
+from whisper_llada_jax.text.llada_tokenizer import LLaDATokenizer, build_tokenizer_json
+
+CFG = load_model_config("tiny", ["whisper.max_source_positions=200"])
+CORPUS = ["the cat sat on the mat", "speech goes in text comes out", "hello world"] * 3
+FILES = ("config.yaml", "tokenizer.json", "params.safetensors", "lora.safetensors")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("md")
+    ref = build_reference(CFG, seed=5)
+    tok = build_tokenizer_json(CORPUS, root / "tok" / "tokenizer.json")
+    whisper, llada, pth = write_checkpoints(ref, CFG, root / "ckpt", tok)
+    model = root / "model"
+    assert cli.main(["import", "--whisper", str(whisper), "--llada", str(llada), "--projector-checkpoint", str(pth),
+                     "--config", "tiny", "--first-pass", "bundled:tiny.en", "--out", str(model)]) == 0
+    return ref, root, whisper, llada, pth, model
+
+
+def _same_files(a, b, names=FILES):
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_import_builds_a_model_dir_from_the_checkpoints(setup):
+    ref, _, _, _, _, model = setup
+    loaded = load_model_dir(model)
+    tok = LLaDATokenizer(model / "tokenizer.json")
+    assert loaded.config.tokens.prompt_ids == tuple(tok.chat_prompt_ids("Transcribe the audio:"))
+    assert loaded.config.whisper.max_source_positions == 200  # sizes come from the checkpoint
+    assert loaded.first_pass == "bundled:tiny.en"
+    p = loaded.variables["params"]
+    np.testing.assert_array_equal(p["encoder"]["layers_1"]["fc1"]["kernel"],
+                                  ref.whisper_state["model.encoder.layers.1.fc1.weight"].numpy().T)
+    np.testing.assert_array_equal(p["llm"]["blocks_0"]["ff_proj"]["kernel"],
+                                  ref.llada_state["model.transformer.blocks.0.ff_proj.weight"].numpy().T)
+    np.testing.assert_array_equal(p["projector"]["linear_proj"]["bias"], ref.pth_state["linear_proj.bias"].numpy())
+    np.testing.assert_array_equal(
+        loaded.variables["lora"]["llm"]["blocks_1"]["k_proj"]["lora_a"],
+        ref.pth_state["llada.base_model.model.model.transformer.blocks.1.k_proj.lora_A.default.weight"].numpy().T)
+
+
+def test_model_dir_and_pth_round_trips_are_bit_identical(setup, tmp_path):
+    ref, _, whisper, llada, pth, model = setup
+    loaded = load_model_dir(model)
+    save_model_dir(tmp_path / "again", loaded.config, loaded.variables, loaded.tokenizer.json,
+                   first_pass=loaded.first_pass)
+    _same_files(model, tmp_path / "again", FILES + ("first_pass.json",))
+    # MODEL_DIR -> .pth -> MODEL_DIR
+    assert cli.main(["export", "--model", str(model), "--format", "reference-pth", "--out", str(tmp_path / "pth")]) == 0
+    exported = read_pth(tmp_path / "pth" / "checkpoint.pth")["model"]
+    for k, t in exported.items():
+        assert torch.equal(t, ref.pth_state[k]), k
+    assert cli.main(["import", "--whisper", str(whisper), "--llada", str(llada), "--projector-checkpoint",
+                     str(tmp_path / "pth" / "checkpoint.pth"), "--config", "tiny", "--out", str(tmp_path / "m2")]) == 0
+    _same_files(model, tmp_path / "m2")
+
+
+def test_export_hf_and_peft(setup, tmp_path):
+    _, _, _, _, _, model = setup
+    loaded = load_model_dir(model)
+    llm, lora = loaded.variables["params"]["llm"], loaded.variables["lora"]["llm"]
+    assert cli.main(["export", "--model", str(model), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "tokenizer.json").is_file() and (tmp_path / "hf" / "adapter_config.json").is_file()
+    # (the PEFT adapter sits beside model.safetensors, so read that file by name)
+    back = import_params(SafetensorsSource(tmp_path / "hf" / "model.safetensors"), llada_rules(),
+                         abstract_params(loaded.config.llm))
+    np.testing.assert_array_equal(back["wte"]["embedding"], llm["wte"]["embedding"])
+    np.testing.assert_array_equal(back["blocks_1"]["q_proj"]["kernel"], llm["blocks_1"]["q_proj"]["kernel"])
+    assert cli.main(["export", "--model", str(model), "--format", "peft", "--out", str(tmp_path / "peft")]) == 0
+    _, lora_back = import_peft(tmp_path / "peft", loaded.config.llm, lora_cfg=loaded.config.lora)
+    np.testing.assert_array_equal(lora_back["blocks_0"]["v_proj"]["lora_b"], lora["blocks_0"]["v_proj"]["lora_b"])
+    assert cli.main(["export", "--model", str(model), "--format", "hf", "--merge-lora", "--out",
+                     str(tmp_path / "merged")]) == 0
+    _, merged = import_llada_hf(tmp_path / "merged", loaded.config.llm)
+    q = llm["blocks_0"]["q_proj"]["kernel"] + lora["blocks_0"]["q_proj"]["lora_a"] @ lora["blocks_0"]["q_proj"]["lora_b"] \
+        * loaded.config.lora.scale
+    np.testing.assert_allclose(merged["blocks_0"]["q_proj"]["kernel"], q, rtol=1e-5, atol=1e-6)
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+
+
+def test_ctranslate2_whisper_and_fresh_projector(setup, tmp_path, capsys):
+    _, _, _, llada, _, _ = setup
+    tiny_en = ["--set", "whisper.d_model=384", "--set", "whisper.encoder_layers=4", "--set", "whisper.encoder_heads=6",
+               "--set", "whisper.encoder_ffn=1536"]
+    assert cli.main(["import", "--whisper", "bundled:tiny.en", "--llada", str(llada), "--config", "tiny", *tiny_en,
+                     "--seed", "3", "--out", str(tmp_path / "ct2")]) == 0
+    assert "freshly initialised (seed 3)" in capsys.readouterr().out
+    loaded = load_model_dir(tmp_path / "ct2")
+    assert loaded.config.whisper.max_source_positions == 1500
+    assert loaded.variables["params"]["encoder"]["conv1"]["kernel"].shape == (3, 80, 384)
+    assert loaded.variables["params"]["projector"]["bert"]["layer_0"]["crossattention"]["self"]["key"]["kernel"].shape == (384, 32)
+    lora = loaded.variables["lora"]["llm"]["blocks_0"]["q_proj"]
+    assert float(np.abs(lora["lora_b"]).max()) == 0.0 and float(np.abs(lora["lora_a"]).max()) > 0  # PEFT init
+    # the same Whisper with the tiny config's sizes is refused with the fields named
+    assert cli.main(["import", "--whisper", "bundled:tiny.en", "--llada", str(llada), "--config", "tiny",
+                     "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "whisper.d_model: checkpoint 384 vs config 64" in err and not (tmp_path / "bad").exists()
+
+
+def test_bad_model_dirs_give_clear_errors(setup, tmp_path, capsys):
+    _, root, whisper, _, _, model = setup
+    with pytest.raises(CheckpointError, match="not a MODEL_DIR"):
+        load_model_dir(root)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model_dir(tmp_path / "nowhere")
+    broken = tmp_path / "broken"
+    shutil.copytree(model, broken)
+    data = (broken / "params.safetensors").read_bytes()
+    (broken / "params.safetensors").write_bytes(data[: len(data) - 1000])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_model_dir(broken)
+    (broken / "params.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="params.safetensors is missing"):
+        load_model_dir(broken)
+    shape = tmp_path / "shape"
+    shutil.copytree(model, shape)
+    text = (shape / "config.yaml").read_text().replace("mlp_hidden: 128", "mlp_hidden: 96")
+    (shape / "config.yaml").write_text(text)
+    with pytest.raises(CheckpointError, match="mis-shaped"):
+        load_model_dir(shape)
+    # a Whisper directory given as the LLaDA checkpoint
+    assert cli.main(["import", "--whisper", str(whisper), "--llada", str(whisper), "--config", "tiny",
+                     "--out", str(tmp_path / "wrong")]) == 2
+    assert "tokenizer.json" in capsys.readouterr().err
+    assert cli.main(["export", "--model", str(root), "--format", "hf", "--out", str(tmp_path / "x")]) == 2
+    assert "not a MODEL_DIR" in capsys.readouterr().err

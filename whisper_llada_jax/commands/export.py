@@ -1,0 +1,71 @@
+"""``whisper-llada export``: MODEL_DIR -> Hugging Face LLaDA, a PEFT adapter, or the published .pth."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+NAME = "export"
+HELP = "export a MODEL_DIR to PyTorch formats: hf (LLaDA), peft (LoRA adapter), reference-pth"
+EXAMPLES = """examples:
+  # the trained projector + LoRA in the published layout, loadable by the PyTorch system
+  whisper-llada export --model runs/paper/model --format reference-pth --out export/pth
+  # LLaDA with the LoRA folded in, as a Hugging Face checkpoint (+ tokenizer.json)
+  whisper-llada export --model runs/paper/model --format hf --merge-lora --out export/llada_merged
+  # only the LoRA adapter (adapter_model.safetensors + adapter_config.json)
+  whisper-llada export --model runs/paper/model --format peft --out export/adapter
+
+hf without --merge-lora writes the base LLaDA plus the LoRA as a PEFT adapter beside it.
+The projector exists only in the reference-pth layout. reference-pth writes OUT/checkpoint.pth
+(or OUT itself when it ends in .pth).
+"""
+
+FORMATS = ("hf", "peft", "reference-pth")
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="MODEL_DIR", help="the MODEL_DIR to export")
+    p.add_argument("--format", required=True, choices=FORMATS, help="output format")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
+    p.add_argument("--merge-lora", action="store_true", help="hf: fold the LoRA adapters into the weights")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="hf / peft: tensor dtype (default: as stored)")
+
+
+def pth_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out if out.suffix == ".pth" else out / "checkpoint.pth"
+
+
+def run(args: argparse.Namespace) -> int:
+    import jax.numpy as jnp
+
+    from whisper_llada_jax.checkpoints.llada_hf import export_llada_hf
+    from whisper_llada_jax.checkpoints.model_dir import TOKENIZER_FILE, load_model_dir
+    from whisper_llada_jax.checkpoints.peft import export_peft
+    from whisper_llada_jax.checkpoints.reference_pth import export_reference_pth
+    from whisper_llada_jax.errors import UserError
+
+    loaded = load_model_dir(args.model)
+    cfg, variables = loaded.config, loaded.variables
+    lora = variables.get("lora", {}).get("llm")
+    if args.merge_lora and args.format != "hf":
+        raise UserError(f"--merge-lora applies to --format hf only, not {args.format}")
+    if args.format == "hf":
+        out = export_llada_hf(variables["params"]["llm"], cfg.llm, args.out, lora=lora, lora_cfg=cfg.lora,
+                              merge=args.merge_lora, tokens=cfg.tokens, dtype=args.dtype)
+        shutil.copyfile(loaded.path / TOKENIZER_FILE, Path(out) / TOKENIZER_FILE)
+        what = "LLaDA" + (" (LoRA merged)" if args.merge_lora and lora else " + PEFT adapter" if lora else "")
+        print(f"wrote {out}: {what}; the projector is only in --format reference-pth")
+    elif args.format == "peft":
+        if not lora:
+            raise UserError(f"{args.model}: has no LoRA adapters (lora.enabled is false)", hint="use --format hf")
+        out = export_peft(lora, cfg.lora, args.out, dtype=None if args.dtype is None else jnp.dtype(args.dtype))
+        print(f"wrote {out}: PEFT LoRA adapter (rank {cfg.lora.rank}, targets {list(cfg.lora.targets)})")
+    else:
+        if args.dtype:
+            raise UserError("--dtype does not apply to reference-pth (it is always float32, like the reference)")
+        out = export_reference_pth(pth_path(args.out), cfg, variables)
+        print(f"wrote {out}: projector{' + LoRA' if lora else ''} in the published .pth layout")
+    return 0
