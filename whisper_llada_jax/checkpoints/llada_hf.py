@@ -173,6 +173,9 @@ def abstract_params(cfg: LLMConfig, dtype=None) -> dict:
 def import_hf(path: str | Path, cfg: LLMConfig, rules: Iterable[Rule], *, dtype=None,
               shardings: Mapping | None = None, ignore: Iterable[str] = ()) -> dict:
     """Reads the safetensors of an HF directory into the ``params`` tree of ``cfg``."""
+    path = Path(path)
+    if path.is_dir() and not (path / INDEX_NAME).exists() and (path / "model.safetensors").exists():
+        path = path / "model.safetensors"  # not other *.safetensors beside it (a PEFT adapter)
     source = SafetensorsSource(path, index_name=INDEX_NAME)
     return import_params(source, rules, abstract_params(cfg, dtype), shardings=shardings, ignore=ignore)
 
