@@ -1,0 +1,122 @@
+"""The cascade: a first pass (Whisper, or the autoregressive Whisper-LLaMA baseline), then
+deliberation by Whisper-LLaDA, in one run that keeps every intermediate transcript.
+
+    OUT/first_pass.jsonl            id, reference, first_pass (and the first pass's WER)
+    OUT/hypotheses/<config>.jsonl   id, reference, first_pass, hypothesis, nfe
+    OUT/results.json / results.md   first-pass and deliberated WER per deliberation config
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from whisper_llada_jax.data.pipeline import SKIP_REASONS, decode_audio
+from whisper_llada_jax.data.sources import ListSource, RecordSource, parse_source
+from whisper_llada_jax.decoding.config import DecodeConfig
+from whisper_llada_jax.errors import AudioError, DataError
+from whisper_llada_jax.evaluation.evaluate import decode_dataset, evaluate
+from whisper_llada_jax.evaluation.wer import corpus_wer
+
+
+def whisper_first_pass(whisper_dir: str | Path, source: RecordSource, *, batch_size: int = 16,
+                       max_seconds: float = 30.0, strict: bool = False) -> tuple[list[dict], dict]:
+    """Transcribes every usable utterance with a Whisper directory (or ``bundled:tiny.en``).
+
+    Returns records ``{id, audio, text, first_pass}`` and skip counts (the pipeline's rules:
+    unreadable audio, empty transcripts, clips over ``max_seconds``)."""
+    from whisper_llada_jax.recognizer import WhisperRecognizer
+
+    rec = WhisperRecognizer.from_dir(whisper_dir)
+    counts = {"seen": 0, "kept": 0, **{r: 0 for r in SKIP_REASONS}}
+    out: list[dict] = []
+    pending: list[tuple[dict, Any]] = []
+    t0, audio_s = time.perf_counter(), 0.0
+
+    def flush():
+        texts = rec.transcribe([a for _, a in pending], batch_size=batch_size)
+        out.extend({**r, "first_pass": t.strip()} for (r, _), t in zip(pending, texts))
+        pending.clear()
+
+    for i in range(len(source)):
+        r = source[i]
+        counts["seen"] += 1
+        where = r["audio"] if isinstance(r["audio"], str) else r["id"]
+        reason, message = None, ""
+        if not (r.get("text") or "").strip():
+            reason, message = "empty_transcript", f"{where}: empty transcript"
+        else:
+            try:
+                audio = decode_audio(r["audio"], r.get("sample_rate", 16000), str(where))
+                if len(audio) > max_seconds * 16000:
+                    reason, message = "too_long", f"{where}: audio is {len(audio) / 16000:.1f} s, longer than {max_seconds:g} s"
+            except AudioError as e:
+                reason, message = "unreadable", str(e)
+        if reason:
+            if strict:
+                raise DataError(message, hint="fix or remove the utterance, or drop --strict")
+            counts[reason] += 1
+            continue
+        counts["kept"] += 1
+        audio_s += len(audio) / 16000
+        pending.append((r, audio))
+        if len(pending) >= 4 * batch_size:  # bounded memory; full batches for the recogniser
+            flush()
+    if pending:
+        flush()
+    seconds = time.perf_counter() - t0
+    return out, {**counts, "seconds": seconds, "audio_s": audio_s}
+
+
+def autoregressive_first_pass(model_dir: str | Path, source: RecordSource, *, batch_size: int = 16,
+                              max_new_tokens: int = 128, strict: bool = False) -> tuple[list[dict], dict]:
+    """First pass by an autoregressive MODEL_DIR (the Whisper-LLaMA baseline, causal LLM)."""
+    from whisper_llada_jax.checkpoints.model_dir import load_model_dir
+
+    loaded = load_model_dir(model_dir)
+    if not loaded.config.llm.causal:
+        raise DataError(f"{model_dir}: not an autoregressive MODEL_DIR (llm.causal is false)",
+                        hint="give a Whisper directory or a Whisper-LLaMA MODEL_DIR as the first pass")
+    cfg = DecodeConfig(decoder="autoregressive", batch_size=batch_size, max_new_tokens=max_new_tokens,
+                       gen_len=max_new_tokens)
+    t0 = time.perf_counter()
+    run = decode_dataset(loaded, source, cfg, strict=strict)
+    by_id = {source[i]["id"]: i for i in range(len(source))}
+    out = [{**source[by_id[r["id"]]], "first_pass": r["hypothesis"]} for r in run["rows"]]
+    return out, {**run["counts"], "seconds": time.perf_counter() - t0, "audio_s": run["audio_s"]}
+
+
+def run_cascade(first: str | Path, loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str, DecodeConfig]],
+                out_dir: str | Path, *, grid: str | None = None, batch_size: int = 16, seed: int = 0,
+                strict: bool = False, num_workers: int = 0, label: str | None = None) -> dict:
+    """First pass with ``first`` (Whisper dir / ``bundled:tiny.en`` / autoregressive MODEL_DIR),
+    then each deliberation config of ``loaded`` over it; every transcript is written."""
+    from whisper_llada_jax.checkpoints.model_dir import is_model_dir
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    source = parse_source(data) if isinstance(data, str) else data
+    for name, cfg in configs:
+        if cfg.strategy == "none":
+            raise DataError(f"decode config {name!r} does not deliberate (strategy: none)",
+                            hint="the cascade's second pass needs strategy diffusion or semi_ar")
+    if is_model_dir(first):
+        records, stats = autoregressive_first_pass(first, source, batch_size=batch_size, strict=strict)
+        kind = "autoregressive"
+    else:
+        records, stats = whisper_first_pass(first, source, batch_size=batch_size, strict=strict)
+        kind = "whisper"
+    if not records:
+        raise DataError(f"{data}: no usable utterance for the first pass", hint=f"skip counts: {stats}")
+    fp_wer = corpus_wer([r["text"] for r in records], [r["first_pass"] for r in records])
+    with (out_dir / "first_pass.jsonl").open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps({"id": r["id"], "reference": r["text"], "first_pass": r["first_pass"]},
+                               ensure_ascii=False) + "\n")
+    summary = {"model": str(first), "kind": kind, "wer": fp_wer.to_dict(), **stats,
+               "rtf": stats["seconds"] / stats["audio_s"] if stats["audio_s"] else 0.0}
+    second = ListSource(records, name=f"first pass of {source!r}")
+    return evaluate(loaded, second, configs, out_dir, grid=grid, seed=seed, strict=strict, num_workers=num_workers,
+                    extra={"data": label or (data if isinstance(data, str) else repr(data)), "first_pass": summary})
