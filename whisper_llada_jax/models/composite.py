@@ -114,8 +114,12 @@ def _init_fn(config: ModelConfig):
     model = WhisperLLaDA(config)
     w = config.whisper
 
+    # Parameter shapes do not depend on the input length: trace with the fewest mel frames
+    # that still fill one projector window (the encoder halves the frame count).
+    frames = min(w.input_frames, 2 * config.projector.window)
+
     def init(rng: jax.Array):
-        features = jnp.zeros((1, w.n_mels, w.input_frames), jnp.float32)
+        features = jnp.zeros((1, w.n_mels, frames), jnp.float32)
         response = jnp.zeros((1, 1), jnp.int32)
         return model.init({"params": rng}, response, features=features)
 
