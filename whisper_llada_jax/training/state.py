@@ -39,7 +39,7 @@ class TrainState:
 
 @dataclasses.dataclass
 class StateSetup:
-    state: TrainState
+    state: TrainState | None  # None for an abstract-only setup
     shardings: TrainState  # NamedSharding per leaf
     abstract: TrainState  # ShapeDtypeStructs carrying those shardings (Orbax restore target)
     tx: optax.GradientTransformation
@@ -71,6 +71,25 @@ def state_shardings(abstract: TrainState, tx: optax.GradientTransformation, var_
                       nonfinite_step=rep)
 
 
+def abstract_setup(init_fn: Callable[[jax.Array], Mapping], mesh: Mesh, rules, cfg: OptimConfig,
+                   train_rng: jax.Array | None = None) -> StateSetup:
+    """Everything but the arrays: the abstract state (with shardings), the shardings, the
+    optimiser. Used as is for ahead-of-time compilation and as the Orbax restore target."""
+    boxed = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+    specs = nn.get_partition_spec(boxed)
+    abstract_vars = nn.unbox(boxed)
+    optim.check_partition(abstract_vars, cfg)
+    var_sh = mesh_lib.logical_shardings(specs, mesh, rules)
+    train_abs, _ = optim.partition(abstract_vars, cfg)
+    train_names, _ = optim.partition(_logical_names(specs), cfg)
+    tx = optim.make_optimizer(cfg, train_abs, train_names)
+    rng = jax.random.PRNGKey(0) if train_rng is None else train_rng
+    abstract = jax.eval_shape(lambda v, r: build_state(v, r, tx, cfg), abstract_vars, rng)
+    shardings = state_shardings(abstract, tx, var_sh, mesh, cfg)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    return StateSetup(None, shardings, abstract, tx, var_sh, specs)
+
+
 def setup_state(init_fn: Callable[[jax.Array], Mapping], mesh: Mesh, rules, cfg: OptimConfig,
                 seed: int, variables: Mapping | None = None) -> StateSetup:
     """Abstract state -> shardings -> a materialised, sharded TrainState.
@@ -80,24 +99,14 @@ def setup_state(init_fn: Callable[[jax.Array], Mapping], mesh: Mesh, rules, cfg:
     shardings) the initialiser only supplies the abstract tree and is never run.
     """
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
-    boxed = jax.eval_shape(init_fn, init_rng)
-    specs = nn.get_partition_spec(boxed)
-    abstract_vars = nn.unbox(boxed)
-    optim.check_partition(abstract_vars, cfg)
-    var_sh = mesh_lib.logical_shardings(specs, mesh, rules)
-    train_abs, _ = optim.partition(abstract_vars, cfg)
-    train_names, _ = optim.partition(_logical_names(specs), cfg)
-    tx = optim.make_optimizer(cfg, train_abs, train_names)
-
-    make = lambda v, r: build_state(v, r, tx, cfg)  # noqa: E731
-    abstract = jax.eval_shape(make, abstract_vars, train_rng)
-    shardings = state_shardings(abstract, tx, var_sh, mesh, cfg)
+    setup = abstract_setup(init_fn, mesh, rules, cfg, train_rng)
+    make = lambda v, r: build_state(v, r, setup.tx, cfg)  # noqa: E731
     if variables is None:
         fn = jax.jit(lambda r_init, r_train: make(nn.unbox(init_fn(r_init)), r_train),
-                     out_shardings=shardings)
-        state = fn(init_rng, train_rng)
+                     out_shardings=setup.shardings)
+        setup.state = fn(init_rng, train_rng)
     else:
-        fn = jax.jit(make, in_shardings=(var_sh, mesh_lib.replicated(mesh)), out_shardings=shardings)
-        state = fn(variables, train_rng)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    return StateSetup(state, shardings, abstract, tx, var_sh, specs)
+        fn = jax.jit(make, in_shardings=(setup.variable_shardings, mesh_lib.replicated(mesh)),
+                     out_shardings=setup.shardings)
+        setup.state = fn(variables, train_rng)
+    return setup

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import linen as nn
 from jax.sharding import Mesh
 
 from whisper_llada_jax.config import ModelConfig
@@ -127,14 +128,25 @@ def batch_shardings(mesh: Mesh, example: dict[str, Any]) -> dict:
     return {k: mesh_lib.batch_sharding(mesh, np.ndim(v)) for k, v in example.items()}
 
 
-def jit_train_step(fn, setup: StateSetup, mesh: Mesh, example_batch: dict):
+def with_rules(fn: Callable, rules) -> Callable:
+    """Traces ``fn`` with the logical rules active, so the model's activation constraints
+    (``nn.with_logical_constraint``) resolve to mesh axes (call it under ``jax.set_mesh``)."""
+
+    def wrapped(*args):
+        with nn.logical_axis_rules(rules):
+            return fn(*args)
+
+    return wrapped
+
+
+def jit_train_step(fn, setup: StateSetup, mesh: Mesh, example_batch: dict, rules=()):
     """Explicit in/out shardings; the state's buffers are donated to the new state."""
     rep = mesh_lib.replicated(mesh)
-    return jax.jit(fn, in_shardings=(setup.shardings, batch_shardings(mesh, example_batch)),
+    return jax.jit(with_rules(fn, rules), in_shardings=(setup.shardings, batch_shardings(mesh, example_batch)),
                    out_shardings=(setup.shardings, rep), donate_argnums=0)
 
 
-def jit_eval_step(fn, setup: StateSetup, mesh: Mesh, example_batch: dict):
+def jit_eval_step(fn, setup: StateSetup, mesh: Mesh, example_batch: dict, rules=()):
     rep = mesh_lib.replicated(mesh)
-    return jax.jit(fn, in_shardings=(setup.shardings, batch_shardings(mesh, example_batch), rep),
+    return jax.jit(with_rules(fn, rules), in_shardings=(setup.shardings, batch_shardings(mesh, example_batch), rep),
                    out_shardings=rep)

@@ -1,0 +1,367 @@
+"""The training loop: config -> mesh -> sharded state -> compiled step -> data -> checkpoints.
+
+Everything that can be wrong with a config (unknown field, impossible mesh, batch not divisible
+by the mesh, bad freezing regex) fails before the first compile. The loop never waits for the
+devices except at log / eval / checkpoint intervals: metrics stay on device until then, and a
+non-finite loss freezes the state on device (see ``step.py``) until the host notices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from whisper_llada_jax import config as config_lib
+from whisper_llada_jax.config import ModelConfig
+from whisper_llada_jax.errors import ConfigError, UserError
+from whisper_llada_jax.training import mesh as mesh_lib
+from whisper_llada_jax.training import step as step_lib
+from whisper_llada_jax.training.checkpointing import Checkpointer
+from whisper_llada_jax.training.config import TrainConfig
+from whisper_llada_jax.training.state import StateSetup, setup_state
+
+log = logging.getLogger("whisper_llada_jax.train")
+
+
+class NonFiniteLossError(UserError):
+    """The loss became NaN or infinite; the run stopped and the last good checkpoint is kept."""
+
+
+# --------------------------------------------------------------------------- model + batches
+def model_config(cfg: TrainConfig) -> ModelConfig:
+    if cfg.init_from:
+        path = Path(cfg.init_from) / "config.yaml"
+        if not path.exists():
+            raise ConfigError(f"init_from: {cfg.init_from} has no config.yaml", hint="give a MODEL_DIR")
+        return config_lib.load_model_config(path, cfg.model_overrides)
+    return config_lib.load_model_config(cfg.model, cfg.model_overrides)
+
+
+def build_model(cfg: TrainConfig, mcfg: ModelConfig | None = None):
+    from whisper_llada_jax.models.composite import WhisperLLaDA
+
+    mcfg = model_config(cfg) if mcfg is None else mcfg
+    return WhisperLLaDA(mcfg), mcfg
+
+
+def model_init_fn(model, mcfg: ModelConfig, response_len: int) -> Callable[[jax.Array], Any]:
+    """rng -> boxed variables ({'params', 'lora'}) for ``setup_state`` (traced abstractly)."""
+    w = mcfg.whisper
+
+    def init(rng):
+        p, d = jax.random.split(rng)
+        ids = jnp.zeros((1, response_len), jnp.int32)
+        feats = jnp.zeros((1, w.n_mels, w.input_frames), jnp.float32)
+        return model.init({"params": p, "dropout": d}, ids, features=feats)
+
+    return init
+
+
+def synthetic_batch(mcfg: ModelConfig, batch_size: int, response_len: int, seed: int = 0) -> dict:
+    """A batch in the pipeline's format with random features and token ids (tests, benchmarks)."""
+    rng = np.random.default_rng(seed)
+    w, v = mcfg.whisper, mcfg.llm.vocab_size
+    lo = max(mcfg.tokens.prompt_ids or (0,)) + 1 if v < 1000 else 0
+    ids = rng.integers(lo, v, size=(batch_size, response_len)).astype(np.int32)
+    length = rng.integers(max(1, response_len // 2), response_len + 1, size=batch_size).astype(np.int32)
+    ids = np.where(np.arange(response_len) < length[:, None], ids, mcfg.tokens.eos).astype(np.int32)
+    return {"features": rng.standard_normal((batch_size, w.n_mels, w.input_frames)).astype(np.float32),
+            "audio_len": np.full((batch_size,), 16000, np.int32), "response_ids": ids,
+            "response_len": length, "valid": np.ones((batch_size,), bool)}
+
+
+def tokens_per_batch(mcfg: ModelConfig, batch: int, response_len: int) -> int:
+    """LLM positions processed per step (prompt + audio + response), the throughput unit."""
+    return batch * (len(mcfg.tokens.prompt_ids) + mcfg.audio_tokens + response_len)
+
+
+# --------------------------------------------------------------------------- start-up checks
+def validate(cfg: TrainConfig, data_cfg, num_devices: int) -> None:
+    """One clear error before anything compiles."""
+    ici, dcn = mesh_lib.resolve_mesh_shape(cfg.mesh, num_devices, mesh_lib.num_slices_of(jax.devices()))
+    batch_ways = ici[0] * ici[1] * dcn[0] * dcn[1]
+    global_batch = data_cfg.batch_size * jax.process_count()
+    if global_batch % batch_ways:
+        raise ConfigError(f"data.batch_size: the global batch {global_batch} does not split over "
+                          f"data x fsdp = {batch_ways} devices", hint="make it a multiple of data x fsdp")
+    if cfg.optim.grad_accum < 1 or (global_batch // batch_ways) % cfg.optim.grad_accum:
+        raise ConfigError(f"optim.grad_accum={cfg.optim.grad_accum} does not divide the per-device "
+                          f"batch {global_batch // batch_ways}")
+    if cfg.steps < 0 or cfg.log_interval < 1 or cfg.eval_interval < 0:
+        raise ConfigError("steps / log_interval / eval_interval must be >= 0 / >= 1 / >= 0")
+
+
+def load_data_config(cfg: TrainConfig):
+    from whisper_llada_jax.data.config import DataConfig
+
+    return config_lib.from_dict(DataConfig, cfg.data, "data")
+
+
+def load_tokenizer(cfg: TrainConfig, mcfg: ModelConfig):
+    """The LLaDA tokenizer from ``tokenizer`` or ``init_from``'s tokenizer.json."""
+    from whisper_llada_jax.text.llada_tokenizer import LLaDATokenizer
+
+    path = cfg.tokenizer or (str(Path(cfg.init_from) / "tokenizer.json") if cfg.init_from else None)
+    if path is None:
+        raise ConfigError("tokenizer: no tokenizer.json given", hint="set tokenizer=PATH or init_from=MODEL_DIR")
+    tok = LLaDATokenizer(path)
+    if tok.vocab_size > mcfg.llm.vocab_size:
+        raise ConfigError(f"tokenizer: {path} has {tok.vocab_size} tokens, more than llm.vocab_size "
+                          f"{mcfg.llm.vocab_size}")
+    return tok
+
+
+# --------------------------------------------------------------------------- the loop
+@dataclasses.dataclass
+class Summary:
+    steps: int
+    start_step: int
+    final_loss: float
+    final_val_loss: float | None
+    best_val_loss: float | None
+    seconds: float
+    tokens_per_second: float
+    checkpoint_dir: str
+    model_dir: str | None
+
+    def lines(self) -> str:
+        out = [f"trained steps {self.start_step}..{self.steps} in {self.seconds:.1f} s "
+               f"({self.tokens_per_second:,.0f} tokens/s)", f"final train loss {self.final_loss:.4f}"]
+        if self.final_val_loss is not None:
+            out.append(f"validation loss {self.final_val_loss:.4f} (best {self.best_val_loss:.4f})")
+        out.append(f"checkpoints: {self.checkpoint_dir}")
+        if self.model_dir:
+            out.append(f"MODEL_DIR: {self.model_dir}")
+        return "\n".join(out)
+
+
+class Trainer:
+    """Builds everything from a TrainConfig; ``run()`` trains and returns a Summary.
+
+    ``train_iter`` / ``eval_batches`` / ``tokenizer`` may be injected (tests); otherwise they
+    come from the data pipeline and the tokenizer file.
+    """
+
+    def __init__(self, cfg: TrainConfig, *, train_iter: Iterator[dict] | None = None,
+                 eval_batches: Callable[[], Iterator[dict]] | None = None, tokenizer: Any = None,
+                 print_fn: Callable[[str], None] = print):
+        mesh_lib.initialize_distributed(cfg.distributed)
+        self.cfg, self.print = cfg, print_fn
+        self.is_main = jax.process_index() == 0
+        self.data_cfg = load_data_config(cfg)
+        self.mcfg = model_config(cfg)
+        validate(cfg, self.data_cfg, jax.device_count())
+        self.mesh = mesh_lib.make_mesh(cfg.mesh)
+        self.rules = mesh_lib.rules(cfg.mesh)
+        self.workdir = Path(cfg.workdir)
+        self.tokenizer = tokenizer
+        if self.tokenizer is None and (train_iter is None or cfg.init_from or cfg.tokenizer):
+            self.tokenizer = load_tokenizer(cfg, self.mcfg)
+        if self.tokenizer is not None and not cfg.init_from:
+            # a fresh model takes its special ids and chat prompt from the tokenizer
+            self.mcfg = dataclasses.replace(self.mcfg, tokens=self.tokenizer.token_config(self.mcfg.tokens.prompt_text))
+        self.model, _ = build_model(cfg, self.mcfg)
+        r = self.data_cfg.max_response_len
+        with jax.set_mesh(self.mesh):
+            variables = None
+            if cfg.init_from:
+                from whisper_llada_jax.checkpoints.model_dir import load_model_dir
+
+                variables = load_model_dir(cfg.init_from, mesh=self.mesh).variables
+            self.setup: StateSetup = setup_state(model_init_fn(self.model, self.mcfg, r), self.mesh, self.rules,
+                                                 cfg.optim, cfg.seed, variables)
+        self.train_iter = train_iter if train_iter is not None else self._pipeline("train")
+        self._eval_batches = eval_batches or (lambda: self._pipeline("eval"))
+        ckdir = cfg.checkpoint.dir or str(self.workdir / "checkpoints")
+        self.ckpt = Checkpointer(ckdir, cfg.checkpoint, with_data=hasattr(self.train_iter, "get_state"))
+        example = step_lib.device_batch(synthetic_batch(self.mcfg, self.data_cfg.batch_size * jax.process_count(), r))
+        self.global_example = example
+        train_fn = step_lib.make_train_step(self.model, cfg, self.mcfg, self.setup.tx)
+        self.train_step = step_lib.jit_train_step(train_fn, self.setup, self.mesh, example, self.rules)
+        self.eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(self.model, cfg, self.mcfg),
+                                                self.setup, self.mesh, example, self.rules)
+        self.tokens_per_step = tokens_per_batch(self.mcfg, self.data_cfg.batch_size * jax.process_count(), r)
+
+    def _pipeline(self, split: str):
+        from whisper_llada_jax.data.pipeline import build_iterator
+
+        return build_iterator(self.data_cfg, self.mcfg, self.tokenizer, split=split,
+                              shard_index=jax.process_index(), shard_count=jax.process_count(),
+                              seed=self.cfg.seed)
+
+    # ------------------------------------------------------------------ pieces
+    def compile(self):
+        """AOT-compiles the step once (the jitted call then reuses it) and reports memory."""
+        abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=mesh_lib.batch_sharding(self.mesh, v.ndim))
+                          for k, v in self.global_example.items()}
+        t0 = time.perf_counter()
+        with jax.set_mesh(self.mesh):
+            compiled = self.train_step.lower(self.setup.abstract, abstract_batch).compile()
+        report = memory_report(compiled)
+        if self.cfg.memory_report and self.is_main:
+            self.print(f"compiled train step in {time.perf_counter() - t0:.1f} s; per device: {report}")
+        return compiled
+
+    def evaluate(self, state) -> float:
+        totals = np.zeros(3)
+        key = jax.random.PRNGKey(self.cfg.seed + 1)
+        for i, batch in enumerate(self._eval_batches()):
+            if i >= self.cfg.eval_batches:
+                break
+            with jax.set_mesh(self.mesh):
+                m = self.eval_step(state, self._global(batch), jax.random.fold_in(key, i))
+            totals += np.array([float(m["loss_sum"]), float(m["tokens"]), float(m["correct"])])
+        return float(totals[0] / max(totals[1], 1.0))
+
+    def _global(self, batch: dict) -> dict:
+        return mesh_lib.global_batch(self.mesh, step_lib.device_batch(batch))
+
+    def _check_finite(self, state, step: int) -> None:
+        bad = int(jax.device_get(state.nonfinite_step))
+        if bad >= 0:
+            last = self.ckpt.latest_step()
+            kept = f"the last good checkpoint (step {last}) is kept in {self.ckpt.directory}" if last is not None \
+                else "no checkpoint had been written yet"
+            raise NonFiniteLossError(f"loss became NaN/inf at step {bad}; stopped, {kept}",
+                                     hint="lower optim.peak_lr, enable optim.clip_norm or check the data")
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> Summary:
+        cfg = self.cfg
+        state = self.setup.state
+        start = 0
+        if cfg.checkpoint.restore and self.ckpt.latest_step() is not None:
+            start = self.ckpt.latest_step()
+            state = self.ckpt.restore(start, self.setup.abstract,
+                                      self.train_iter if self.ckpt.with_data else None)
+            if self.is_main:
+                self.print(f"resumed from {self.ckpt.directory}/{start}")
+        if cfg.checkpoint.save_on_preemption:
+            self.ckpt.install_sigterm_handler()
+        compiled = self.compile()
+        writer = self._writer()
+        bar = self._bar(start)
+        pending: list[tuple[int, dict]] = []
+        last_loss, val_loss, best_val = float("nan"), None, None
+        t_start, t_mark, step_mark = time.perf_counter(), time.perf_counter(), start
+        step = start
+        try:
+            while step < cfg.steps:
+                batch = next(self.train_iter)
+                state, metrics = compiled(state, self._global(batch))
+                step += 1
+                pending.append((step, metrics))
+                last = step == cfg.steps
+                if step % cfg.log_interval == 0 or last:
+                    self._check_finite(state, step)
+                    now = time.perf_counter()
+                    tps = self.tokens_per_step * (step - step_mark) / max(now - t_mark, 1e-9)
+                    t_mark, step_mark = now, step
+                    for s, m in jax.device_get(pending):
+                        if writer:
+                            for k, v in m.items():
+                                writer.add_scalar(f"train/{k}", float(v), s)
+                    m = {k: float(v) for k, v in jax.device_get(pending[-1][1]).items()}
+                    pending.clear()
+                    last_loss = m["loss"]
+                    if writer:
+                        writer.add_scalar("train/tokens_per_second", tps, step)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}", tok_s=f"{tps:,.0f}")
+                        bar.update(step - bar.n)
+                    elif self.is_main:
+                        self.print(f"step {step} loss {m['loss']:.4f} acc {m['accuracy']:.3f} "
+                                   f"lr {m['lr']:.3e} grad_norm {m['grad_norm']:.3f} tokens/s {tps:,.0f}")
+                if cfg.eval_interval and (step % cfg.eval_interval == 0 or last):
+                    val_loss = self.evaluate(state)
+                    best_val = val_loss if best_val is None else min(best_val, val_loss)
+                    if writer:
+                        writer.add_scalar("val/loss", val_loss, step)
+                    if self.is_main:
+                        self.print(f"step {step} validation loss {val_loss:.4f}")
+                preempted = self.ckpt.preempted(step)
+                if self.ckpt.should_save(step) or last or preempted:
+                    self._check_finite(state, step)  # never checkpoint a diverged state
+                    self.ckpt.save(step, state, self.train_iter if self.ckpt.with_data else None,
+                                   val_loss=val_loss if (cfg.eval_interval and step % cfg.eval_interval == 0) or last
+                                   else None, force=True)
+                if preempted:
+                    self.ckpt.wait()
+                    if self.is_main:
+                        self.print(f"preempted: saved step {step} to {self.ckpt.directory}; exiting")
+                    break
+        finally:
+            self.ckpt.wait()
+            if bar is not None:
+                bar.close()
+            if writer:
+                writer.close()
+        seconds = time.perf_counter() - t_start
+        model_dir = None
+        if step >= cfg.steps and self.tokenizer is not None and hasattr(self.tokenizer, "json"):
+            model_dir = self._write_model_dir(state)
+        self.state = state
+        summary = Summary(step, start, last_loss, val_loss, best_val, seconds,
+                          self.tokens_per_step * (step - start) / max(seconds, 1e-9),
+                          str(self.ckpt.directory), model_dir)
+        if self.is_main:
+            self.print(summary.lines())
+            (self.workdir / "summary.json").parent.mkdir(parents=True, exist_ok=True)
+            (self.workdir / "summary.json").write_text(json.dumps(dataclasses.asdict(summary), indent=1))
+        return summary
+
+    def _writer(self):
+        if not self.is_main:
+            return None
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter(str(self.workdir / "tensorboard"))
+
+    def _bar(self, start: int):
+        if not (self.cfg.progress_bar and self.is_main):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+    def _write_model_dir(self, state) -> str:
+        from jax.experimental import multihost_utils
+
+        from whisper_llada_jax.checkpoints.model_dir import save_model_dir
+
+        out = self.cfg.output_dir or str(self.workdir / "model")
+        variables = state.variables
+        if jax.process_count() > 1:
+            variables = multihost_utils.process_allgather(variables, tiled=True)
+        if self.is_main:
+            save_model_dir(out, self.mcfg, jax.device_get(variables), self.tokenizer.json)
+        return out
+
+    def close(self) -> None:
+        self.ckpt.close()
+
+
+def memory_report(compiled) -> str:
+    m = compiled.memory_analysis()
+    if m is None:
+        return "memory analysis unavailable on this backend"
+    gib = lambda b: f"{b / 2**30:.3f} GiB"  # noqa: E731
+    total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+    return (f"arguments {gib(m.argument_size_in_bytes)}, outputs {gib(m.output_size_in_bytes)} "
+            f"(aliased {gib(m.alias_size_in_bytes)}), temporaries {gib(m.temp_size_in_bytes)}, total {gib(total)}")
+
+
+def train(cfg: TrainConfig, **kw) -> Summary:
+    trainer = Trainer(cfg, **kw)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
