@@ -10,6 +10,7 @@ import dataclasses
 from typing import Literal
 
 from whisper_llada_jax import config as config_lib
+from whisper_llada_jax.errors import DecodeConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,8 @@ class DecodeConfig:
     cache: Literal["none", "prefix", "dual"] = "none"  # (a)
     length_buckets: tuple[int, ...] = ()  # (c) canvas sizes chosen from a length estimate
     edit_length: bool = False  # (d) deliberation may insert / delete tokens
+    edit_insert_slots: int = 1  # (d) extra masked slots per masked first-pass token
+    edit_tail_slots: int = 4  # (d) masked slots appended after the first pass
     audio_span: Literal["full", "trimmed"] = "full"  # (e) keep only windows covering real audio
     audio_margin_windows: int = 1
     # ---- batching
@@ -41,6 +44,75 @@ class DecodeConfig:
     max_new_tokens: int = 128  # autoregressive baseline
 
 
+    @property
+    def block(self) -> int:
+        """Block length actually used: the whole canvas for ``diffusion``."""
+        return self.gen_len if self.decoder == "diffusion" else self.block_length
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_len // self.block
+
+
+def _fail(field: str, message: str, hint: str) -> None:
+    raise DecodeConfigError(f"decode config field {field}: {message}", hint=hint)
+
+
+def validate(cfg: DecodeConfig) -> DecodeConfig:
+    """Rejects impossible combinations with one clear line, before anything is traced."""
+    if cfg.gen_len < 1:
+        _fail("gen_len", f"{cfg.gen_len} must be positive", "the paper uses 128")
+    if cfg.block_length < 1 or cfg.gen_len % cfg.block:
+        _fail("block_length", f"{cfg.block_length} does not divide gen_len {cfg.gen_len}",
+              "use a divisor of gen_len, e.g. 64 or 32 for gen_len 128")
+    if cfg.steps < 1:
+        _fail("steps", f"{cfg.steps} must be positive", "the paper uses 128, 64 or 32")
+    if cfg.strategy == "none" and cfg.decoder != "autoregressive":
+        if cfg.steps % cfg.num_blocks:
+            _fail("steps", f"{cfg.steps} is not divisible by the {cfg.num_blocks} blocks "
+                  f"(gen_len {cfg.gen_len} / block_length {cfg.block})",
+                  f"use a multiple of {cfg.num_blocks}")
+        if cfg.steps > cfg.gen_len:
+            _fail("steps", f"{cfg.steps} exceeds gen_len {cfg.gen_len}",
+                  "each step reveals at least one token; use steps <= gen_len")
+    if cfg.temperature < 0:
+        _fail("temperature", f"{cfg.temperature} is negative", "0 is greedy")
+    if not 0.0 <= cfg.mask_ratio <= 1.0:
+        _fail("mask_ratio", f"{cfg.mask_ratio} is outside [0, 1]", "the paper uses 0.3")
+    if cfg.num_chunks < 1:
+        _fail("num_chunks", f"{cfg.num_chunks} must be positive", "the paper uses 4")
+    if cfg.strategy == "semi_ar" and cfg.steps < cfg.num_chunks:
+        _fail("steps", f"{cfg.steps} is fewer than num_chunks {cfg.num_chunks}",
+              "semi_ar deliberation spends steps // num_chunks steps per chunk")
+    if cfg.threshold is not None and not 0.0 < cfg.threshold <= 1.0:
+        _fail("threshold", f"{cfg.threshold} is outside (0, 1]", "Fast-dLLM uses 0.9")
+    if cfg.decoder == "autoregressive" and cfg.strategy != "none":
+        _fail("strategy", f"{cfg.strategy} deliberation needs a diffusion model, not decoder=autoregressive",
+              "use decoder: diffusion with a strategy, or strategy: none")
+    if cfg.decoder == "autoregressive" and (cfg.threshold is not None or cfg.cache != "none" or cfg.length_buckets):
+        _fail("decoder", "threshold / cache / length_buckets are diffusion fast modes",
+              "the autoregressive baseline always uses its own K/V cache")
+    if cfg.text_only and cfg.strategy == "none":
+        _fail("text_only", "text-only decoding has nothing to transcribe", "text_only is for deliberation")
+    if cfg.edit_length and cfg.strategy != "diffusion":
+        _fail("edit_length", f"needs strategy diffusion, not {cfg.strategy}", "set strategy: diffusion")
+    if cfg.edit_insert_slots < 0 or cfg.edit_tail_slots < 0:
+        _fail("edit_insert_slots", "slot counts must be >= 0", "the default is 1 and 4")
+    if cfg.length_buckets:
+        if cfg.strategy != "none":
+            _fail("length_buckets", "applies to decoding from an all-masked canvas", "drop it for deliberation")
+        for size in cfg.length_buckets:
+            if size < 1 or size > cfg.gen_len or (cfg.decoder == "semi_ar" and size % cfg.block):
+                _fail("length_buckets", f"bucket {size} must be in 1..gen_len"
+                      + (f" and a multiple of block_length {cfg.block}" if cfg.decoder == "semi_ar" else ""),
+                      f"e.g. [{cfg.gen_len // 4}, {cfg.gen_len // 2}]")
+    if cfg.audio_margin_windows < 0:
+        _fail("audio_margin_windows", f"{cfg.audio_margin_windows} is negative", "1 is the default")
+    if cfg.batch_size < 1 or cfg.max_new_tokens < 1:
+        _fail("batch_size", "batch_size and max_new_tokens must be positive", "e.g. 16 and 128")
+    return cfg
+
+
 def load_decode_config(source=None, overrides=()) -> DecodeConfig:
-    """From a YAML path / name under configs/decode/, a dict, or defaults, plus overrides."""
-    return config_lib.load(DecodeConfig, source, overrides, kind="decode")
+    """From a YAML path / name under configs/decode/, a dict, or defaults, plus overrides; validated."""
+    return validate(config_lib.load(DecodeConfig, source, overrides, kind="decode"))

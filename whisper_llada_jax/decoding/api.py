@@ -1,0 +1,328 @@
+"""Python API of the decoders: one function per mode, a dispatcher, and file transcription.
+
+Each mode is one jitted program per (config, shapes): encode the audio once, build the
+``[prompt | audio]`` prefix, run the fused loop, and hand back tokens and forward-pass counts.
+``DecodeConfig`` is validated before anything is traced.
+
+    out = diffusion_decode(model, variables, {"features": feats}, cfg, rng)
+    out = deliberate(model, variables, {"features": feats}, first_pass_ids, cfg, rng)
+    out = autoregressive_decode(model, variables, {"features": feats}, cfg)
+    rows = run_decode(loaded, batch, cfg, rng)          # list of {hypothesis, tokens, nfe}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Iterable, Iterator, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from whisper_llada_jax.decoding import autoregressive, deliberation, diffusion
+from whisper_llada_jax.decoding.backbone import Backbone, Prefix, full_forward
+from whisper_llada_jax.decoding.config import DecodeConfig, validate
+from whisper_llada_jax.errors import DataError, DecodeConfigError
+
+
+class DecodeOutput(NamedTuple):
+    """``tokens (B, R)`` response canvases, ``length (B,)`` valid slots, ``nfe (B,)``."""
+
+    tokens: np.ndarray
+    length: np.ndarray
+    nfe: np.ndarray
+
+
+# ----------------------------------------------------------------------------- conditioning
+@dataclasses.dataclass(frozen=True)
+class Conditioner:
+    """How a program turns its ``inputs`` into the ``[prompt | audio]`` prefix.
+
+    ``inputs`` is a ``Prefix`` (bare LLM: embeddings given) or a dict with ``features`` or
+    ``encoder_out`` (composite: encoded once inside the program). ``audio_tokens`` keeps only
+    the first audio vectors (trimmed span); ``text_only`` drops the audio altogether.
+    """
+
+    audio_tokens: int | None = None
+    text_only: bool = False
+
+    def __call__(self, bb: Backbone, variables: Any, inputs: Any) -> Prefix:
+        if isinstance(inputs, Prefix):
+            return inputs
+        audio = None
+        if not self.text_only:
+            audio = bb.module.apply(variables, features=inputs.get("features"), encoder_out=inputs.get("encoder_out"),
+                                    method="encode_audio")
+            if self.audio_tokens is not None:
+                audio = audio[:, :self.audio_tokens]
+        b = next(iter(inputs.values())).shape[0]
+        embeds = bb.module.apply(variables, audio, b, method="prefix_embeds")
+        return Prefix(embeds, jnp.ones(embeds.shape[:2], bool))
+
+
+def backbone_of(model: Any) -> Backbone:
+    """The composite exposes ``llm_forward``; a bare ``LLaDA`` is driven directly."""
+    return Backbone(model, composite=hasattr(model, "llm_forward"))
+
+
+def _rows(inputs: Any) -> int:
+    return (inputs.embeds if isinstance(inputs, Prefix) else next(iter(inputs.values()))).shape[0]
+
+
+# ----------------------------------------------------------------------------- programs
+@functools.partial(jax.jit, static_argnames=("bb", "cond", "plan", "gen_len", "buckets"))
+def _diffusion_program(variables, inputs, spb, rng, row_ids, live, *, bb, cond, plan, gen_len, buckets):
+    """``spb`` (steps per block) is traced: every step count shares one compiled program."""
+    prefix = cond(bb, variables, inputs)
+    b = row_ids.shape[0]
+
+    def run(size: int, extra):
+        if plan.block >= gen_len:  # one block: the bucket is the block, steps scale with it
+            p, steps = dataclasses.replace(plan, num_segments=1, block=size), jnp.maximum(1, -(-spb * size // gen_len))
+        else:  # semi-AR: fewer blocks of the same length and steps
+            p, steps = dataclasses.replace(plan, num_segments=size // plan.block), spb
+        x = jnp.full((b, size), plan.mask_id, jnp.int32)
+        out, nfe = diffusion.denoise(bb, variables, prefix, x, jnp.full((b,), size, jnp.int32),
+                                     jnp.full((b,), steps, jnp.int32), rng, row_ids, live, p)
+        out = jnp.concatenate([out, jnp.full((b, gen_len - size), plan.eos_id, jnp.int32)], axis=1)
+        return out, nfe + extra
+
+    if not buckets:
+        return run(gen_len, 0)
+    # Length-adaptive (fast mode c): one forward over the all-masked full canvas estimates each
+    # row's length (first position whose argmax is eos, plus a margin); the batch takes the
+    # smallest bucket that fits its longest row and lax.switch runs that bucket's loop. Every
+    # bucket is compiled once, inside this one program.
+    h, _ = full_forward(bb, variables, prefix, jnp.full((b, gen_len), plan.mask_id, jnp.int32),
+                        jnp.ones((b, gen_len), bool), return_kv=False)
+    is_eos = jnp.argmax(bb.head(variables, h), -1) == plan.eos_id
+    est = jnp.where(is_eos.any(-1), jnp.argmax(is_eos, -1), gen_len) + 1 + gen_len // 16
+    need = jnp.where(live, est, 0).max()
+    sizes = tuple(s for s in buckets if s < gen_len) + (gen_len,)
+    idx = jnp.minimum(jnp.searchsorted(jnp.asarray(sizes), need, side="left"), len(sizes) - 1)
+    return jax.lax.switch(idx, [functools.partial(run, s) for s in sizes], live.astype(jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames=("bb", "cond", "plan"))
+def _deliberation_program(variables, inputs, first, length, num_masked, steps, mask, rng, row_ids, live, *, bb,
+                          cond, plan):
+    prefix = cond(bb, variables, inputs)
+    return deliberation.deliberate_tokens(bb, variables, prefix, first, length, num_masked, steps, rng, row_ids,
+                                          live, plan, mask)
+
+
+@functools.partial(jax.jit, static_argnames=("bb", "cond", "max_new", "eos_id"))
+def _autoregressive_program(variables, inputs, live, *, bb, cond, max_new, eos_id):
+    prefix = cond(bb, variables, inputs)
+    # Left-pad nothing: every prefix is full length, so the last slot is each row's last token.
+    return autoregressive.greedy(bb, variables, prefix, max_new, eos_id, live)
+
+
+# ----------------------------------------------------------------------------- one function per mode
+def _ids_and_live(b: int, row_ids, live):
+    ids = jnp.arange(b, dtype=jnp.int32) if row_ids is None else jnp.asarray(row_ids, jnp.int32)
+    lv = jnp.ones((b,), bool) if live is None else jnp.asarray(live, bool)
+    return ids, lv
+
+
+def _cond(cfg: DecodeConfig, audio_tokens: int | None) -> Conditioner:
+    return Conditioner(audio_tokens=audio_tokens if cfg.audio_span == "trimmed" else None, text_only=cfg.text_only)
+
+
+def diffusion_decode(model: Any, variables: Any, inputs: Any, cfg: DecodeConfig, rng: jax.Array, *,
+                     tokens: Any = None, row_ids=None, live=None, audio_tokens: int | None = None) -> DecodeOutput:
+    """Diffusion (one block) or semi-AR decoding from an all-masked canvas of ``cfg.gen_len``.
+
+    inputs: ``{"features": (B, mels, frames)}`` / ``{"encoder_out": ...}`` for the composite, or
+    a ``Prefix`` for a bare LLM. ``tokens``: the model's ``TokenConfig`` (mask / eos ids).
+    ``row_ids``: per-row ids for the RNG (default 0..B-1); ``live``: False for padding rows.
+    """
+    validate(cfg)
+    tok = tokens or _tokens_of(model)
+    b = _rows(inputs)
+    plan = diffusion.Plan(num_segments=cfg.num_blocks, segments="blocks", block=cfg.block,
+                          block_window=cfg.cache == "dual", eos_rule=True,
+                          threshold=cfg.threshold, remasking=cfg.remasking, temperature=float(cfg.temperature),
+                          cache=cfg.cache, mask_id=tok.mask, eos_id=tok.eos)
+    ids, lv = _ids_and_live(b, row_ids, live)
+    spb = jnp.asarray(cfg.steps // cfg.num_blocks, jnp.int32)
+    out, nfe = _diffusion_program(variables, inputs, spb, rng, ids, lv, bb=backbone_of(model),
+                                  cond=_cond(cfg, audio_tokens), plan=plan, gen_len=cfg.gen_len,
+                                  buckets=tuple(sorted(cfg.length_buckets)))
+    return DecodeOutput(np.asarray(out), np.full((b,), cfg.gen_len, np.int32), np.asarray(nfe))
+
+
+def pad_first_pass(first_pass: list[list[int]], width: int, pad_id: int, where: list[str] | None = None):
+    """``(B, width)`` ids right-padded with pad, and the lengths; rejects empty / too long rows."""
+    out = np.full((len(first_pass), width), pad_id, np.int32)
+    lens = np.zeros(len(first_pass), np.int32)
+    for i, ids in enumerate(first_pass):
+        name = where[i] if where else f"row {i}"
+        if len(ids) == 0:
+            raise DataError(f"first pass of {name} is empty", hint="deliberation needs a non-empty first-pass transcript")
+        if len(ids) > width:
+            raise DecodeConfigError(f"first pass of {name} has {len(ids)} tokens, more than gen_len {width}",
+                                    hint="raise decode gen_len")
+        out[i, :len(ids)] = ids
+        lens[i] = len(ids)
+    return out, lens
+
+
+def deliberate(model: Any, variables: Any, inputs: Any, first_pass: list[list[int]], cfg: DecodeConfig,
+               rng: jax.Array, *, tokens: Any = None, row_ids=None, live=None, mask=None,
+               audio_tokens: int | None = None, names: list[str] | None = None) -> DecodeOutput:
+    """Deliberation of first-pass token ids (``cfg.strategy`` diffusion / semi_ar).
+
+    ``mask``: an optional injected ``(B, gen_len)`` choice of positions (tests, random masking).
+    """
+    validate(cfg)
+    if cfg.strategy == "none":
+        raise DecodeConfigError("decode config field strategy: deliberation needs diffusion or semi_ar",
+                                hint="set strategy: diffusion")
+    tok = tokens or _tokens_of(model)
+    first, lens = pad_first_pass(first_pass, cfg.gen_len, tok.pad, names)
+    num_masked = np.array([int(n * cfg.mask_ratio) for n in lens], np.int32)  # float64, as the reference
+    width = cfg.gen_len
+    if cfg.edit_length:
+        width = cfg.gen_len + int(cfg.gen_len * cfg.mask_ratio) * cfg.edit_insert_slots + cfg.edit_tail_slots
+    plan = deliberation.DeliberationPlan(
+        strategy=cfg.strategy, masking=cfg.masking, num_chunks=cfg.num_chunks,
+        remasking=cfg.remasking, temperature=float(cfg.temperature), threshold=cfg.threshold, cache=cfg.cache,
+        mask_id=tok.mask, pad_id=tok.pad, eos_id=tok.eos, edit_length=cfg.edit_length,
+        insert_slots=cfg.edit_insert_slots, tail_slots=cfg.edit_tail_slots, edit_width=width)
+    ids, lv = _ids_and_live(len(first_pass), row_ids, live)
+    out, nfe = _deliberation_program(variables, inputs, jnp.asarray(first), jnp.asarray(lens), jnp.asarray(num_masked),
+                                     jnp.asarray(cfg.steps, jnp.int32), None if mask is None else jnp.asarray(mask, bool), rng, ids, lv,
+                                     bb=backbone_of(model), cond=_cond(cfg, audio_tokens), plan=plan)
+    out = np.asarray(out)
+    length = lens if not cfg.edit_length else np.full(len(lens), out.shape[1], np.int32)
+    return DecodeOutput(out, length, np.asarray(nfe))
+
+
+def autoregressive_decode(model: Any, variables: Any, inputs: Any, cfg: DecodeConfig, *, tokens: Any = None,
+                          live=None, audio_tokens: int | None = None) -> DecodeOutput:
+    """Greedy decoding with a K/V cache for a causal LLM (the Whisper-LLaMA baseline)."""
+    validate(cfg)
+    tok = tokens or _tokens_of(model)
+    b = _rows(inputs)
+    _, lv = _ids_and_live(b, None, live)
+    out, length, nfe = _autoregressive_program(variables, inputs, lv, bb=backbone_of(model),
+                                               cond=_cond(cfg, audio_tokens), max_new=cfg.max_new_tokens,
+                                               eos_id=tok.eos)
+    return DecodeOutput(np.asarray(out), np.asarray(length), np.asarray(nfe))
+
+
+def _tokens_of(model: Any):
+    cfg = getattr(model, "config", None)
+    tokens = getattr(cfg, "tokens", None)
+    if tokens is None:
+        raise DecodeConfigError("the model carries no token ids", hint="pass tokens=TokenConfig(...)")
+    return tokens
+
+
+# ----------------------------------------------------------------------------- host side
+def special_ids(tokens: Any) -> set[int]:
+    return {tokens.bos, tokens.eos, tokens.pad, tokens.mask, tokens.start_header, tokens.end_header, tokens.eot}
+
+
+def response_tokens(row: np.ndarray, length: int, tokens: Any) -> list[int]:
+    """The response ids without special tokens (as ``skip_special_tokens`` decoding)."""
+    drop = special_ids(tokens)
+    return [int(t) for t in row[:length] if int(t) not in drop]
+
+
+def trimmed_audio_tokens(audio_len: np.ndarray, model_cfg: Any, margin_windows: int) -> int:
+    """Audio vectors kept by ``audio_span="trimmed"``: the projector windows covering the
+    longest real clip of the batch plus a margin, rounded up to a quarter of all windows so at
+    most four sizes ever compile."""
+    hop, stride = 160 * 2, model_cfg.projector.stride  # one encoder frame = 2 mel hops
+    frames = np.ceil(np.asarray(audio_len, np.float64) / hop)
+    need = int(np.ceil(frames.max() / stride)) + margin_windows if len(frames) else 1
+    total = model_cfg.num_windows
+    quarter = max(1, math.ceil(total / 4))
+    windows = min(total, math.ceil(max(need, 1) / quarter) * quarter)
+    return windows * model_cfg.projector.num_queries
+
+
+def run_decode(loaded: Any, batch: dict, cfg: DecodeConfig, rng: jax.Array) -> list[dict]:
+    """Decodes one batch (see docs/architecture.md) with ``loaded`` (a ``LoadedModel``).
+
+    Returns one dict per row with ``hypothesis``, ``tokens`` and ``nfe``; padding rows
+    (``valid`` False) are included, so results line up with ``batch["ids"]``.
+    """
+    validate(cfg)
+    tok = loaded.config.tokens
+    inputs = {"encoder_out": jnp.asarray(batch["encoder_out"])} if "encoder_out" in batch else \
+        {"features": jnp.asarray(batch["features"])}
+    b = next(iter(inputs.values())).shape[0]
+    live = np.asarray(batch.get("valid", np.ones(b, bool)), bool)
+    audio_tokens = None
+    if cfg.audio_span == "trimmed" and "audio_len" in batch:
+        audio_tokens = trimmed_audio_tokens(np.asarray(batch["audio_len"])[live], loaded.config, cfg.audio_margin_windows)
+    row_ids = np.array([_stable_id(x) for x in batch.get("ids", range(b))], np.int64) % (2 ** 31 - 1)
+    if cfg.decoder == "autoregressive":
+        out = autoregressive_decode(loaded.model, loaded.variables, inputs, cfg, tokens=tok, live=live,
+                                    audio_tokens=audio_tokens)
+    elif cfg.strategy != "none":
+        texts = batch.get("first_pass")
+        if texts is None:
+            raise DataError("deliberation needs first-pass transcripts", hint="give first_pass in the manifest")
+        names = list(batch.get("ids", [f"row {i}" for i in range(b)]))
+        first = [loaded.tokenizer.encode(t) if ok else [tok.eos] for t, ok in zip(texts, live)]
+        out = deliberate(loaded.model, loaded.variables, inputs, first, cfg, rng, tokens=tok, row_ids=row_ids,
+                         live=live, audio_tokens=audio_tokens, names=names)
+    else:
+        out = diffusion_decode(loaded.model, loaded.variables, inputs, cfg, rng, tokens=tok, row_ids=row_ids,
+                               live=live, audio_tokens=audio_tokens)
+    rows = []
+    for i in range(b):
+        ids = response_tokens(out.tokens[i], int(out.length[i]), tok)
+        rows.append({"hypothesis": loaded.tokenizer.decode(ids).strip(), "tokens": ids, "nfe": int(out.nfe[i])})
+    return rows
+
+
+def _stable_id(x: Any) -> int:
+    """A process-independent integer for an utterance id (Python's hash() is salted)."""
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    import zlib
+    return zlib.crc32(str(x).encode())
+
+
+def transcribe_files(model_dir: str, items: Iterable[dict], cfg: DecodeConfig, batch_size: int | None = None,
+                     seed: int = 0) -> Iterator[dict]:
+    """Decodes audio files: ``items`` are dicts with ``id``, ``audio`` (path), optional ``text``
+    and ``first_pass``. Yields ``{id, hypothesis, reference, nfe}`` (+ ``first_pass``)."""
+    from whisper_llada_jax.audio.features import log_mel_numpy
+    from whisper_llada_jax.audio.io import check_duration, load_audio
+    from whisper_llada_jax.checkpoints.model_dir import load_model_dir
+
+    validate(cfg)
+    loaded = load_model_dir(model_dir)
+    wcfg = loaded.config.whisper
+    n_samples = wcfg.input_frames * 160
+    bs = batch_size or cfg.batch_size
+    items = list(items)
+    rng = jax.random.key(seed)
+    for start in range(0, len(items), bs):
+        chunk = items[start:start + bs]
+        audio = []
+        for it in chunk:
+            a = load_audio(it["audio"])
+            check_duration(a, it["audio"], max_seconds=n_samples / 16000)
+            audio.append(a)
+        pad = bs - len(chunk)  # fixed batch shape: pad the last batch with silent rows
+        feats = log_mel_numpy(audio + [np.zeros(160, np.float32)] * pad, n_mels=wcfg.n_mels, n_samples=n_samples)
+        batch = {"features": feats, "audio_len": np.array([len(a) for a in audio] + [160] * pad, np.int32),
+                 "valid": np.array([True] * len(chunk) + [False] * pad), "ids": [it["id"] for it in chunk]
+                 + [f"__pad{i}" for i in range(pad)]}
+        if cfg.strategy != "none":
+            batch["first_pass"] = [it.get("first_pass", "") for it in chunk] + [""] * pad
+        rows = run_decode(loaded, batch, cfg, rng)
+        for it, row in zip(chunk, rows):
+            rec = {"id": it["id"], "hypothesis": row["hypothesis"], "reference": it.get("text"), "nfe": row["nfe"]}
+            if "first_pass" in it:
+                rec["first_pass"] = it["first_pass"]
+            yield rec

@@ -1,0 +1,85 @@
+"""The small functional surface the decoders need from a model.
+
+A ``Backbone`` wraps a Linen module (the bare ``LLaDA`` or the composite ``WhisperLLaDA``) and
+exposes pure functions of ``variables``: embed ids, run the transformer to final hidden states
+(optionally with a K/V prefix cache), and project hidden states to logits. Decoders take the
+variables as jit arguments (never closed over), so one compiled program serves any weights.
+
+``Prefix`` is the conditioning part of the canvas, ``[prompt | audio]`` embeddings, with a
+validity mask so rows may be left-padded (trimmed audio spans, text-only deliberation). RoPE
+positions count valid slots only, so a padded row sees exactly the positions it would alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from whisper_llada_jax.models.llada import KV
+
+
+class Prefix(NamedTuple):
+    """``embeds (B, P, D)`` of ``[prompt | audio]`` and ``valid (B, P)`` (False = padding)."""
+
+    embeds: jax.Array
+    valid: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """Decoder-facing view of a model. ``composite=True`` for ``WhisperLLaDA`` (calls
+    ``llm_forward`` / ``embed``), False for a bare ``LLaDA`` (prefix embeddings given)."""
+
+    module: nn.Module
+    composite: bool = True
+
+    def embed(self, variables: Any, ids: jax.Array) -> jax.Array:
+        return self.module.apply(variables, ids, method="embed")
+
+    def hidden(self, variables: Any, **kw):
+        """``LLMOutput`` with ``hidden`` (final-norm states) and, if asked, ``kv``."""
+        kw["return_hidden"] = True
+        if self.composite:
+            return self.module.apply(variables, method="llm_forward", **kw)
+        return self.module.apply(variables, **kw)
+
+    def head(self, variables: Any, hidden: jax.Array) -> jax.Array:
+        """Logits ``(B, S, V)`` in fp32, computed only for the positions the decoder reads."""
+        if self.composite:
+            out = self.module.apply(variables, hidden, method="llm_head")
+        else:
+            out = self.module.apply(variables, hidden, method="head")
+        return out.astype(jnp.float32)
+
+    def logits(self, variables: Any, prefix: Prefix, ids: jax.Array, valid: jax.Array) -> jax.Array:
+        """Response logits ``(B, R, V)`` of one plain full forward over ``[prefix | embed(ids)]``."""
+        h, _ = full_forward(self, variables, prefix, ids, valid, return_kv=False)
+        return self.head(variables, h)
+
+
+def positions(prefix_valid: jax.Array, resp_valid: jax.Array) -> jax.Array:
+    """RoPE positions ``(B, P + R)`` counting valid slots only (padding gets position 0)."""
+    valid = jnp.concatenate([prefix_valid, resp_valid], axis=1).astype(jnp.int32)
+    return jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
+
+
+def full_forward(bb: Backbone, variables, prefix: Prefix, ids: jax.Array, resp_valid: jax.Array,
+                 return_kv: bool) -> tuple[jax.Array, KV | None]:
+    """Hidden states of the response ``(B, R, D)`` (and the K/V of every position)."""
+    emb = jnp.concatenate([prefix.embeds, bb.embed(variables, ids).astype(prefix.embeds.dtype)], axis=1)
+    mask = jnp.concatenate([prefix.valid, resp_valid], axis=1)
+    out = bb.hidden(variables, embeds=emb, positions=positions(prefix.valid, resp_valid),
+                    attention_mask=mask, return_kv=return_kv)
+    return out.hidden[:, prefix.embeds.shape[1]:], out.kv
+
+
+def cached_forward(bb: Backbone, variables, ids: jax.Array, pos: jax.Array, valid: jax.Array,
+                   kv: KV, kv_valid: jax.Array, kv_pos: jax.Array) -> jax.Array:
+    """Hidden states of ``ids`` attending to ``[cache ; themselves]`` (no K/V returned)."""
+    out = bb.hidden(variables, embeds=bb.embed(variables, ids), positions=pos, attention_mask=valid,
+                    prefix_kv=kv, prefix_mask=kv_valid, prefix_positions=kv_pos)
+    return out.hidden
