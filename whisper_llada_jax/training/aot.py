@@ -113,8 +113,11 @@ def compile_for_topology(cfg, topology: str, num_slices: int = 1) -> CompileRepo
               "valid": ((global_batch,), np.bool_)}
     batch = {k: jax.ShapeDtypeStruct(s, d, sharding=mesh_lib.batch_sharding(mesh, len(s))) for k, (s, d) in shapes.items()}
     t0 = time.perf_counter()
-    with jax.set_mesh(mesh):
+    # Small host-side constants (optimiser-state templates) are made on the CPU backend: the
+    # compile-only TPU devices cannot run anything.
+    with jax.default_device(jax.devices("cpu")[0]):
         setup = abstract_setup(model_init_fn(model, mcfg, r), mesh, rules, cfg.optim)
+    with jax.set_mesh(mesh):
         ndim_only = {k: np.empty((1,) * len(s)) for k, (s, _) in shapes.items()}
         fn = step_lib.jit_train_step(step_lib.make_train_step(model, cfg, mcfg, setup.tx), setup, mesh,
                                      ndim_only, rules)
@@ -136,7 +139,7 @@ def compile_for_topology(cfg, topology: str, num_slices: int = 1) -> CompileRepo
 def tpu_env() -> dict:
     """Environment for a compile-only libtpu in a child process."""
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
-    env.update({"JAX_PLATFORMS": "tpu,cpu", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "TPU_SKIP_MDS_QUERY": "1",
+    env.update({"JAX_PLATFORMS": "cpu", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "TPU_SKIP_MDS_QUERY": "1",
                 "TPU_WORKER_HOSTNAMES": "localhost", "TPU_ACCELERATOR_TYPE": env.get("TPU_ACCELERATOR_TYPE", "v5p-8")})
     return env
 

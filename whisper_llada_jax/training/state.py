@@ -75,7 +75,8 @@ def abstract_setup(init_fn: Callable[[jax.Array], Mapping], mesh: Mesh, rules, c
                    train_rng: jax.Array | None = None) -> StateSetup:
     """Everything but the arrays: the abstract state (with shardings), the shardings, the
     optimiser. Used as is for ahead-of-time compilation and as the Orbax restore target."""
-    boxed = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # abstract: nothing runs (AOT has no executable devices)
+    boxed = jax.eval_shape(init_fn, key)
     specs = nn.get_partition_spec(boxed)
     abstract_vars = nn.unbox(boxed)
     optim.check_partition(abstract_vars, cfg)
@@ -83,7 +84,7 @@ def abstract_setup(init_fn: Callable[[jax.Array], Mapping], mesh: Mesh, rules, c
     train_abs, _ = optim.partition(abstract_vars, cfg)
     train_names, _ = optim.partition(_logical_names(specs), cfg)
     tx = optim.make_optimizer(cfg, train_abs, train_names)
-    rng = jax.random.PRNGKey(0) if train_rng is None else train_rng
+    rng = key if train_rng is None else train_rng
     abstract = jax.eval_shape(lambda v, r: build_state(v, r, tx, cfg), abstract_vars, rng)
     shardings = state_shardings(abstract, tx, var_sh, mesh, cfg)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
