@@ -40,10 +40,12 @@ def _import(path, cfg=CFG):
 
 
 def _used(state):
-    unused = ("adapter.cls.", "adapter.bert.embeddings.word_", "adapter.bert.embeddings.position_")
-    return {k: v for k, v in state.items() if not k.startswith(unused)
-            and ".intermediate.dense" not in k and ".output.dense" not in k.replace("attention.output", "")
-            and ".output.LayerNorm" not in k.replace("attention.output", "")}
+    """The reference keys an export must hold: the query path of the Q-Former (a module built
+    without the unused BERT parts) plus every LoRA tensor."""
+    p = CFG.projector
+    query_path = WindowQFormerRef(kv_dim=CFG.whisper.d_model, out_dim=CFG.llm.d_model, hidden=p.hidden, heads=p.heads,
+                                  inter=p.intermediate, n_layers=p.layers, num_queries=p.num_queries).state_dict()
+    return {k: v for k, v in state.items() if k in query_path or k.startswith("llada.")}
 
 
 def test_torch_written_pth_imports_with_reference_layout(ref, tmp_path, caplog):

@@ -8,15 +8,19 @@ logits of the response positions are returned. LoRA is folded into the LLM weigh
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import WhisperConfig as HFWhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from .llada import LLaDAReference
-from .qformer import WindowQFormerRef
+from .llada import LLaDAReference, apply_lora
+from .qformer import WindowQFormerRef, randomize_
 
 
 class WhisperLLaDARef(nn.Module):
@@ -43,14 +47,6 @@ class WhisperLLaDARef(nn.Module):
 
 
 # ----------------------------------------------------------------------------- fixtures
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from .qformer import randomize_  # noqa: E402
-
 LORA_PREFIX = "llada.base_model.model.model.transformer.blocks"
 
 
@@ -92,8 +88,6 @@ def build_reference(cfg, seed: int = 0) -> Reference:
     whisper_state = {f"model.encoder.{k}": v.detach().clone() for k, v in model.encoder.state_dict().items()}
     llada_state = {k: v.detach().clone() for k, v in model.llada.state_dict().items()}
     pth_state = {**{k: v.detach().clone() for k, v in model.qformer.state_dict().items()}, **lora}
-    from .llada import apply_lora
-
     apply_lora(model.llada, lora, cfg.lora.scale)
     return Reference(model, hf, whisper_state, llada_state, pth_state)
 
