@@ -1,6 +1,7 @@
 """The published .pth: import of a torch-written file, exact reference keys on export, bit-identical
 round trips, and refusal of hostile, truncated and wrong-model files."""
 
+import argparse
 import logging
 import os
 
@@ -67,6 +68,12 @@ def test_torch_written_pth_imports_with_reference_layout(ref, tmp_path, caplog):
     got = _import(bf16)["params"]["projector"]["linear_proj"]["bias"]
     want = ref.pth_state["linear_proj.bias"].to(torch.bfloat16).float().numpy()
     np.testing.assert_array_equal(got, want.astype(ml_dtypes.bfloat16).astype(np.float32))
+
+
+def test_namespace_config_is_allowed(ref, tmp_path):
+    path = _save(tmp_path / "ns.pth", ref.pth_state, config=argparse.Namespace(lr=3e-5, window=17))
+    assert read_pth(path)["config"].window == 17
+    assert _import(path)["params"]["projector"]["speech_query_tokens"].shape == (1, 4, CFG.projector.hidden)
 
 
 def test_export_has_exactly_the_reference_keys_and_round_trips(ref, tmp_path):

@@ -12,6 +12,7 @@ optional dependency imported only here, only when a ``.pth`` is actually read or
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import pickle
@@ -111,7 +112,9 @@ def read_pth(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        # argparse.Namespace (a common training ``config``) is plain data: allow just that class.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
