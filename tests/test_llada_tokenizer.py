@@ -4,7 +4,7 @@ import json
 
 import pytest
 import tokenizers
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from whisper_llada_jax.config import load_model_config
 from whisper_llada_jax.errors import CheckpointError
@@ -38,6 +38,10 @@ def byte_level(tmp_path_factory):
     tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=400, show_progress=False,
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok.add_special_tokens(list(SPECIALS))
+    # Like LLaMA-3-style tokenizer.json files: a post-processor that prepends bos. The chat
+    # prompt must not get a second bos from it (transformers renders, then encodes without it).
+    bos = tok.token_to_id("<|startoftext|>")
+    tok.post_processor = processors.TemplateProcessing(single="<|startoftext|> $A", special_tokens=[("<|startoftext|>", bos)])
     path = tmp_path_factory.mktemp("bl") / "tokenizer.json"
     tok.save(str(path))
     return path
@@ -90,6 +94,7 @@ def test_chat_prompt_matches_transformers_template(which, request):
 def test_byte_level_prompt_decodes_to_the_template(byte_level):
     t = LLaDATokenizer(byte_level)
     ids = t.chat_prompt_ids("Transcribe the audio:")
+    assert ids.count(t.bos) == 1 and t.encode("hello")[0] != t.bos  # the post-processor's bos is not added
     assert t.decode(ids) == "user\n\nTranscribe the audio:assistant\n\n"
     assert ids[-1] != t.end_header  # the "\n\n" after the assistant header is part of the prompt
 
