@@ -7,8 +7,8 @@
       lora.safetensors     the ``lora`` collection (absent when LoRA is disabled)
       first_pass.json      optional: {"whisper": DIR} a Whisper recogniser for deliberation
 
-Writing is atomic (a temporary directory renamed into place) and streams one tensor at a time
-from the devices; reading memory-maps the files and builds each array straight into its
+Writing is atomic (a temporary directory renamed into place), done by process 0, and streams
+one tensor at a time from the devices (sharded leaves are gathered across processes); reading memory-maps the files and builds each array straight into its
 sharding on a mesh, so a model is never held twice in host memory.
 """
 
@@ -53,9 +53,23 @@ class LoadedModel:
 
 
 # ----------------------------------------------------------------------------- save
-def _write_safetensors_streaming(tree: Mapping, path: Path) -> None:
-    """One safetensors file from a (sharded) array tree, fetching one leaf at a time."""
+def _host_array(arr) -> np.ndarray:
+    """A leaf on the host: gathered across processes when no process holds all of it."""
+    if isinstance(arr, jax.Array) and not arr.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(arr, tiled=True))
+    return np.asarray(jax.device_get(arr))
+
+
+def _write_safetensors_streaming(tree: Mapping, path: Path | None) -> None:
+    """One safetensors file from a (sharded) array tree, fetching one leaf at a time. With
+    ``path=None`` (processes other than 0) it only takes part in the gathers."""
     flat = flatten(tree)
+    if path is None:
+        for arr in flat.values():
+            _host_array(arr)
+        return
     header, offset = {"__metadata__": {"format": FORMAT}}, 0
     for key, arr in flat.items():
         dtype = np.dtype(arr.dtype)
@@ -71,7 +85,8 @@ def _write_safetensors_streaming(tree: Mapping, path: Path) -> None:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for arr in flat.values():
-            f.write(np.ascontiguousarray(jax.device_get(arr)).tobytes())
+            # A byte view, not tobytes(): the largest stacked leaf is never copied on the host.
+            f.write(np.ascontiguousarray(_host_array(arr)).reshape(-1).view(np.uint8).data)
         f.flush()
         os.fsync(f.fileno())
 
@@ -87,6 +102,11 @@ def save_model_dir(out: str | Path, config: ModelConfig, variables: Mapping, tok
         raise CheckpointError(f"{out}: a MODEL_DIR needs the LLaDA tokenizer.json")
     text = Path(tokenizer_json).read_text() if _is_path(tokenizer_json) else str(tokenizer_json)
     out = Path(out)
+    if jax.process_index() != 0:  # one writer; the others only join the gathers of sharded leaves
+        _write_safetensors_streaming(variables["params"], None)
+        if variables.get("lora"):
+            _write_safetensors_streaming(variables["lora"], None)
+        return out
     with atomic_dir(out) as tmp:
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config_lib.to_dict(config), sort_keys=False))
         (tmp / TOKENIZER_FILE).write_text(text)
