@@ -3,17 +3,17 @@ and the reference .pth, HF / PEFT export, CTranslate2 Whisper import, and clear 
 
 import shutil
 
+import jax
 import numpy as np
 import pytest
 import torch
 
 from tests.reference_torch.composite import build_reference, write_checkpoints
 from whisper_llada_jax import cli
-from whisper_llada_jax.checkpoints.llada_hf import abstract_params, import_llada_hf, llada_rules
+from whisper_llada_jax.checkpoints.llada_hf import import_llada_hf
 from whisper_llada_jax.checkpoints.model_dir import load_model_dir, save_model_dir
 from whisper_llada_jax.checkpoints.peft import import_peft
 from whisper_llada_jax.checkpoints.reference_pth import read_pth
-from whisper_llada_jax.checkpoints.tensors import SafetensorsSource, import_params
 from whisper_llada_jax.config import load_model_config
 from whisper_llada_jax.errors import CheckpointError
 from whisper_llada_jax.text.llada_tokenizer import LLaDATokenizer, build_tokenizer_json
@@ -79,10 +79,10 @@ def test_export_hf_and_peft(setup, tmp_path):
     loaded = load_model_dir(model)
     llm, lora = loaded.variables["params"]["llm"], loaded.variables["lora"]["llm"]
     assert cli.main(["export", "--model", str(model), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
-    assert (tmp_path / "hf" / "tokenizer.json").is_file() and (tmp_path / "hf" / "adapter_config.json").is_file()
-    # (the PEFT adapter sits beside model.safetensors, so read that file by name)
-    back = import_params(SafetensorsSource(tmp_path / "hf" / "model.safetensors"), llada_rules(),
-                         abstract_params(loaded.config.llm))
+    assert (tmp_path / "hf" / "tokenizer.json").is_file()
+    _, back = import_llada_hf(tmp_path / "hf", loaded.config.llm)
+    _, lora_hf = import_peft(tmp_path / "hf" / "adapter", loaded.config.llm, lora_cfg=loaded.config.lora)
+    jax.tree.map(np.testing.assert_array_equal, lora_hf, lora)
     np.testing.assert_array_equal(back["wte"]["embedding"], llm["wte"]["embedding"])
     np.testing.assert_array_equal(back["blocks_1"]["q_proj"]["kernel"], llm["blocks_1"]["q_proj"]["kernel"])
     assert cli.main(["export", "--model", str(model), "--format", "peft", "--out", str(tmp_path / "peft")]) == 0
@@ -94,7 +94,7 @@ def test_export_hf_and_peft(setup, tmp_path):
     q = llm["blocks_0"]["q_proj"]["kernel"] + lora["blocks_0"]["q_proj"]["lora_a"] @ lora["blocks_0"]["q_proj"]["lora_b"] \
         * loaded.config.lora.scale
     np.testing.assert_allclose(merged["blocks_0"]["q_proj"]["kernel"], q, rtol=1e-5, atol=1e-6)
-    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    assert not (tmp_path / "merged" / "adapter").exists()
 
 
 def test_ctranslate2_whisper_and_fresh_projector(setup, tmp_path, capsys):

@@ -16,12 +16,14 @@ EXAMPLES = """examples:
   # only the LoRA adapter (adapter_model.safetensors + adapter_config.json)
   whisper-llada export --model runs/paper/model --format peft --out export/adapter
 
-hf without --merge-lora writes the base LLaDA plus the LoRA as a PEFT adapter beside it.
+hf without --merge-lora writes the base LLaDA plus the LoRA as a PEFT adapter in OUT/adapter
+(PeftModel.from_pretrained(base, "OUT/adapter") in PyTorch).
 The projector exists only in the reference-pth layout. reference-pth writes OUT/checkpoint.pth
 (or OUT itself when it ends in .pth).
 """
 
 FORMATS = ("hf", "peft", "reference-pth")
+ADAPTER_DIR = "adapter"
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -53,10 +55,14 @@ def run(args: argparse.Namespace) -> int:
     if args.merge_lora and args.format != "hf":
         raise UserError(f"--merge-lora applies to --format hf only, not {args.format}")
     if args.format == "hf":
-        out = export_llada_hf(variables["params"]["llm"], cfg.llm, args.out, lora=lora, lora_cfg=cfg.lora,
+        merged = lora if args.merge_lora else None
+        out = export_llada_hf(variables["params"]["llm"], cfg.llm, args.out, lora=merged, lora_cfg=cfg.lora,
                               merge=args.merge_lora, tokens=cfg.tokens, dtype=args.dtype)
         shutil.copyfile(loaded.path / TOKENIZER_FILE, Path(out) / TOKENIZER_FILE)
-        what = "LLaDA" + (" (LoRA merged)" if args.merge_lora and lora else " + PEFT adapter" if lora else "")
+        if lora and not args.merge_lora:
+            # In its own folder: beside model.safetensors it would be read as part of the base model.
+            export_peft(lora, cfg.lora, Path(out) / ADAPTER_DIR, dtype=None if args.dtype is None else jnp.dtype(args.dtype))
+        what = "LLaDA" + (" (LoRA merged)" if merged else f" + PEFT adapter in {ADAPTER_DIR}/" if lora else "")
         print(f"wrote {out}: {what}; the projector is only in --format reference-pth")
     elif args.format == "peft":
         if not lora:
