@@ -65,6 +65,12 @@ def test_export_is_loaded_by_transformers_bit_exactly(hf, tmp_path):
     assert cfg2 == cfg
     a, b = _flat(params), _flat(params2)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    # scanned (stacked) layers export to the same per-layer tensors
+    cfg_s, params_s = import_whisper_hf(path, scan_layers=True)
+    assert params_s["decoder"]["layers"]["fc1"]["kernel"].shape == (2, 64, 128)
+    back_s = WhisperForConditionalGeneration.from_pretrained(export_whisper_hf(params_s, cfg_s, tmp_path / "scan"))
+    got_s = back_s.state_dict()
+    assert set(got_s) == set(ref) and all(torch.equal(ref[k], got_s[k]) for k in ref)
 
 
 def test_sharded_index_imports_into_mesh_shardings(hf, tmp_path):

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import flax.linen as nn
-import jax
 import numpy as np
 
 from whisper_llada_jax.checkpoints.tensors import (
