@@ -36,13 +36,22 @@ class NonFiniteLossError(UserError):
 
 
 # --------------------------------------------------------------------------- model + batches
+# LLaDA-8B-Instruct's chat prompt is 16 ids; a config without a tokenizer (AOT compiles) uses
+# placeholders of that length so the compiled shapes are the real ones.
+PLACEHOLDER_PROMPT_LEN = 16
+
+
 def model_config(cfg: TrainConfig) -> ModelConfig:
     if cfg.init_from:
-        path = Path(cfg.init_from) / "config.yaml"
-        if not path.exists():
-            raise ConfigError(f"init_from: {cfg.init_from} has no config.yaml", hint="give a MODEL_DIR")
-        return config_lib.load_model_config(path, cfg.model_overrides)
-    return config_lib.load_model_config(cfg.model, cfg.model_overrides)
+        from whisper_llada_jax.checkpoints.model_dir import read_model_config
+
+        mcfg = read_model_config(cfg.init_from, cfg.model_overrides)
+    else:
+        mcfg = config_lib.load_model_config(cfg.model, cfg.model_overrides)
+    if not mcfg.tokens.prompt_ids:
+        tokens = dataclasses.replace(mcfg.tokens, prompt_ids=(mcfg.tokens.bos,) * PLACEHOLDER_PROMPT_LEN)
+        mcfg = dataclasses.replace(mcfg, tokens=tokens)
+    return mcfg
 
 
 def build_model(cfg: TrainConfig, mcfg: ModelConfig | None = None):
@@ -55,11 +64,15 @@ def build_model(cfg: TrainConfig, mcfg: ModelConfig | None = None):
 def model_init_fn(model, mcfg: ModelConfig, response_len: int) -> Callable[[jax.Array], Any]:
     """rng -> boxed variables ({'params', 'lora'}) for ``setup_state`` (traced abstractly)."""
     w = mcfg.whisper
+    # Parameter shapes do not depend on the lengths: trace the cheapest input that fills one
+    # projector window.
+    frames = min(w.input_frames, 2 * mcfg.projector.window)
+    del response_len
 
     def init(rng):
         p, d = jax.random.split(rng)
-        ids = jnp.zeros((1, response_len), jnp.int32)
-        feats = jnp.zeros((1, w.n_mels, w.input_frames), jnp.float32)
+        ids = jnp.zeros((1, 1), jnp.int32)
+        feats = jnp.zeros((1, w.n_mels, frames), jnp.float32)
         return model.init({"params": p, "dropout": d}, ids, features=feats)
 
     return init
