@@ -81,8 +81,7 @@ class TrainConfig:
     model_overrides: tuple[str, ...] = ()  # "llm.n_layers=2" style
     init_from: str | None = None  # MODEL_DIR to start from (loaded straight into shardings)
     tokenizer: str | None = None  # tokenizer.json for data + the final MODEL_DIR (default: init_from's)
-    data: dict = dataclasses.field(default_factory=dict)  # data.config.DataConfig fields
-    eval_data: dict | None = None  # DataConfig fields for validation (default: data, split validation)
+    data: dict = dataclasses.field(default_factory=dict)  # data.config.DataConfig fields (train + eval sources)
     objective: Objective = "diffusion"
     t_eps: float = 0.0  # diffusion: mask ratio t = eps + (1 - eps) * U(0, 1)
     optim: OptimConfig = OptimConfig()
@@ -98,7 +97,6 @@ class TrainConfig:
     seed: int = 0
     progress_bar: bool = True
     memory_report: bool = True  # compiled.memory_analysis() at start-up
-    stop_on_nan: bool = True
 
 
 def load_train_config(source: Any = None, overrides=()) -> TrainConfig:
