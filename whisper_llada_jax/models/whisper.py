@@ -40,7 +40,8 @@ def _part(init, axes):
     return nn.with_logical_partitioning(init, axes)
 
 
-def _dense(features: int, axes: tuple[str, str], cfg: WhisperConfig, name: str | None = None, bias: bool = True) -> nn.Dense:
+def _dense(features: int, axes: tuple[str, str], cfg: WhisperConfig, bias: bool = True) -> nn.Dense:
+    """A Dense (kernel ``(in, out)``) whose bias takes the output axis (``norm`` for width d)."""
     return nn.Dense(
         features,
         use_bias=bias,
@@ -48,7 +49,6 @@ def _dense(features: int, axes: tuple[str, str], cfg: WhisperConfig, name: str |
         param_dtype=cfg.param_dtype,
         kernel_init=_part(nn.initializers.normal(INIT_STD), axes),
         bias_init=_part(nn.initializers.zeros_init(), (axes[1] if axes[1] != "embed" else "norm",)),
-        name=name,
     )
 
 
@@ -172,12 +172,11 @@ class WhisperDecoderLayer(nn.Module):
         return x, (k_new, v_new, computed)
 
 
-def _stack(layer_cls, cfg: WhisperConfig, n: int, in_axes: tuple, static_argnums: tuple = ()):
+def _stack(layer_cls, cfg: WhisperConfig, n: int, in_axes: tuple):
     """The layer class wrapped in remat and, with scan_layers, nn.scan over a 'layers' axis."""
     cls = layer_cls
     if cfg.remat != "none":
-        cls = nn.remat(cls, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers,
-                       static_argnums=static_argnums)
+        cls = nn.remat(cls, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
         cls = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=in_axes,
                       length=n, metadata_params={nn.PARTITION_NAME: "layers"})
