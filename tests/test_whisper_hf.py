@@ -99,6 +99,12 @@ def test_encoder_only_and_bare_whisper_model_names(hf):
     assert set(enc) == {"encoder"}
     a, b = _flat(enc["encoder"]), _flat(full["encoder"])
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    # a stored (tied) proj_out is accepted when equal to the embedding, refused otherwise
+    emb = state["model.decoder.embed_tokens.weight"]
+    tied = import_whisper_tensors(DictSource({**state, "proj_out.weight": emb.copy()}, "tied"), cfg)
+    assert np.array_equal(tied["decoder"]["embed_tokens"]["embedding"], emb)
+    with pytest.raises(CheckpointError, match="proj_out.weight differs from model.decoder.embed_tokens.weight"):
+        import_whisper_tensors(DictSource({**state, "proj_out.weight": emb + 1}, "untied"), cfg)
     bf16 = import_whisper_tensors(DictSource(state), WhisperConfig(**{**cfg.__dict__, "param_dtype": "bfloat16"}))
     assert bf16["decoder"]["embed_tokens"]["embedding"].dtype == jax.numpy.bfloat16
 

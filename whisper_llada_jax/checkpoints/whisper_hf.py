@@ -83,7 +83,7 @@ def whisper_rules(prefix: str = "model.") -> list[Rule]:
 
 
 WHISPER_RULES = whisper_rules()
-# Tied to decoder.embed_tokens (some checkpoints store it anyway).
+# Tied to decoder.embed_tokens (some checkpoints store it anyway; checked equal on import).
 _TIED = r"^proj_out\.weight$"
 
 
@@ -273,6 +273,12 @@ def import_whisper_tensors(source: TensorSource, cfg: WhisperConfig, *, encoder_
     if not any(k.startswith(f"{prefix}encoder.") for k in source.keys()):
         raise CheckpointError(f"{source.name}: no '{prefix}encoder.*' tensors",
                               hint="this does not look like a Whisper checkpoint")
+    embed = f"{prefix}decoder.embed_tokens.weight"
+    keys = set(source.keys())
+    if not encoder_only and "proj_out.weight" in keys and embed in keys:
+        if not np.array_equal(source.get("proj_out.weight"), source.get(embed)):
+            raise CheckpointError(f"{source.name}: proj_out.weight differs from {embed}",
+                                  hint="only Whisper checkpoints with the output tied to the embedding are supported")
     return import_params(source, whisper_rules(prefix), abstract, shardings=shardings, ignore=ignore)
 
 
