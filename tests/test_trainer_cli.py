@@ -57,3 +57,60 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
         t.run()
     assert t.ckpt.all_steps() == [2, 4]
     t.close()
+
+
+# --------------------------------------------------------------------------- launchers
+LAUNCH = load_train_config.__globals__["config_lib"].CONFIG_DIR.parent / "launch"
+ECHO = '#!/usr/bin/env bash\nfor a in "$@"; do printf "%s\\0" "$a"; done\n'
+
+
+def _stubs(tmp_path):
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in {"gcloud": ECHO, "whisper-llada": ECHO, "scontrol": "#!/bin/sh\nprintf 'node-a\\nnode-b\\n'\n",
+                       "srun": '#!/usr/bin/env bash\nwhile [[ $1 == --* ]]; do shift; done\nexec "$@"\n'}.items():
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "WHISPER_LLADA": str(bin_dir / "whisper-llada"),
+           "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_NTASKS": "2", "SLURM_PROCID": "1"}
+    return env
+
+
+def _parse_train(argv):
+    from whisper_llada_jax.cli import build_parser
+    from whisper_llada_jax.commands.train import config_from_args
+
+    args = build_parser().parse_args(argv)
+    assert args.command == "train"
+    return config_from_args(args)
+
+
+@pytest.mark.parametrize("script", ["tpu_pod.sh", "gpu_node.sh", "slurm.sbatch"])
+def test_launchers_are_valid_bash_and_pass_real_cli_arguments(script, tmp_path):
+    import shlex
+    import subprocess
+
+    path = LAUNCH / script
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    env = _stubs(tmp_path)
+    train_args = ["--config", "paper", "mesh.fsdp=8", "checkpoint.dir=/ckpt/run 1"]
+    if script == "tpu_pod.sh":
+        cmd = ["bash", str(path), "my-tpu", "us-east5-a", "--project", "p", "--", *train_args]
+    elif script == "gpu_node.sh":
+        cmd = ["bash", str(path), "--gpus", "0,1", "--", *train_args]
+    else:
+        cmd = ["bash", str(path), *train_args]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    argv = out.stdout.split("\0")[:-1]
+    if script == "tpu_pod.sh":
+        assert argv[:5] == ["compute", "tpus", "tpu-vm", "ssh", "my-tpu"] and "--worker=all" in argv
+        remote = shlex.split(argv[argv.index("--command") + 1])
+        argv = remote[remote.index("train"):remote.index("2>&1")]
+    cfg = _parse_train(argv)
+    assert cfg.mesh.fsdp == 8 and cfg.checkpoint.dir == "/ckpt/run 1" and cfg.optim.warmup_steps == 3000
+    if script == "slurm.sbatch":
+        d = cfg.distributed
+        assert (d.coordinator_address, d.num_processes, d.process_id) == ("node-a:29500", 2, 1)
