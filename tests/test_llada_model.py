@@ -52,6 +52,12 @@ def run(cfg, params, *args, method="__call__", **kw):
     return _jitted(cfg, method, static)(params, args, dyn)
 
 
+def _random_params(cfg, seed=0):
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map(lambda s: (rng.standard_normal(s.shape) * 0.2).astype(s.dtype),
+                                  nn.unbox(abstract_variables(cfg))["params"])
+
+
 def _ids(b=2, s=12, seed=1):
     return np.random.default_rng(seed).integers(0, CFG.vocab_size, (b, s)).astype(np.int32)
 
@@ -100,7 +106,7 @@ def test_bidirectional_prefix_cache_is_exact(reference):
     rest = run(cfg, params, ids[:, 7:], prefix_kv=prefix)
     np.testing.assert_allclose(np.asarray(rest.logits), np.asarray(full.logits[:, 7:]), atol=1e-5)
     # a fixed-size buffer: invalid slots (prefix_mask False) are ignored whatever they hold
-    junk = jax.random.normal(jax.random.key(0), prefix.k[:, :, :3].shape)
+    junk = jnp.asarray(np.random.default_rng(0).standard_normal(prefix.k[:, :, :3].shape), jnp.float32)
     buf = KV(jnp.concatenate([prefix.k, junk], 2), jnp.concatenate([prefix.v, junk], 2))
     pmask = jnp.arange(10)[None].repeat(2, 0) < 7
     rest2 = run(cfg, params, ids[:, 7:], prefix_kv=buf, prefix_mask=pmask,
@@ -110,9 +116,8 @@ def test_bidirectional_prefix_cache_is_exact(reference):
 
 def test_causal_gqa_prefix_and_autoregressive_buffer():
     cfg = dataclasses.replace(CFG, causal=True, n_kv_heads=2)
-    model = LLaDA(cfg)
     ids = jnp.asarray(_ids(s=10))
-    params = jax.jit(model.init)(jax.random.key(0), ids)["params"]
+    params = _random_params(cfg)
     full = run(cfg, params, ids)
     # [prefix] then [rest with the prefix's own cache] == full causal forward
     pre = run(cfg, params, ids[:, :6], return_kv=True)
@@ -140,24 +145,28 @@ def test_causal_gqa_prefix_and_autoregressive_buffer():
 
 def test_causal_masks_the_future():
     cfg = dataclasses.replace(CFG, causal=True)
-    model = LLaDA(cfg)
     ids = jnp.asarray(_ids(s=8))
-    params = jax.jit(model.init)(jax.random.key(0), ids)["params"]
+    params = _random_params(cfg)
     a = run(cfg, params, ids).logits
-    b = run(cfg, params, ids.at[:, 5:].set(0)).logits
+    b = run(cfg, params, jnp.asarray(np.asarray(ids) * (np.arange(8) < 5))).logits
     np.testing.assert_allclose(np.asarray(a[:, :5]), np.asarray(b[:, :5]), atol=1e-6)
     assert np.abs(np.asarray(a[:, 5:] - b[:, 5:])).max() > 1e-3
+
+
+@functools.lru_cache(maxsize=None)
+def _loss_and_grad(cfg):
+    loss = lambda p, ids: LLaDA(cfg).apply({"params": p}, ids).logits.astype(jnp.float32).sum()  # noqa: E731
+    return jax.jit(jax.value_and_grad(loss))
 
 
 @pytest.mark.parametrize("scan,remat", [(True, "none"), (True, "dots"), (False, "full")])
 def test_scan_layers_and_remat_match_plain(reference, scan, remat):
     _, cfg, params, path = reference
     ids = jnp.asarray(_ids())
-    loss = lambda m, p: m.apply({"params": p}, ids).logits.astype(jnp.float32).sum()  # noqa: E731
-    want, want_grad = jax.jit(jax.value_and_grad(lambda p: loss(LLaDA(cfg), p)))(params)
+    want, want_grad = _loss_and_grad(cfg)(params, ids)
     new_cfg = dataclasses.replace(cfg, scan_layers=scan, remat=remat)
     _, new = import_llada_hf(path, new_cfg)  # the importer stacks blocks_N into blocks when scanned
-    got, grad = jax.jit(jax.value_and_grad(lambda p: loss(LLaDA(new_cfg), p)))(new)
+    got, grad = _loss_and_grad(new_cfg)(new, ids)
     np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
     if scan:
         assert new["blocks"]["q_proj"]["kernel"].shape == (cfg.n_layers, cfg.d_model, cfg.n_heads * cfg.head_dim)
@@ -187,8 +196,8 @@ def test_paper_llm_has_published_parameter_count():
 def test_bf16_compute_is_close_to_fp32(reference):
     _, cfg, params, _ = reference
     ids = jnp.asarray(_ids())
-    want = LLaDA(cfg).apply({"params": params}, ids).logits
+    want = run(cfg, params, ids).logits
     bf = dataclasses.replace(cfg, dtype="bfloat16")
-    got = LLaDA(bf).apply({"params": params}, ids).logits
+    got = run(bf, params, ids).logits
     assert got.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want), atol=0.1, rtol=0.05)

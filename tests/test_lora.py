@@ -12,15 +12,20 @@ import pytest
 
 from whisper_llada_jax.config import LLMConfig, LoRAConfig
 from whisper_llada_jax.models.llada import LLaDA, abstract_variables
-from whisper_llada_jax.models.lora import merge_lora
+from whisper_llada_jax.models.lora import Projection, merge_lora
 
 CFG = LLMConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, mlp_hidden=48)
 LORA = LoRAConfig(rank=4, alpha=16.0, dropout=0.25, targets=("q_proj", "v_proj", "ff_out"))
 IDS = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 9)), jnp.int32)
 
 
-def _init(cfg, lora):
-    return jax.jit(LLaDA(cfg, lora).init)(jax.random.key(0), IDS)
+def _init(cfg, lora, zero_b=False):
+    """Random variables built in NumPy (compiling a jitted init costs far more on CPU)."""
+    rng = np.random.default_rng(0)
+    tree = nn.unbox(abstract_variables(cfg, lora))
+    return jax.tree_util.tree_map_with_path(
+        lambda p, s: np.zeros(s.shape, s.dtype) if zero_b and p[-1].key == "lora_b"
+        else (rng.standard_normal(s.shape) * 0.3).astype(s.dtype), tree)
 
 
 @functools.lru_cache(maxsize=None)
@@ -31,14 +36,6 @@ def _jitted(cfg, lora, deterministic):
 
 def _fwd(cfg, lora, variables, deterministic=True, rng=None):
     return _jitted(cfg, lora, deterministic)(variables, rng)
-
-
-def _random_b(lora_tree, seed=1):
-    leaves, tree = jax.tree_util.tree_flatten_with_path(lora_tree)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return jax.tree_util.tree_unflatten(tree, [
-        jax.random.normal(k, x.shape) * 0.3 if path[-1].key == "lora_b" else x
-        for (path, x), k in zip(leaves, keys)])
 
 
 @pytest.mark.parametrize("scan", [False, True])
@@ -63,13 +60,19 @@ def test_lora_collection_layout(scan):
     assert tuple(spec["lora_b"]) == layers + ("lora_rank", "kv_heads")
 
 
-def test_peft_init_and_zero_b_equals_base():
-    variables = nn.unbox(_init(CFG, LORA))
-    # PEFT init: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0
-    a = np.asarray(variables["lora"]["blocks_0"]["q_proj"]["lora_a"])
-    assert np.abs(a).max() <= 1 / np.sqrt(32) and np.abs(a).max() > 0.5 / np.sqrt(32)
-    assert not np.asarray(variables["lora"]["blocks_0"]["q_proj"]["lora_b"]).any()
+def test_peft_init():
+    proj = Projection(16, ("embed", "heads"), lora=LORA)
+    variables = nn.unbox(jax.jit(proj.init)(jax.random.key(0), jnp.ones((1, 64))))
+    # A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform(a=sqrt 5) on torch's (r, in)), B = 0
+    a = np.asarray(variables["lora"]["lora_a"])
+    assert a.shape == (64, 4) and np.abs(a).max() <= 1 / 8 and np.abs(a).max() > 0.9 / 8
+    assert abs(a.std() - 1 / 8 / np.sqrt(3)) < 0.01
+    assert variables["lora"]["lora_b"].shape == (4, 16) and not np.asarray(variables["lora"]["lora_b"]).any()
+
+
+def test_zero_b_equals_base():
     cfg = CFG
+    variables = _init(cfg, LORA, zero_b=True)
     np.testing.assert_array_equal(np.asarray(_fwd(cfg, LORA, variables)),
                                   np.asarray(_fwd(cfg, None, {"params": variables["params"]})))
 
@@ -77,10 +80,10 @@ def test_peft_init_and_zero_b_equals_base():
 @pytest.mark.parametrize("scan", [False, True])
 def test_merged_equals_unmerged(scan):
     cfg = dataclasses.replace(CFG, scan_layers=scan)
-    variables = nn.unbox(_init(cfg, LORA))
-    lora = _random_b(variables["lora"])
+    variables = _init(cfg, LORA)
+    lora = variables["lora"]
     unmerged = _fwd(cfg, LORA, {"params": variables["params"], "lora": lora})
-    merged_params = merge_lora(variables["params"], lora, LORA)
+    merged_params = jax.jit(merge_lora, static_argnums=2)(variables["params"], lora, LORA)
     merged = _fwd(cfg, None, {"params": merged_params})
     np.testing.assert_allclose(np.asarray(merged), np.asarray(unmerged), atol=1e-5)
     # exactly the targeted block kernels change
@@ -92,8 +95,7 @@ def test_merged_equals_unmerged(scan):
 
 
 def test_dropout_only_when_training():
-    variables = nn.unbox(_init(CFG, LORA))
-    variables = {"params": variables["params"], "lora": _random_b(variables["lora"])}
+    variables = _init(CFG, LORA)
     eval_out = _fwd(CFG, LORA, variables)
     t1 = _fwd(CFG, LORA, variables, deterministic=False, rng=jax.random.key(1))
     t1b = _fwd(CFG, LORA, variables, deterministic=False, rng=jax.random.key(1))
@@ -104,13 +106,13 @@ def test_dropout_only_when_training():
     # dropout acts on the LoRA input only: with zero B, training == eval exactly
     zero = {"params": variables["params"],
             "lora": jax.tree_util.tree_map_with_path(
-                lambda p, x: jnp.zeros_like(x) if p[-1].key == "lora_b" else x, variables["lora"])}
+                lambda p, x: np.zeros_like(x) if p[-1].key == "lora_b" else x, variables["lora"])}
     np.testing.assert_array_equal(np.asarray(_fwd(CFG, LORA, zero, deterministic=False, rng=jax.random.key(1))),
                                   np.asarray(_fwd(CFG, LORA, zero)))
 
 
 def test_gradient_reaches_lora_b_only_path():
-    variables = nn.unbox(_init(CFG, LORA))
+    variables = _init(CFG, LORA, zero_b=True)
     model = LLaDA(CFG, LORA)
 
     def loss(lora):
