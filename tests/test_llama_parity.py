@@ -13,12 +13,17 @@ from whisper_llada_jax.checkpoints.tensors import SafetensorsSource, flatten
 from whisper_llada_jax.models.llada import LLaDA
 
 
-@pytest.fixture(scope="module")
-def hf_llama(tmp_path_factory):
+# GQA with its own LM head; and multi-query with tied embeddings and head_dim != hidden / heads.
+VARIANTS = {"gqa": dict(num_key_value_heads=2, tie_word_embeddings=False),
+            "mqa_tied": dict(num_key_value_heads=1, tie_word_embeddings=True, head_dim=16)}
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def hf_llama(tmp_path_factory, request):
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                      rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False)
+                                      num_attention_heads=4, max_position_embeddings=64, rope_theta=10000.0,
+                                      rms_norm_eps=1e-5, **VARIANTS[request.param])
     model = transformers.LlamaForCausalLM(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -36,7 +41,9 @@ def _logits(cfg, params, ids):
 def test_causal_gqa_logits_match_transformers(hf_llama):
     model, path = hf_llama
     cfg, params = import_llama_hf(path)
-    assert cfg.causal and (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim) == (4, 2, 8)
+    hf = model.config
+    assert cfg.causal and (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim) == (4, hf.num_key_value_heads, hf.head_dim)
+    assert cfg.tie_embeddings == hf.tie_word_embeddings and ("ff_out" in params) != cfg.tie_embeddings
     ids = np.random.default_rng(0).integers(0, 96, (2, 11))
     with torch.no_grad():
         want = model(torch.from_numpy(ids)).logits.numpy()
