@@ -60,9 +60,9 @@ class CompileReport:
     def markdown(self) -> str:
         mesh = "x".join(f"{v}" for v in self.mesh.values())
         return (f"| {self.topology}{' x' + str(self.num_slices) if self.num_slices > 1 else ''} | {self.chips} | "
-                f"{mesh} | {self.global_batch} | {self.argument_gib:.2f} | {self.temp_gib:.2f} | "
-                f"{self.output_gib:.2f} | {self.total_gib:.2f} / {self.hbm_gib:.0f} | {'yes' if self.fits else 'NO'} | "
-                f"{self.flops_per_chip / 1e12:.1f} | {self.step_seconds_at_peak * 1e3:.0f} |")
+                f"{mesh} | {self.global_batch} | {self.argument_gib:.3g} | {self.temp_gib:.3g} | "
+                f"{self.output_gib:.3g} | {self.total_gib:.3g} / {self.hbm_gib:.0f} | {'yes' if self.fits else 'NO'} | "
+                f"{self.flops_per_chip / 1e12:.3g} | {self.step_seconds_at_peak * 1e3:.3g} |")
 
 
 HEADER = ("| topology | chips | mesh (data x fsdp x tensor) | global batch | arguments GiB | temporaries GiB | "

@@ -301,7 +301,7 @@ class Trainer:
                     if self.is_main:
                         self.print(f"step {step} validation loss {val_loss:.4f}")
                 preempted = self.ckpt.preempted(step)
-                if self.ckpt.should_save(step) or last or preempted:
+                if step % cfg.checkpoint.save_interval_steps == 0 or last or preempted:
                     self._check_finite(state, step)  # never checkpoint a diverged state
                     self.ckpt.save(step, state, self.train_iter if self.ckpt.with_data else None,
                                    val_loss=val_loss if (cfg.eval_interval and step % cfg.eval_interval == 0) or last
