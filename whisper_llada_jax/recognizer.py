@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from whisper_llada_jax.assets import resolve_whisper_dir
-from whisper_llada_jax.audio.features import N_SAMPLES, log_mel_jax
+from whisper_llada_jax.audio.features import HOP_LENGTH, N_SAMPLES, log_mel_jax
 from whisper_llada_jax.audio.io import SAMPLE_RATE, chunk_audio, load_audio, merge_chunk_texts
 from whisper_llada_jax.config import WhisperConfig
 from whisper_llada_jax.errors import CheckpointError
@@ -53,11 +53,11 @@ def detect_layout(path: Path) -> str:
                           hint="give a Hugging Face or CTranslate2 (faster-whisper) Whisper directory")
 
 
-def _load(path: Path, dtype: str | None):
+def _load(path: Path, layout: str, dtype: str | None):
     """(WhisperConfig, params, WhisperGenerationConfig) from either layout."""
     from whisper_llada_jax.checkpoints import whisper_hf
 
-    if detect_layout(path) == "ctranslate2":
+    if layout == "ctranslate2":
         from whisper_llada_jax.checkpoints.ctranslate2 import CTranslate2WhisperSource, whisper_config_from_ct2
 
         source = CTranslate2WhisperSource(path)
@@ -69,8 +69,25 @@ def _load(path: Path, dtype: str | None):
     return cfg, params, gen
 
 
-@functools.partial(jax.jit, static_argnames=("config", "facts"))
-def _recognise_batch(params, audio, *, config: WhisperConfig, facts: DecodingFacts):
+def _features(audio, n_samples, n_mels: int, padding: str):
+    """Log-mel of 30 s windows (B, n_mels, 3000).
+
+    ``"audio"``: Whisper's / HF's rule, the waveform is padded with silence to 30 s first.
+    ``"features"``: faster-whisper's rule, the log-mel of the clip (+ one hop of zeros) is
+    computed and normalised on its own, and the frames after it are zeros. The two differ in
+    the padded frames (silence is ``(max - 8 + 4) / 4`` there, not 0), which changes greedy
+    transcripts on some short clips; ``"features"`` reproduces faster-whisper's inputs.
+    """
+    features = log_mel_jax(audio, n_mels=n_mels, n_samples=N_SAMPLES)
+    if padding == "features":
+        frames = jnp.arange(features.shape[-1])
+        valid = n_samples // HOP_LENGTH + 1  # frames of the clip padded by one hop
+        features = jnp.where(frames[None, None, :] < valid[:, None, None], features, 0.0)
+    return features
+
+
+@functools.partial(jax.jit, static_argnames=("config", "facts", "padding"))
+def _recognise_batch(params, audio, n_samples, *, config: WhisperConfig, facts: DecodingFacts, padding: str):
     """(B, 480000) samples -> (tokens (B, max_new_tokens), lengths (B,)) in one compiled call.
     Module-level with hashable static arguments, so every recogniser of the same checkpoint
     shape shares the compiled program."""
@@ -78,7 +95,7 @@ def _recognise_batch(params, audio, *, config: WhisperConfig, facts: DecodingFac
     from whisper_llada_jax.models.whisper import Whisper
 
     model = Whisper(config)
-    features = log_mel_jax(audio, n_mels=config.n_mels, n_samples=N_SAMPLES)
+    features = _features(audio, n_samples, config.n_mels, padding)
     encoder_out = model.apply({"params": params}, features, method="encode")
     return greedy_decode(model, params, encoder_out, facts.prompt,
                          max_new_tokens=facts.max_new_tokens, eos_id=facts.eos_id,
@@ -95,7 +112,7 @@ class WhisperRecognizer:
     """Greedy Whisper transcription (no timestamps, temperature 0), batched and jitted."""
 
     def __init__(self, config: WhisperConfig, params, tokenizer: WhisperTokenizer, facts: DecodingFacts,
-                 path: str | Path = "<memory>"):
+                 path: str | Path = "<memory>", feature_padding: str = "audio"):
         if config.input_frames != 3000:
             raise CheckpointError(f"{path}: the recogniser needs whisper.input_frames=3000 (30 s), "
                                   f"got {config.input_frames}")
@@ -104,13 +121,22 @@ class WhisperRecognizer:
         self.tokenizer = tokenizer
         self.facts = facts
         self.path = str(path)
+        if feature_padding not in ("audio", "features"):
+            raise ValueError(f"feature_padding must be 'audio' or 'features', got {feature_padding!r}")
+        self.feature_padding = feature_padding
 
     @classmethod
     def from_dir(cls, path: str | Path, *, dtype: str | None = None, language: str | None = None,
-                 max_new_tokens: int | None = None) -> "WhisperRecognizer":
-        """Loads an HF or CTranslate2 Whisper directory (or ``bundled:tiny.en``)."""
+                 max_new_tokens: int | None = None, feature_padding: str | None = None) -> "WhisperRecognizer":
+        """Loads an HF or CTranslate2 Whisper directory (or ``bundled:tiny.en``).
+
+        ``feature_padding`` defaults to the convention of the engine that reads the layout:
+        ``"features"`` (faster-whisper) for CTranslate2 directories, ``"audio"`` (transformers,
+        OpenAI) for Hugging Face ones, so each gives its own engine's transcripts.
+        """
         path = resolve_whisper_dir(path)
-        cfg, params, gen = _load(path, dtype)
+        layout = detect_layout(path)
+        cfg, params, gen = _load(path, layout, dtype)
         tokenizer = WhisperTokenizer.from_file(path, multilingual=gen.is_multilingual)
         prompt = tuple(tokenizer.start_prompt(language))
         budget = cfg.max_target_positions - len(prompt)
@@ -122,16 +148,19 @@ class WhisperRecognizer:
             begin_suppress_tokens=tuple(t for t in gen.begin_suppress_tokens if 0 <= t < cfg.vocab_size),
             max_new_tokens=min(max_new_tokens or budget, budget),
         )
-        return cls(cfg, params, tokenizer, facts, path)
+        padding = feature_padding or ("features" if layout == "ctranslate2" else "audio")
+        return cls(cfg, params, tokenizer, facts, path, feature_padding=padding)
 
     # ------------------------------------------------------------------ batches
-    def _batches(self, windows: Sequence[np.ndarray], batch_size: int) -> Iterable[tuple[np.ndarray, int]]:
+    def _batches(self, windows: Sequence[np.ndarray], batch_size: int):
         for start in range(0, len(windows), batch_size):
             rows = windows[start:start + batch_size]
             batch = np.zeros((batch_size, N_SAMPLES), np.float32)  # padding rows stay silent
+            lengths = np.zeros((batch_size,), np.int32)
             for i, w in enumerate(rows):
                 batch[i, :len(w)] = w[:N_SAMPLES]
-            yield batch, len(rows)
+                lengths[i] = min(len(w), N_SAMPLES)
+            yield batch, lengths, len(rows)
 
     def _decode_rows(self, tokens: np.ndarray, lengths: np.ndarray, n: int) -> list[str]:
         return [self.tokenizer.decode(tokens[i, :lengths[i]]).strip() for i in range(n)]
@@ -141,8 +170,9 @@ class WhisperRecognizer:
         one's tokens are fetched, so host-side text decoding overlaps device work."""
         texts: list[str] = []
         pending = None
-        for batch, n in self._batches(windows, batch_size):
-            out = _recognise_batch(self.params, jnp.asarray(batch), config=self.config, facts=self.facts)
+        for batch, lengths, n in self._batches(windows, batch_size):
+            out = _recognise_batch(self.params, jnp.asarray(batch), jnp.asarray(lengths), config=self.config,
+                                   facts=self.facts, padding=self.feature_padding)
             if pending is not None:
                 texts += self._finish(*pending, progress)
             pending = (out, n)

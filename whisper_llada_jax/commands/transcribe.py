@@ -48,6 +48,9 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", metavar="FILE.jsonl", help="JSON lines with id, audio and optional text")
     p.add_argument("--output", "-o", metavar="FILE.jsonl", default="-", help="output JSON lines (default: stdout)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="utterances per compiled batch (default 16)")
+    p.add_argument("--feature-padding", choices=["audio", "features"],
+                   help="--whisper only: pad short audio with silence before the log-mel (Whisper / transformers; "
+                        "default for HF dirs) or pad the log-mel with zeros (faster-whisper; default for CTranslate2 dirs)")
     g = p.add_argument_group("Whisper-LLaDA decoding (--model only; defaults from DecodeConfig)")
     g.add_argument("--decoder", choices=["diffusion", "semi_ar", "autoregressive"])
     g.add_argument("--steps", type=int, metavar="N", help="denoising steps in total")
@@ -145,7 +148,7 @@ def _run_whisper(args, items: list[dict], out: TextIO) -> None:
     from whisper_llada_jax.recognizer import WhisperRecognizer, n_windows
 
     audios = [load_audio(it["audio"]) for it in items]  # bad audio fails before the model loads
-    recognizer = WhisperRecognizer.from_dir(args.whisper)
+    recognizer = WhisperRecognizer.from_dir(args.whisper, feature_padding=args.feature_padding)
     with tqdm(total=sum(n_windows(a) for a in audios), desc="transcribing", unit="window",
               file=sys.stderr) as bar:
         hyps = recognizer.transcribe(audios, batch_size=args.batch_size, progress=bar)
@@ -186,6 +189,8 @@ def run(args) -> int:
         used = [f"--{flag.replace('_', '-')}" for flag in _DECODE_FLAGS if getattr(args, flag) is not None]
         if used:
             raise UserError(f"{', '.join(used)} only apply to --model (Whisper decodes greedily)")
+    elif args.feature_padding:
+        raise UserError("--feature-padding only applies to --whisper")
     items = _items(args)
     with _open_output(args.output) as out:
         if args.whisper:
