@@ -144,3 +144,23 @@ def test_bad_model_dirs_give_clear_errors(setup, tmp_path, capsys):
     assert "tokenizer.json" in capsys.readouterr().err
     assert cli.main(["export", "--model", str(root), "--format", "hf", "--out", str(tmp_path / "x")]) == 2
     assert "not a MODEL_DIR" in capsys.readouterr().err
+
+
+def test_scanned_bf16_model_dir_round_trip(tmp_path):
+    # The paper layout: scanned LLM layers, bf16 parameters; random values straight from NumPy.
+    from flax import linen as nn
+
+    from whisper_llada_jax.models.composite import abstract_variables
+
+    cfg = load_model_config("tiny", ["llm.scan_layers=true", "llm.param_dtype=bfloat16", "llm.dtype=bfloat16"])
+    rng = np.random.default_rng(0)
+    variables = jax.tree.map(lambda s: np.asarray(rng.normal(size=s.shape), s.dtype), nn.unbox(abstract_variables(cfg)))
+    assert variables["params"]["llm"]["blocks"]["q_proj"]["kernel"].shape[0] == cfg.llm.n_layers
+    tok = build_tokenizer_json(CORPUS, tmp_path / "tokenizer.json")
+    save_model_dir(tmp_path / "m", cfg, variables, tok)
+    loaded = load_model_dir(tmp_path / "m")
+    assert loaded.config == cfg
+    assert loaded.variables["params"]["llm"]["blocks"]["ff_out"]["kernel"].dtype == jax.numpy.bfloat16
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), loaded.variables, variables)
+    save_model_dir(tmp_path / "m2", loaded.config, loaded.variables, loaded.tokenizer.json)
+    _same_files(tmp_path / "m", tmp_path / "m2")

@@ -153,3 +153,18 @@ def test_bad_files_give_clear_errors(ref, tmp_path):
     with pytest.raises(CheckpointError, match="holds no LoRA"):
         _import(projector_only)
     assert _import(projector_only, no_lora)["lora"]["llm"] is None
+
+
+def test_scanned_llm_takes_the_lora_stacked(ref, tmp_path):
+    # The paper config scans the LLM's layers: per-layer .pth tensors land in one stacked leaf.
+    cfg = load_model_config("tiny", ["llm.scan_layers=true"])
+    path = _save(tmp_path / "ckpt.pth", ref.pth_state)
+    v = _import(path, cfg)
+    a = v["lora"]["llm"]["blocks"]["q_proj"]["lora_a"]
+    assert a.shape == (2, cfg.llm.d_model, cfg.lora.rank)
+    for i in range(2):
+        np.testing.assert_array_equal(a[i], ref.pth_state[f"{LORA_PREFIX}.{i}.q_proj.lora_A.default.weight"].numpy().T)
+    out = export_reference_pth(tmp_path / "scanned.pth", cfg, v)
+    exported = read_pth(out)["model"]
+    assert set(exported) == set(_used(ref.pth_state))
+    assert all(torch.equal(t, ref.pth_state[k]) for k, t in exported.items())
