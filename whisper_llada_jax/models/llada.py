@@ -15,7 +15,7 @@ keys and values, ``(layers, B, S, kv_heads, head_dim)``, to be written into such
 
 from __future__ import annotations
 
-import functools
+import math
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -258,7 +258,7 @@ class LLaDA(nn.Module):
 def count_params(tree) -> int:
     """Number of scalars in a (possibly boxed / abstract) parameter tree."""
     leaves = jax.tree_util.tree_leaves(nn.unbox(tree))
-    return int(sum(functools.reduce(lambda a, c: a * c, leaf.shape, 1) for leaf in leaves))
+    return int(sum(math.prod(leaf.shape) for leaf in leaves))
 
 
 def abstract_variables(config: LLMConfig, lora: LoRAConfig | None = None) -> dict:
