@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+from pathlib import Path
 from typing import Any
 
 import grain
@@ -44,7 +45,7 @@ SKIP_REASONS = ("too_long", "empty_transcript", "unreadable")
 def decode_audio(audio: Any, sample_rate: int = SAMPLE_RATE, where: str = "audio") -> np.ndarray:
     """Mono float32 at 16 kHz from a path, encoded file bytes (tfds lazy_decode) or an array
     (float in [-1, 1], or integer PCM as tfds' default Audio feature stores it)."""
-    if isinstance(audio, (str, bytes)) and not isinstance(audio, bytes):
+    if isinstance(audio, (str, Path)):
         return load_audio(audio)
     if isinstance(audio, bytes):
         import soundfile
