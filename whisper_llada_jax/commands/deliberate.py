@@ -1,0 +1,100 @@
+"""``whisper-llada deliberate``: re-denoise a first-pass transcript with the audio (second pass)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from whisper_llada_jax.errors import DataError
+
+NAME = "deliberate"
+HELP = "correct first-pass transcripts with Whisper-LLaDA deliberation (diffusion or semi_ar)"
+EXAMPLES = """examples:
+  # the paper's best cascade: mask the 30 % least confident first-pass tokens, re-denoise
+  whisper-llada deliberate --model runs/demo/model --manifest test.jsonl \\
+      --first-pass whisper_llama.jsonl --strategy diffusion --masking low_confidence \\
+      --mask-ratio 0.3 --steps 64 --output delib.jsonl
+  # chunk by chunk (4 chunks), 64 steps in total
+  whisper-llada deliberate --model runs/demo/model --manifest test.jsonl \\
+      --first-pass whisper_llama.jsonl --strategy semi_ar --num-chunks 4 --steps 64
+  # the text-only ablation (no audio), and the length-editing fast mode
+  whisper-llada deliberate --model runs/demo/model --manifest test.jsonl --first-pass fp.jsonl --text-only
+  whisper-llada deliberate --model runs/demo/model --manifest test.jsonl --first-pass fp.jsonl --edit-length
+
+manifest: JSON lines with "id", "audio" and optionally "text" (the reference).
+first pass: JSON lines with "id" and "hypothesis" (what `transcribe` writes) or "first_pass".
+Output: one JSON line per utterance: "id", "hypothesis", "reference", "first_pass", "nfe".
+"""
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="MODEL_DIR", help="a Whisper-LLaDA MODEL_DIR")
+    p.add_argument("--manifest", required=True, metavar="FILE", help="JSON lines with id, audio, optional text")
+    p.add_argument("--first-pass", required=True, metavar="FILE.jsonl",
+                   help="JSON lines with id and hypothesis (or first_pass)")
+    p.add_argument("--strategy", choices=["diffusion", "semi_ar"], default="diffusion")
+    p.add_argument("--masking", choices=["random", "low_confidence"], default="low_confidence")
+    p.add_argument("--mask-ratio", type=float, default=0.3, metavar="R", help="share of first-pass tokens to mask")
+    p.add_argument("--num-chunks", type=int, default=4, metavar="K", help="semi_ar: chunks re-decoded in turn")
+    p.add_argument("--steps", type=int, default=64, metavar="N", help="denoising steps in total")
+    p.add_argument("--gen-len", type=int, default=128, metavar="L", help="longest first pass in tokens")
+    p.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
+    p.add_argument("--threshold", type=float, metavar="P", help="fast mode: reveal every token with p >= P")
+    p.add_argument("--cache", choices=["none", "prefix"], default="none", help="fast mode: approximate prefix cache")
+    p.add_argument("--text-only", action="store_true", help="ablation: deliberate without the audio")
+    p.add_argument("--edit-length", action="store_true", help="fast mode: let the length change (insert / delete)")
+    p.add_argument("--audio-span", choices=["full", "trimmed"], default="full")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N")
+    p.add_argument("--seed", type=int, default=0, help="random masking / remasking seed")
+    p.add_argument("--output", "-o", default="-", metavar="FILE.jsonl", help="output JSON lines (default: stdout)")
+
+
+def read_first_pass(path: str | Path) -> dict[str, str]:
+    """``id -> first-pass text`` from JSON lines; DataError naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: first-pass file does not exist", hint="give the JSONL `transcribe` wrote")
+    out = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            text = rec.get("hypothesis", rec.get("first_pass"))
+            uid = str(rec["id"])
+        except (ValueError, KeyError, AttributeError):
+            raise DataError(f"{path}:{lineno}: expected a JSON object with id and hypothesis") from None
+        if text is None:
+            raise DataError(f"{path}:{lineno}: no hypothesis / first_pass field")
+        out[uid] = str(text)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from whisper_llada_jax.data.manifest import read_manifest
+    from whisper_llada_jax.decoding.api import transcribe_files
+    from whisper_llada_jax.decoding.config import DecodeConfig, validate
+
+    cfg = validate(DecodeConfig(strategy=args.strategy, masking=args.masking, mask_ratio=args.mask_ratio,
+                                num_chunks=args.num_chunks, steps=args.steps, gen_len=args.gen_len,
+                                block_length=args.gen_len, remasking=args.remasking, threshold=args.threshold,
+                                cache=args.cache, text_only=args.text_only, edit_length=args.edit_length,
+                                audio_span=args.audio_span, batch_size=args.batch_size))
+    items = read_manifest(args.manifest)
+    first = read_first_pass(args.first_pass)
+    missing = [it["id"] for it in items if it["id"] not in first]
+    if missing:
+        raise DataError(f"{args.first_pass}: no first pass for {len(missing)} utterance(s), e.g. {missing[0]!r}",
+                        hint="the ids must match the manifest's")
+    items = [dict(it, first_pass=first[it["id"]]) for it in items]
+    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
+    try:
+        for rec in transcribe_files(args.model, items, cfg, args.batch_size, seed=args.seed):
+            out.write(json.dumps({k: rec.get(k) for k in ("id", "hypothesis", "reference", "first_pass", "nfe")}) + "\n")
+            out.flush()
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
