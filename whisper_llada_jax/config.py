@@ -68,6 +68,9 @@ class ProjectorConfig:
     intermediate: int = 3072
     ln_eps: float = 1e-12
     init_std: float = 0.02
+    # BERT-style dropout (embeddings, attention probabilities, each output dense) in training.
+    # SPEC is silent; a bert-base BertConfig (as Q-Former code usually starts from) has 0.1.
+    dropout: float = 0.0
     # mlp ablation: stack `window` frames, then Linear-GELU-Linear; `num_queries` vectors out.
     dtype: DType = "float32"
     param_dtype: DType = "float32"
