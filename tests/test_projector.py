@@ -104,3 +104,22 @@ def test_qformer_parameters_carry_logical_axes():
     specs_flat = jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
     assert len(shapes) == len(specs_flat)
     assert all(len(s) == x.ndim for s, x in zip(specs_flat, shapes))
+
+
+def test_dropout_only_in_training():
+    cfg = dataclasses.replace(SMALL, dropout=0.5)
+    model = WindowQFormer(cfg, 16)
+    x = np.random.default_rng(2).normal(size=(1, 10, 8)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    v = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape) * 0.3, a.dtype),
+                     nn.unbox(jax.eval_shape(model.init, jax.random.key(0), x)))
+
+    @jax.jit
+    def run(v, x, key):
+        plain = WindowQFormer(SMALL, 16).apply(v, x)
+        return (plain, model.apply(v, x), model.apply(v, x, False, rngs={"dropout": key}),
+                model.apply(v, x, False, rngs={"dropout": jax.random.fold_in(key, 1)}))
+
+    plain, evaluation, train_a, train_b = run(v, x, jax.random.key(0))
+    np.testing.assert_array_equal(evaluation, plain)  # deterministic: dropout is off
+    assert np.abs(np.asarray(train_a - plain)).max() > 1e-2 and np.abs(np.asarray(train_a - train_b)).max() > 1e-2

@@ -45,7 +45,8 @@ class WhisperLLaDA(nn.Module):
         """Encoder output ``(B, frames, d_whisper)`` (what data pipelines may cache)."""
         return self.encoder(features)
 
-    def encode_audio(self, features: jax.Array | None = None, *, encoder_out: jax.Array | None = None) -> jax.Array:
+    def encode_audio(self, features: jax.Array | None = None, *, encoder_out: jax.Array | None = None,
+                     deterministic: bool = True) -> jax.Array:
         """Audio vectors ``(B, audio_tokens, d_llm)`` from log-mel features or a cached encoder output.
 
         The encoder is frozen: its output sits behind ``stop_gradient``, so no gradient (and no
@@ -55,7 +56,7 @@ class WhisperLLaDA(nn.Module):
             raise ValueError("encode_audio: give exactly one of features or encoder_out")
         if encoder_out is None:
             encoder_out = self.encoder(features)
-        return self.projector(jax.lax.stop_gradient(encoder_out))
+        return self.projector(jax.lax.stop_gradient(encoder_out), deterministic)
 
     # ------------------------------------------------------------------ sequence
     def embed(self, ids: jax.Array) -> jax.Array:
@@ -92,7 +93,8 @@ class WhisperLLaDA(nn.Module):
         b = response_ids.shape[0]
         audio = None
         if not text_only:
-            audio = audio_embeds if audio_embeds is not None else self.encode_audio(features, encoder_out=encoder_out)
+            audio = audio_embeds if audio_embeds is not None else self.encode_audio(
+                features, encoder_out=encoder_out, deterministic=deterministic)
         prefix = self.prefix_embeds(audio, b)
         x = jnp.concatenate([prefix, self.embed(response_ids)], axis=1)
         hidden = self.llm(embeds=x, return_hidden=True, deterministic=deterministic).hidden

@@ -69,14 +69,18 @@ class _SelfOrCross(nn.Module):
     cfg: ProjectorConfig
 
     @nn.compact
-    def __call__(self, h, kv):
+    def __call__(self, h, kv, deterministic: bool = True):
         cfg = self.cfg
         head_dim = cfg.hidden // cfg.heads
         q = _dense(cfg.hidden, ("embed", "heads"), cfg, "query")(h)
         k = _dense(cfg.hidden, ("embed", "kv_heads"), cfg, "key")(kv)
         v = _dense(cfg.hidden, ("embed", "kv_heads"), cfg, "value")(kv)
         split = lambda t: t.reshape(*t.shape[:-1], cfg.heads, head_dim)  # noqa: E731
-        ctx = jax.nn.dot_product_attention(split(q), split(k), split(v))  # no mask: all ones
+        # No mask (every window frame is real). Softmax in fp32; BERT drops attention probabilities.
+        logits = jnp.einsum("bqhd,bkhd->bhqk", split(q), split(k), preferred_element_type=jnp.float32)
+        probs = jax.nn.softmax(logits * head_dim**-0.5, axis=-1).astype(v.dtype)
+        probs = nn.Dropout(cfg.dropout)(probs, deterministic=deterministic)
+        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, split(v))
         return ctx.reshape(*ctx.shape[:-2], cfg.hidden)
 
 
@@ -87,8 +91,9 @@ class _Output(nn.Module):
     in_axis: str = "heads"
 
     @nn.compact
-    def __call__(self, x, residual):
+    def __call__(self, x, residual, deterministic: bool = True):
         y = _dense(self.cfg.hidden, (self.in_axis, "embed"), self.cfg, "dense")(x)
+        y = nn.Dropout(self.cfg.dropout)(y, deterministic=deterministic)
         return _layer_norm(self.cfg, "LayerNorm")(residual + y)
 
 
@@ -98,9 +103,9 @@ class _Attention(nn.Module):
     cfg: ProjectorConfig
 
     @nn.compact
-    def __call__(self, h, kv):
-        ctx = _SelfOrCross(self.cfg, name="self")(h, kv)
-        return _Output(self.cfg, name="output")(ctx, h)
+    def __call__(self, h, kv, deterministic: bool = True):
+        ctx = _SelfOrCross(self.cfg, name="self")(h, kv, deterministic)
+        return _Output(self.cfg, name="output")(ctx, h, deterministic)
 
 
 class _Intermediate(nn.Module):
@@ -120,11 +125,11 @@ class _Layer(nn.Module):
     cfg: ProjectorConfig
 
     @nn.compact
-    def __call__(self, h, window):
-        h = _Attention(self.cfg, name="attention")(h, h)
-        h = _Attention(self.cfg, name="crossattention")(h, window)
+    def __call__(self, h, window, deterministic: bool = True):
+        h = _Attention(self.cfg, name="attention")(h, h, deterministic)
+        h = _Attention(self.cfg, name="crossattention")(h, window, deterministic)
         y = _Intermediate(self.cfg, name="intermediate_query")(h)
-        return _Output(self.cfg, in_axis="mlp", name="output_query")(y, h)
+        return _Output(self.cfg, in_axis="mlp", name="output_query")(y, h, deterministic)
 
 
 class _Embeddings(nn.Module):
@@ -133,8 +138,9 @@ class _Embeddings(nn.Module):
     cfg: ProjectorConfig
 
     @nn.compact
-    def __call__(self, queries):
-        return _layer_norm(self.cfg, "LayerNorm")(queries)
+    def __call__(self, queries, deterministic: bool = True):
+        h = _layer_norm(self.cfg, "LayerNorm")(queries)
+        return nn.Dropout(self.cfg.dropout)(h, deterministic=deterministic)
 
 
 class _QFormerBert(nn.Module):
@@ -143,10 +149,10 @@ class _QFormerBert(nn.Module):
     cfg: ProjectorConfig
 
     @nn.compact
-    def __call__(self, queries, window):
-        h = _Embeddings(self.cfg, name="embeddings")(queries)
+    def __call__(self, queries, window, deterministic: bool = True):
+        h = _Embeddings(self.cfg, name="embeddings")(queries, deterministic)
         for i in range(self.cfg.layers):
-            h = _Layer(self.cfg, name=f"layer_{i}")(h, window)
+            h = _Layer(self.cfg, name=f"layer_{i}")(h, window, deterministic)
         return h
 
 
@@ -157,7 +163,7 @@ class WindowQFormer(nn.Module):
     out_dim: int
 
     @nn.compact
-    def __call__(self, encoder_out: jax.Array) -> jax.Array:
+    def __call__(self, encoder_out: jax.Array, deterministic: bool = True) -> jax.Array:
         cfg = self.cfg
         dtype = _DTYPES[cfg.dtype]
         windows = split_windows(encoder_out, cfg.window, cfg.stride)
@@ -172,7 +178,7 @@ class WindowQFormer(nn.Module):
             _DTYPES[cfg.param_dtype],
         )
         queries = jnp.broadcast_to(queries.astype(dtype), (b * w, cfg.num_queries, cfg.hidden))
-        h = _QFormerBert(cfg, name="bert")(queries, windows)
+        h = _QFormerBert(cfg, name="bert")(queries, windows, deterministic)
         out = _dense(self.out_dim, ("embed_unsharded", "embed"), cfg, "linear_proj")(h)
         out = out.reshape(b, w * cfg.num_queries, self.out_dim)
         return nn.with_logical_constraint(out, ("act_batch", "act_length", "act_embed"))
@@ -185,12 +191,13 @@ class MLPProjector(nn.Module):
     out_dim: int
 
     @nn.compact
-    def __call__(self, encoder_out: jax.Array) -> jax.Array:
+    def __call__(self, encoder_out: jax.Array, deterministic: bool = True) -> jax.Array:
         cfg = self.cfg
         windows = split_windows(encoder_out, cfg.window, cfg.stride)
         b, w, _, d = windows.shape
         stacked = windows.reshape(b, w, cfg.window * d).astype(_DTYPES[cfg.dtype])
         h = nn.gelu(_dense(cfg.hidden, ("embed", "mlp"), cfg, "fc1")(stacked), approximate=False)
+        h = nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
         out = _dense(cfg.num_queries * self.out_dim, ("mlp", "embed"), cfg, "fc2")(h)
         out = out.reshape(b, w * cfg.num_queries, self.out_dim)
         return nn.with_logical_constraint(out, ("act_batch", "act_length", "act_embed"))
