@@ -106,3 +106,34 @@ def test_cascade_whisper_first_pass_then_deliberation(model_dir, tmp_path, capsy
     rows = [json.loads(x) for x in (out / r["hypotheses"]).read_text().splitlines()]
     assert [x["first_pass"] for x in rows] == [f["first_pass"] for f in first]
     assert "first pass (whisper, bundled:tiny.en)" in capsys.readouterr().out
+
+
+def test_grid_run_writes_the_paper_layout(tmp_path, monkeypatch):
+    """The grid plumbing with a stand-in decoder (no compile): one result per cell, laid out."""
+    import types
+
+    from tests._data_helpers import WordTokenizer
+    from whisper_llada_jax.decoding import api
+
+    calls = []
+
+    def fake_run_decode(loaded, batch, cfg, rng):
+        calls.append(cfg)
+        # "deliberation" that fixes the first pass when the mask ratio is at least 0.5
+        return [{"hypothesis": t if cfg.mask_ratio >= 0.5 else f, "tokens": [], "nfe": int(10 * cfg.mask_ratio)}
+                for t, f in zip(batch["text"], batch["first_pass"])]
+
+    monkeypatch.setattr(api, "run_decode", fake_run_decode)
+    loaded = types.SimpleNamespace(config=load_model_config("tiny"), tokenizer=WordTokenizer(), path="fake")
+    src = SyntheticSource(n=3, seed=5, max_s=1.5)
+    first = {src[i]["id"]: "wrong words" for i in range(3)}
+    doc = evaluate(loaded, src, [("base", DecodeConfig(strategy="diffusion", gen_len=16, steps=4, batch_size=2))],
+                   tmp_path, first_pass=first, grid="masking_x_ratio")
+    assert len(doc["results"]) == 10 and {c.batch_size for c in calls} == {2}
+    by_cell = {(r["grid"]["masking"], r["grid"]["mask_ratio"]): r for r in doc["results"]}
+    assert by_cell[("random", 0.9)]["wer"]["wer"] == 0.0 and by_cell[("random", 0.1)]["wer"]["wer"] > 0.5
+    assert by_cell[("low_confidence", 0.3)]["mean_nfe"] == 3.0
+    assert all(r["first_pass_wer"] == by_cell[("random", 0.1)]["wer"] for r in doc["results"])
+    md = (tmp_path / "results.md").read_text()
+    assert "| masking \\ mask ratio | 0.1 | 0.3 | 0.5 | 0.7 | 0.9 |" in md
+    assert "| random | " in md and "| low_confidence | " in md
