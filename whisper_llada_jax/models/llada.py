@@ -199,12 +199,15 @@ class LLaDA(nn.Module):
         return self.wte(ids)
 
     def head(self, hidden: jax.Array) -> jax.Array:
-        """Logits from final-norm hidden states (lets a loss compute logits only where needed)."""
+        """Logits ``(..., V)`` from final-norm hidden states ``(..., D)`` (any leading shape, so a
+        loss can compute logits only at the positions it scores)."""
         if self.config.tie_embeddings:
             logits = self.wte.attend(hidden)
         else:
             logits = self.ff_out(hidden)
-        return nn.with_logical_constraint(logits, ("act_batch", "act_length", "act_vocab"))
+        if logits.ndim == 3:
+            logits = nn.with_logical_constraint(logits, ("act_batch", "act_length", "act_vocab"))
+        return logits
 
     def __call__(self, ids: jax.Array | None = None, *, embeds: jax.Array | None = None,
                  positions: jax.Array | None = None, attention_mask: jax.Array | None = None,
