@@ -186,3 +186,24 @@ def test_round_trip_logits_match_transformers(converted):
     with torch.no_grad():
         want = model(input_features=torch.from_numpy(features), decoder_input_ids=torch.from_numpy(ids).long()).logits
     np.testing.assert_allclose(ours, want.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_recognizer_reads_both_layouts_alike(converted):
+    """The same random model as an HF directory and as a CTranslate2 one: identical transcripts
+    in the same padding mode; the default padding follows the layout; batching is invisible."""
+    from whisper_llada_jax.recognizer import WhisperRecognizer
+
+    _, _, dirs, root = converted
+    rng = np.random.default_rng(3)
+    audios = [rng.normal(scale=0.1, size=n).astype(np.float32) for n in (16000, 40000, 8000)]
+    hf = WhisperRecognizer.from_dir(root / "hf", max_new_tokens=12)
+    ct2 = WhisperRecognizer.from_dir(dirs["float32"], max_new_tokens=12)
+    assert (hf.feature_padding, ct2.feature_padding) == ("audio", "features")
+    assert hf.facts == ct2.facts and hf.facts.prompt == (50257, 50362)
+    ct2.feature_padding = "audio"
+    texts = hf.transcribe(audios, batch_size=2)
+    assert texts == ct2.transcribe(audios, batch_size=2)
+    assert hf.transcribe(audios[::-1], batch_size=3) == texts[::-1]
+    assert any(texts)
+    with pytest.raises(CheckpointError, match="English-only checkpoint"):
+        WhisperRecognizer.from_dir(root / "hf", language="de")

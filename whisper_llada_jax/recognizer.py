@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import sys
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -137,6 +137,9 @@ class WhisperRecognizer:
         path = resolve_whisper_dir(path)
         layout = detect_layout(path)
         cfg, params, gen = _load(path, layout, dtype)
+        if language is not None and not gen.is_multilingual:
+            raise CheckpointError(f"{path}: English-only checkpoint, it takes no language token",
+                                  hint="leave the language unset, or use a multilingual checkpoint")
         tokenizer = WhisperTokenizer.from_file(path, multilingual=gen.is_multilingual)
         prompt = tuple(tokenizer.start_prompt(language))
         budget = cfg.max_target_positions - len(prompt)
