@@ -44,26 +44,26 @@ class DemoSettings:
     seed: int = 0
     tokenizer_vocab: int = 400
     # window Q-Former (SPEC section 3 shape, narrower)
-    projector_hidden: int = 256
+    projector_hidden: int = 192
     projector_heads: int = 4
-    projector_intermediate: int = 512
+    projector_intermediate: int = 384
     # small LLaDA (SPEC section 4 shape, smaller)
-    llm_d_model: int = 256
+    llm_d_model: int = 192
     llm_layers: int = 4
     llm_heads: int = 4
-    llm_mlp: int = 768
+    llm_mlp: int = 512
     peak_lr: float = 1e-3
     warmup_steps: int = 100
     # decoding
     gen_len: int = 48  # response slots: every training transcript and nearly every first pass fits
-    steps: int = 48
+    steps: int = 24  # two slots per step: the CPU budget of the full run
     semi_ar_block: int = 16
     eval_batch: int = 40
     mask_ratio: float = 0.3
     whisper_batch: int = 20
 
 
-FULL = DemoSettings(n_train=2000, n_val=200, n_test=200, train_steps=1500, eval_interval=500)
+FULL = DemoSettings(n_train=2000, n_val=200, n_test=200, train_steps=600, eval_interval=200)
 QUICK = DemoSettings(n_train=64, n_val=8, n_test=8, train_steps=20, eval_interval=20, batch_size=8,
                      llm_layers=2, projector_hidden=64, llm_d_model=64, llm_mlp=128, projector_intermediate=128,
                      steps=12, eval_batch=8, whisper_batch=8, warmup_steps=5)

@@ -1,0 +1,133 @@
+"""The laptop demo: its batching and caching pieces, and `whisper-llada demo --quick` end to end
+from a clean directory (table + MODEL_DIR), then `transcribe` of one clip with that model."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from whisper_llada_jax.config import WhisperConfig
+from whisper_llada_jax.demo import run as demo_run
+from whisper_llada_jax.demo.encoder_cache import cached_encode, frames_for_seconds
+
+REPO = Path(__file__).resolve().parent.parent
+CLIPS = REPO / "tests" / "data" / "clips"
+
+
+def test_frames_for_seconds_gives_whole_windows():
+    assert frames_for_seconds(5.17) == 544 and (544 // 2) % 17 == 0
+    assert frames_for_seconds(0.01) == 34
+    assert frames_for_seconds(40.0) == 3000
+
+
+def _toy(n=10, t=6, d=3, r=5, eos=2):
+    enc = np.arange(n * t * d, dtype=np.float16).reshape(n, t, d)
+    ids = np.full((n, r), eos, np.int32)
+    lens = np.arange(n, dtype=np.int32) % r + 1
+    for i in range(n):
+        ids[i, :lens[i]] = 10 + i
+    texts, names = [f"t{i}" for i in range(n)], [f"u{i}" for i in range(n)]
+    return enc, ids, lens, texts, names
+
+
+def test_train_batches_shuffle_deterministically_and_cover_an_epoch():
+    enc, ids, lens, texts, names = _toy()
+    a = demo_run.train_batches(enc, ids, lens, texts, names, batch_size=4, seed=1, eos=2)
+    b = demo_run.train_batches(enc, ids, lens, texts, names, batch_size=4, seed=1, eos=2)
+    first = [next(a) for _ in range(2)]
+    assert [x["ids"] for x in first] == [next(b)["ids"] for _ in range(2)]
+    seen = sum((x["ids"] for x in first), [])
+    assert len(set(seen)) == 8  # no repeats within an epoch
+    x = first[0]
+    i = int(seen[0][1:])
+    assert x["encoder_out"].dtype == np.float32 and x["encoder_out"].shape == (4, 6, 3)
+    np.testing.assert_array_equal(x["encoder_out"][0], enc[i].astype(np.float32))
+    np.testing.assert_array_equal(x["response_ids"][0], ids[i])
+    assert x["response_len"][0] == lens[i] and x["valid"].all()
+
+
+def test_ordered_batches_pad_the_last_batch():
+    enc, ids, lens, texts, names = _toy(n=10)
+    batches = list(demo_run.ordered_batches(enc, ids, lens, texts, names, batch_size=4, eos=2))
+    assert len(batches) == 3
+    last = batches[-1]
+    assert last["valid"].tolist() == [True, True, False, False]
+    assert last["ids"] == ["u8", "u9", "", ""]
+    assert (last["response_ids"][2:] == 2).all() and (last["response_len"][2:] == 0).all()
+    assert [u for b in batches for u, ok in zip(b["ids"], b["valid"]) if ok] == names
+
+
+def test_format_table_and_decode_modes():
+    rows = [demo_run.Row("Whisper", 0.25, 0.05, 14.0, "x"), demo_run.Row("LLaDA", 0.125, 0.5, 24.0)]
+    table = demo_run.format_table(rows)
+    assert "| Whisper | 25.00 | 0.0500 | 14.0 | x |" in table and "| LLaDA | 12.50 |" in table
+    labels = [m[0] for m in demo_run.decode_modes(demo_run.FULL)]
+    assert len(labels) == 6 and any("Text-only" in x for x in labels)
+    from whisper_llada_jax.decoding.config import DecodeConfig, validate
+
+    for settings in (demo_run.FULL, demo_run.QUICK):
+        for _, fields, _ in demo_run.decode_modes(settings):
+            validate(DecodeConfig(batch_size=settings.eval_batch, **fields))
+
+
+def test_encoder_cache_is_reused(tmp_path):
+    import flax.linen as nn
+    import jax
+
+    from whisper_llada_jax.models.whisper import abstract_params
+
+    cfg = WhisperConfig(d_model=16, encoder_layers=1, encoder_heads=2, encoder_ffn=32, decoder_layers=1,
+                        decoder_heads=2, decoder_ffn=32, vocab_size=50, input_frames=68)
+    shapes = jax.tree.map(lambda s: s.shape, nn.unbox(abstract_params(cfg, encoder_only=True)))
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: (0.1 * rng.standard_normal(s)).astype(np.float32), shapes,
+                          is_leaf=lambda s: isinstance(s, tuple))["encoder"]
+    paths = [CLIPS / "clip000.flac", CLIPS / "clip001.flac", CLIPS / "clip002.flac"]
+    a = cached_encode(tmp_path, "enc", params, cfg, paths, {"v": 1}, batch_size=2, progress=False)
+    assert a.encoder_out.shape == (3, 34, 16) and a.encoder_out.dtype == np.float16
+    assert np.isfinite(a.encoder_out).all() and a.audio_len.tolist() == [68 * 160] * 3
+    mtime = (tmp_path / "enc.npy").stat().st_mtime_ns
+    b = cached_encode(tmp_path, "enc", params, cfg, paths, {"v": 1}, batch_size=2, progress=False)
+    np.testing.assert_array_equal(a.encoder_out, b.encoder_out)
+    assert (tmp_path / "enc.npy").stat().st_mtime_ns == mtime
+    cached_encode(tmp_path, "enc", params, cfg, paths[:2], {"v": 1}, batch_size=2, progress=False)
+    assert (tmp_path / "enc.npy").stat().st_mtime_ns != mtime  # other inputs: recomputed
+
+
+def _cli(args, cwd, timeout):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, like a user
+    env["JAX_PLATFORMS"] = "cpu"
+    return subprocess.run([sys.executable, "-m", "whisper_llada_jax.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end(tmp_path):
+    work = tmp_path / "clean"
+    work.mkdir()
+    proc = _cli(["demo", "--quick", "--out", "run", "--no-progress"], work, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = work / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    systems = [r["system"] for r in summary["rows"]]
+    assert len(systems) == 7 and systems[0].startswith("Whisper tiny.en")
+    for r in summary["rows"]:
+        assert 0.0 <= r["wer"] < 5.0 and r["rtf"] > 0 and r["nfe"] >= 1, r
+        assert f"| {r['system']} |" in proc.stdout
+    assert (run / "results.md").read_text().count("\n|") >= 8
+    # The MODEL_DIR is complete and carries the real tiny.en encoder.
+    from whisper_llada_jax.checkpoints.model_dir import load_model_dir
+
+    loaded = load_model_dir(run / "model")
+    assert loaded.config.whisper.d_model == 384 and loaded.config.whisper.input_frames == summary["input_frames"]
+    assert loaded.config.tokens.prompt_ids and loaded.tokenizer.vocab_size <= loaded.config.llm.vocab_size
+    # ... and transcribes a clip.
+    clip = sorted((run / "corpus" / "test").glob("*.flac"))[0]
+    proc = _cli(["transcribe", "--model", "run/model", str(clip), "--batch-size", "1"], work, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert len(out) == 1 and out[0]["id"] == clip.stem and isinstance(out[0]["hypothesis"], str)
