@@ -131,3 +131,12 @@ def test_demo_quick_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     assert len(out) == 1 and out[0]["id"] == clip.stem and isinstance(out[0]["hypothesis"], str)
+
+
+def test_out_folder_refuses_other_settings(tmp_path):
+    from whisper_llada_jax.errors import UserError
+
+    demo_run._check_settings(tmp_path, demo_run.QUICK)
+    demo_run._check_settings(tmp_path, demo_run.QUICK)  # resuming the same run is fine
+    with pytest.raises(UserError, match="other settings"):
+        demo_run._check_settings(tmp_path, demo_run.FULL)

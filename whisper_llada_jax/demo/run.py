@@ -331,6 +331,20 @@ Total demo time: {info['total_minutes']:.1f} min.
 """
 
 
+def _check_settings(out: Path, settings: DemoSettings) -> None:
+    """A folder holds one run: resuming with other settings would mix their stages."""
+    from whisper_llada_jax.errors import UserError
+
+    path = out / "settings.json"
+    mine = dataclasses.asdict(settings)
+    if path.exists():
+        if json.loads(path.read_text()) != mine:
+            raise UserError(f"{out}: holds a demo run with other settings (--quick or not)",
+                            hint="give another --out folder, or delete this one")
+        return
+    path.write_text(json.dumps(mine, indent=1))
+
+
 def _machine() -> str:
     import os
     import platform
@@ -356,6 +370,7 @@ def run_demo(out_dir: str | Path, quick: bool = False, progress: bool = True,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "cache"
+    _check_settings(out, s)
     t_start = time.perf_counter()
 
     def say(msg: str) -> None:
