@@ -91,7 +91,8 @@ def test_cascade_whisper_first_pass_then_deliberation(model_dir, tmp_path, capsy
 
     out = tmp_path / "cascade"
     rc = main(["cascade", "--first", "bundled:tiny.en", "--model", str(model_dir), "--data", f"manifest:{BUNDLED_CLIPS}",
-               "--limit", "2", "--decode", "strategy=diffusion,gen_len=64,steps=4,batch_size=2", "--out", str(out)])
+               "--limit", "2", "--batch-size", "2", "--decode", "strategy=diffusion,gen_len=64,steps=4,batch_size=2",
+               "--out", str(out)])
     assert rc == 0
     first = [json.loads(x) for x in (out / "first_pass.jsonl").read_text().splitlines()]
     refs = [json.loads(x)["text"] for x in BUNDLED_CLIPS.read_text().splitlines()[:2]]
