@@ -6,6 +6,7 @@ import grain
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import soundfile as sf
 
 from tests._data_helpers import WordTokenizer, write_clip
 from whisper_llada_jax.audio.features import log_mel_numpy, samples_for_frames
@@ -84,9 +85,21 @@ def test_bad_utterances_are_counted_and_skipped(tmp_path):
     # the batch count is fixed from the share size (6 -> 2), so every host steps alike
     assert len(batches) == 2 and not batches[1]["valid"].any()
     assert _valid_ids(batches) == ["good1", "good2"]
-    assert it.counts == {"seen": 6, "kept": 2, "too_long": 1, "empty_transcript": 1, "unreadable": 2}
+    assert it.counts == {"seen": 6, "kept": 2, "truncated": 0, "too_long": 1, "empty_transcript": 1, "unreadable": 2}
     assert {s["id"]: s["skip"] for s in it.skipped} == {"missing": "unreadable", "corrupt": "unreadable",
                                                           "empty": "empty_transcript", "long": "too_long"}
+
+
+def test_clip_longer_than_the_model_window_is_cut_and_counted(tmp_path):
+    window_s = samples_for_frames(MODEL.whisper.input_frames) / 16000  # 4 s for the tiny config
+    write_clip(tmp_path / "five.wav", window_s + 1.0, 7)
+    audio, _ = sf.read(tmp_path / "five.wav", dtype="float32")  # as stored (16-bit PCM)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "five", "audio": "five.wav", "text": "FIVE"}) + "\n")
+    it = build_eval_iterator(DataConfig(batch_size=1), MODEL, TOK, source=f"manifest:{tmp_path / 'm.jsonl'}")
+    (batch,) = list(it)
+    n = samples_for_frames(MODEL.whisper.input_frames)
+    assert batch["audio_len"][0] == n and it.counts["truncated"] == 1 and it.counts["kept"] == 1
+    np.testing.assert_allclose(batch["features"][0], log_mel_numpy(audio[:n], MODEL.whisper.n_mels, n)[0], atol=1e-6)
 
 
 def test_strict_mode_names_the_file(tmp_path):
@@ -116,7 +129,7 @@ def test_restored_iterator_continues_exactly(tmp_path):
         assert a["ids"] == b["ids"]
         np.testing.assert_array_equal(a["features"], b["features"])
         np.testing.assert_array_equal(a["response_ids"], b["response_ids"])
-    assert fresh.counts == {"seen": 30, "kept": 30, "too_long": 0, "empty_transcript": 0, "unreadable": 0}
+    assert fresh.counts == {"seen": 30, "kept": 30, "truncated": 0, "too_long": 0, "empty_transcript": 0, "unreadable": 0}
 
 
 def test_data_config_yaml_is_strict(tmp_path):

@@ -19,7 +19,9 @@ Bad utterances (longer than ``max_seconds``, empty transcript, unreadable audio)
 an epoch: the worker returns a small marker instead of features; the main process counts it
 (``iterator.counts``, part of the saved state) or, with ``strict``, raises ``DataError``
 naming the file. Skipping happens after ``mp_prefetch``, so the output does not depend on
-the worker count.
+the worker count. A clip longer than the model's audio window (``whisper.input_frames``; the
+full 30 s for the paper model) but within ``max_seconds`` is cut to the window and counted as
+``truncated``.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class Preprocess(grain.transforms.Map):
             return {**base, "skip": "too_long",
                     "message": f"{where}: audio is {seconds:.1f} s, longer than {self.max_seconds:g} s"}
         out = {"id": rec["id"], "text": text, "audio_len": np.int32(min(len(audio), self.n_samples)),
+               "truncated": len(audio) > self.n_samples,
                "features": log_mel_numpy(audio, self.n_mels, self.n_samples)[0]}
         if rec.get("first_pass") is not None:
             out["first_pass"] = str(rec["first_pass"])
@@ -105,14 +108,15 @@ class BatchIterator(grain.DatasetIterator):
     def __init__(self, parent: grain.DatasetIterator, cfg: "_BatchSpec"):
         super().__init__(parent)
         self._cfg = cfg
-        self._counts = {"seen": 0, "kept": 0, **{r: 0 for r in SKIP_REASONS}}
+        self._counts = {"seen": 0, "kept": 0, "truncated": 0, **{r: 0 for r in SKIP_REASONS}}
         self._batches = 0
         self._exhausted = False
         self.skipped: list[dict] = []  # the first 100 markers of this run, for logs
 
     @property
     def counts(self) -> dict[str, int]:
-        """Utterances seen / kept / skipped per reason (since the start, across restores)."""
+        """Utterances seen / kept / truncated to the model window / skipped per reason (since
+        the start, across restores)."""
         return dict(self._counts)
 
     def _next_kept(self) -> dict | None:
@@ -130,6 +134,7 @@ class BatchIterator(grain.DatasetIterator):
                     self.skipped.append(ex)
                 continue
             self._counts["kept"] += 1
+            self._counts["truncated"] += int(ex["truncated"])
             return ex
 
     def __next__(self) -> dict:
