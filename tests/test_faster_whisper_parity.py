@@ -44,7 +44,8 @@ def _faster_whisper(paths: list[str]) -> list[str]:
     suppress = list(get_suppressed_tokens(tok, [-1]))
     texts = []
     for start in range(0, len(paths), 8):
-        feats = np.stack([pad_or_trim(model.feature_extractor(decode_audio(p))[:, :3000]) for p in paths[start:start + 8]])
+        feats = np.stack([pad_or_trim(model.feature_extractor(decode_audio(p))[:, :3000])
+                          for p in paths[start:start + 8]])
         encoded = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats, np.float32)))
         results = model.model.generate(encoded, [prompt] * len(feats), beam_size=1, max_length=model.max_length,
                                        suppress_blank=True, suppress_tokens=suppress)

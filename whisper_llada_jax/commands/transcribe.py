@@ -50,7 +50,8 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="utterances per compiled batch (default 16)")
     p.add_argument("--feature-padding", choices=["audio", "features"],
                    help="--whisper only: pad short audio with silence before the log-mel (Whisper / transformers; "
-                        "default for HF dirs) or pad the log-mel with zeros (faster-whisper; default for CTranslate2 dirs)")
+                        "default for HF dirs) or pad the log-mel with zeros (faster-whisper; default for "
+                        "CTranslate2 dirs)")
     g = p.add_argument_group("Whisper-LLaDA decoding (--model only; defaults from DecodeConfig)")
     g.add_argument("--decoder", choices=["diffusion", "semi_ar", "autoregressive"])
     g.add_argument("--steps", type=int, metavar="N", help="denoising steps in total")
@@ -83,7 +84,8 @@ def read_transcribe_manifest(path: str | Path) -> list[dict]:
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: not valid JSON ({e.msg})", hint="one JSON object per line") from None
         if not isinstance(entry, dict) or not isinstance(entry.get("audio"), str) or not entry["audio"]:
-            raise DataError(f"{where}: needs an \"audio\" path", hint='e.g. {"id": "u1", "audio": "u1.flac", "text": "..."}')
+            raise DataError(f"{where}: needs an \"audio\" path",
+                            hint='e.g. {"id": "u1", "audio": "u1.flac", "text": "..."}')
         audio = Path(entry["audio"]).expanduser()
         uid = str(entry.get("id") or audio.stem)
         if uid in seen:
