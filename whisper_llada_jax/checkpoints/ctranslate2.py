@@ -265,11 +265,13 @@ def _hf_table(f: CTranslate2File) -> dict[str, tuple[Getter, tuple[int, ...]]]:
         linear(f"{dst}.encoder_attn.out_proj", f"{src}/attention/linear_2")
         ffn(dst, f"{src}/ffn")
 
-    # The output projection is tied to the token embedding (an alias in the file); an untied
-    # one is passed on as HF's proj_out so the importer can reject it by name.
-    proj = "decoder/projection/weight"
-    if proj in f and f.resolve(proj) != f.resolve("decoder/embeddings/weight"):
-        add("proj_out.weight", proj)
+    # Whisper ties the output projection to the token embedding (an alias in the file). A
+    # separately stored copy is accepted only if it is equal: the Flax model has no proj_out.
+    proj, embed = "decoder/projection/weight", "decoder/embeddings/weight"
+    if proj in f and f.resolve(proj) != f.resolve(embed):
+        if f.shape(proj) != f.shape(embed) or not np.array_equal(f.float_array(proj), f.float_array(embed)):
+            raise CheckpointError(f"{f.path}: the output projection differs from the token embedding",
+                                  hint="untied Whisper output projections are not supported")
     return table
 
 
