@@ -66,7 +66,7 @@ class DemoSettings:
 FULL = DemoSettings(n_train=2000, n_val=200, n_test=200, train_steps=600, eval_interval=200)
 QUICK = DemoSettings(n_train=64, n_val=8, n_test=8, train_steps=20, eval_interval=20, batch_size=8,
                      llm_layers=2, projector_hidden=64, llm_d_model=64, llm_mlp=128, projector_intermediate=128,
-                     steps=12, eval_batch=8, whisper_batch=8, warmup_steps=5)
+                     steps=12, eval_batch=8, whisper_batch=4, warmup_steps=5)
 
 
 @dataclasses.dataclass
