@@ -73,12 +73,6 @@ def _worker(mode: str, workdir: str, tokenizer: str) -> None:
 
 def _spawn(mode, workdir, tokenizer):
     env = dict(os.environ)
-    import jax
-
-    # the subprocesses compile the same step as the test process: share XLA's compilation cache
-    env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     return subprocess.run([sys.executable, __file__, mode, str(workdir), str(tokenizer)], env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -87,18 +81,12 @@ def _spawn(mode, workdir, tokenizer):
 def setup(tmp_path_factory):
     from whisper_llada_jax.training.trainer import Trainer
 
-    import jax
-
     root = tmp_path_factory.mktemp("resume")
-    jax.config.update("jax_compilation_cache_dir", str(root / "xla_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     tok = _make_tokenizer(root / "tokenizer.json")
     t = Trainer(_cfg(root / "straight", tok), print_fn=lambda s: None)
     t.run()
     t.close()
-    yield root, tok, _params(t.state), t
-    jax.config.update("jax_compilation_cache_dir", None)  # leave other tests' settings alone
+    return root, tok, _params(t.state), t
 
 
 def _resume(workdir, tok):
