@@ -62,7 +62,8 @@ def initial_mask(bb: Backbone, variables: Any, prefix: Prefix, first: jax.Array,
         h, _ = full_forward(bb, variables, prefix, jnp.full_like(first, pad_id), valid, return_kv=False)
         score = -schedule.token_probability(bb.head(variables, h), first)
     else:
-        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(rng, i), -1))(row_ids)
+        mask_rng = jax.random.fold_in(rng, 0x6D61736B)  # a stream apart from the step keys
+        keys = jax.vmap(lambda i: jax.random.fold_in(mask_rng, i))(row_ids)
         score = jax.vmap(lambda k: jax.random.uniform(k, (r,)))(keys)
     return schedule.select_top(jnp.where(valid, score, schedule.NEG_INF), num_masked)
 
