@@ -98,7 +98,7 @@ def main():
         ("JAX exact diffusion, steps 32", DecodeConfig(gen_len=gen, steps=32, block_length=gen), None),
         ("JAX exact semi-AR blocks of 32, steps 64", DecodeConfig(decoder="semi_ar", gen_len=gen, steps=64,
                                                                   block_length=32), None),
-        ("JAX semi-AR 32 + dual cache, steps 64, trimmed audio (88 of 352)",
+        (f"JAX semi-AR 32 + dual cache, steps 64, trimmed audio ({audio // 4} of {audio})",
          DecodeConfig(decoder="semi_ar", gen_len=gen, steps=64, block_length=32, cache="dual"), trimmed),
     ]
     for name, dcfg, keep in modes:
