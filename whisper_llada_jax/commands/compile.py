@@ -35,7 +35,8 @@ def run(args) -> int:
           f"outputs {r.output_gib:.3f} GiB (aliased {r.alias_gib:.3f}), total {r.total_gib:.3f} of "
           f"{r.hbm_gib:.0f} GiB HBM -> {'fits' if r.fits else 'DOES NOT FIT'}")
     print(f"step FLOPs per chip {r.flops_per_chip:.4g}; at {r.peak_tflops:.0f} TFLOP/s peak: "
-          f"{r.step_seconds_at_peak * 1e3:.2f} ms per step")
+          f"{r.step_seconds_at_peak * 1e3:.2f} ms per step (XLA counts a scanned loop body once: with "
+          f"scan_layers this is about one layer's worth, see docs/scaling.md)")
     print()
     print(HEADER)
     print(r.markdown())
