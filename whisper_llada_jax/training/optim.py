@@ -14,32 +14,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from whisper_llada_jax.checkpoints.tensors import flatten as _flatten
+from whisper_llada_jax.checkpoints.tensors import unflatten as _unflatten
 from whisper_llada_jax.errors import ConfigError
 from whisper_llada_jax.training.config import OptimConfig
 
 _NO_DECAY_NAMES = ("bias", "scale")
-
-
-def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in tree.items():
-        path = f"{prefix}/{k}" if prefix else str(k)
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, path))
-        else:
-            out[path] = v
-    return out
-
-
-def _unflatten(flat: Mapping[str, Any]) -> dict:
-    out: dict = {}
-    for path, v in flat.items():
-        node = out
-        *parents, leaf = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return out
 
 
 def is_trainable(path: str, cfg: OptimConfig) -> bool:
