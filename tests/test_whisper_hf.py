@@ -172,7 +172,7 @@ def test_bad_checkpoints_give_clear_errors(hf, tmp_path):
         import_whisper_tensors(DictSource({"model.encoder.conv1.weight": state["model.encoder.conv1.weight"]},
                                           "mem"), cfg, encoder_only=True)
     (d / "config.json").unlink()
-    with pytest.raises(CheckpointError, match="config.json: missing"):
+    with pytest.raises(CheckpointError, match="config.json: does not exist"):
         import_whisper_hf(d)
     with pytest.raises(CheckpointError, match="not a directory"):
         import_whisper_hf(tmp_path / "nothing")

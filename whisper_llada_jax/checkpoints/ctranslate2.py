@@ -32,6 +32,7 @@ from typing import Callable
 import ml_dtypes
 import numpy as np
 
+from whisper_llada_jax.checkpoints.tensors import read_json_object
 from whisper_llada_jax.checkpoints.whisper_hf import WhisperGenerationConfig
 from whisper_llada_jax.config import WhisperConfig
 from whisper_llada_jax.errors import CheckpointError
@@ -306,13 +307,7 @@ def _read_config_json(directory: Path) -> dict:
     path = directory / "config.json"
     if not path.exists():
         return {}  # CTranslate2 writes it, but the weights alone still describe the model
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path)
 
 
 def _added_tokens(directory: Path) -> dict[str, int]:

@@ -18,7 +18,8 @@ import numpy as np
 
 from whisper_llada_jax.checkpoints import peft
 from whisper_llada_jax.checkpoints.tensors import (IDENTITY, TRANSPOSE, Rule, SafetensorsSource, atomic_dir,
-                                                   export_params, import_params, save_safetensors)
+                                                   export_params, import_params, read_json_object,
+                                                   save_safetensors)
 from whisper_llada_jax.config import LLMConfig, LoRAConfig, TokenConfig
 from whisper_llada_jax.errors import CheckpointError
 
@@ -44,17 +45,10 @@ def llada_rules() -> list[Rule]:
 
 # ----------------------------------------------------------------------------- config.json
 def read_config_json(path: str | Path) -> dict:
+    """``config.json`` of a Hugging Face model directory (or the file itself) as a dict."""
     path = Path(path)
-    file = path / "config.json" if path.is_dir() else path
-    try:
-        data = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{file}: does not exist", hint="give the Hugging Face model directory") from None
-    except ValueError:
-        raise CheckpointError(f"{file}: not valid JSON") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{file}: top level must be an object")
-    return data
+    return read_json_object(path / "config.json" if path.is_dir() else path,
+                            hint="give the Hugging Face model directory")
 
 
 def _require(data: dict, where: str, checks: Mapping[str, object]) -> None:

@@ -19,7 +19,8 @@ import jax
 import numpy as np
 
 from whisper_llada_jax.checkpoints.tensors import (TRANSPOSE, Rule, SafetensorsSource, atomic_dir,
-                                                   export_params, import_params, save_safetensors)
+                                                   export_params, import_params, read_json_object,
+                                                   save_safetensors)
 from whisper_llada_jax.config import LLMConfig, LoRAConfig
 from whisper_llada_jax.errors import CheckpointError
 
@@ -75,12 +76,7 @@ def lora_config_from_adapter(path: str | Path) -> LoRAConfig:
     path = Path(path)
     if path.is_dir():
         path = path / ADAPTER_CONFIG
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: does not exist", hint="a PEFT adapter directory holds adapter_config.json") from None
-    except ValueError:
-        raise CheckpointError(f"{path}: not valid JSON") from None
+    data = read_json_object(path, hint="a PEFT adapter directory holds adapter_config.json")
     if data.get("peft_type") != "LORA":
         raise CheckpointError(f"{path}: peft_type is {data.get('peft_type')!r}, only LORA adapters are supported")
     for unsupported in ("use_dora", "use_rslora"):

@@ -44,6 +44,21 @@ _ST_DTYPES = {
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
 
 
+def read_json_object(file: str | Path, hint: str | None = None) -> dict:
+    """A checkpoint's JSON file (``config.json``, ``adapter_config.json``, ...) as a dict; one
+    clear error naming the file when it is missing, not JSON, or not an object."""
+    file = Path(file)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: does not exist", hint=hint) from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file}: top level must be a JSON object")
+    return data
+
+
 class TensorSource(Protocol):
     """Read-only name -> tensor mapping whose tensors are loaded on demand."""
 

@@ -29,6 +29,7 @@ from whisper_llada_jax.checkpoints.tensors import (
     conv1d_transform,
     export_params,
     import_params,
+    read_json_object,
     save_safetensors,
 )
 from whisper_llada_jax.config import WhisperConfig
@@ -227,25 +228,13 @@ class WhisperGenerationConfig:
         return {k: v for k, v in d.items() if v is not None}
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing", hint="a Hugging Face Whisper directory has config.json") from None
-    except (ValueError, UnicodeDecodeError):
-        raise CheckpointError(f"{path}: not valid JSON") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: top level must be a JSON object")
-    return data
-
-
 def read_whisper_hf_config(path: str | Path, **overrides) -> tuple[WhisperConfig, WhisperGenerationConfig]:
     """Reads ``config.json`` (+ optional ``generation_config.json``) of an HF Whisper directory."""
     path = Path(path)
-    hf = _read_json(path / "config.json")
+    hf = read_json_object(path / "config.json", hint="a Hugging Face Whisper directory has config.json")
     cfg = whisper_config_from_hf(hf, str(path / "config.json"), **overrides)
     gen_path = path / "generation_config.json"
-    gen = _read_json(gen_path) if gen_path.exists() else None
+    gen = read_json_object(gen_path) if gen_path.exists() else None
     return cfg, WhisperGenerationConfig.from_dicts(hf, gen, cfg)
 
 
