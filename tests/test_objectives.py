@@ -29,6 +29,14 @@ def test_response_mask_covers_eos_padding_up_to_longest_valid():
     np.testing.assert_array_equal(m, [[1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0]])
 
 
+def test_response_mask_canvas_span_covers_every_position_of_valid_rows():
+    ids, length, valid = _batch()
+    m = np.asarray(objectives.response_mask(jnp.asarray(length), jnp.asarray(valid), ids.shape[1], "canvas"))
+    np.testing.assert_array_equal(m, [[1] * 6, [1] * 6, [0] * 6])
+    with pytest.raises(ValueError, match="loss span"):
+        objectives.response_mask(jnp.asarray(length), jnp.asarray(valid), 6, "everything")
+
+
 def test_corrupt_masks_only_response_positions_with_rate_t():
     rng = jax.random.PRNGKey(0)
     ids = jnp.full((512, 64), 7, jnp.int32)

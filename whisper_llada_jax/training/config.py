@@ -84,6 +84,10 @@ class TrainConfig:
     data: dict = dataclasses.field(default_factory=dict)  # data.config.DataConfig fields (train + eval sources)
     objective: Objective = "diffusion"
     t_eps: float = 0.0  # diffusion: mask ratio t = eps + (1 - eps) * U(0, 1)
+    # Response positions the loss covers: up to the batch's longest response (the reference),
+    # or the whole canvas (data.max_response_len, eos-padded) so every position decoding will
+    # fill has been trained, which a model trained from scratch needs.
+    loss_span: Literal["batch_longest", "canvas"] = "batch_longest"
     optim: OptimConfig = OptimConfig()
     mesh: MeshConfig = MeshConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()

@@ -27,8 +27,13 @@ class Corruption(NamedTuple):
     t: jax.Array  # (B,) f32: per-sample mask ratio
 
 
-def response_mask(response_len: jax.Array, valid: jax.Array, length: int) -> jax.Array:
-    """(B, R) bool: positions before the batch's longest valid response, on valid rows."""
+def response_mask(response_len: jax.Array, valid: jax.Array, length: int, span: str = "batch_longest") -> jax.Array:
+    """(B, R) bool on valid rows: positions before the batch's longest valid response
+    (``span="batch_longest"``, the reference) or every position (``"canvas"``)."""
+    if span == "canvas":
+        return jnp.broadcast_to(valid[:, None], (valid.shape[0], length))
+    if span != "batch_longest":
+        raise ValueError(f"unknown loss span {span!r}")
     longest = jnp.max(jnp.where(valid, response_len, 0))
     return (jnp.arange(length)[None, :] < longest) & valid[:, None]
 

@@ -59,10 +59,10 @@ def make_loss_fn(model, tcfg: TrainConfig, mcfg: ModelConfig) -> Callable:
     return loss_fn
 
 
-def _with_loss_mask(batch: dict) -> dict:
+def _with_loss_mask(batch: dict, span: str) -> dict:
     # Computed on the whole batch so micro-batches share the reference's "longest in batch".
     r = batch["response_ids"].shape[1]
-    return {**batch, "loss_mask": objectives.response_mask(batch["response_len"], batch["valid"], r)}
+    return {**batch, "loss_mask": objectives.response_mask(batch["response_len"], batch["valid"], r, span)}
 
 
 def make_train_step(model, tcfg: TrainConfig, mcfg: ModelConfig, tx: optax.GradientTransformation
@@ -73,7 +73,7 @@ def make_train_step(model, tcfg: TrainConfig, mcfg: ModelConfig, tx: optax.Gradi
     lr_fn = optim.schedule(tcfg.optim)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, Metrics]:
-        batch = _with_loss_mask(batch)
+        batch = _with_loss_mask(batch, tcfg.loss_span)
         next_rng, step_rng = jax.random.split(state.rng)
         if k == 1:
             (loss, out), grads = grad_fn(state.trainable, state.frozen, batch, step_rng, True)
@@ -118,7 +118,7 @@ def make_eval_step(model, tcfg: TrainConfig, mcfg: ModelConfig) -> Callable[[Tra
     loss_fn = make_loss_fn(model, tcfg, mcfg)
 
     def eval_step(state: TrainState, batch: dict, rng: jax.Array) -> Metrics:
-        _, out = loss_fn(state.trainable, state.frozen, _with_loss_mask(batch), rng, False)
+        _, out = loss_fn(state.trainable, state.frozen, _with_loss_mask(batch, tcfg.loss_span), rng, False)
         return {"loss_sum": out.loss_sum, "tokens": out.num_tokens, "correct": out.correct}
 
     return eval_step
