@@ -57,6 +57,15 @@ def test_special_ids_follow_the_token_strings(small, byte_level):
     assert b.mask == by_name["<|mdm_mask|>"] and b.eot == by_name["<|eot_id|>"] and b.bos == by_name["<|startoftext|>"]
 
 
+def test_chat_template_pieces_are_whole_tokens(tmp_path):
+    # A corpus much larger than the template, none of whose words it shares: the template's
+    # words still merge into single tokens (12 ids: 7 specials, 5 pieces) instead of dozens.
+    texts = [f"numbers {i} and {i + 1} go here" for i in range(500)]
+    t = LLaDATokenizer(build_tokenizer_json(texts, tmp_path / "tokenizer.json", vocab_size=300))
+    ids = t.chat_prompt_ids("Transcribe the audio:")
+    assert len(ids) == 12, [t.decode([i]) for i in ids]
+
+
 def test_chat_prompt_ids_structure(small):
     t = LLaDATokenizer(small)
     ids = t.chat_prompt_ids("Transcribe the audio:")

@@ -115,9 +115,16 @@ def build_tokenizer_json(texts: Iterable[str], path: str | Path, vocab_size: int
     tok.decoder = decoders.Metaspace()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", *SPECIALS],
                                   show_progress=False)
-    # The chat template's own words must be in the vocabulary, whatever the corpus.
-    template = f"user\n\nassistant\n\n{TokenConfig.prompt_text}"
-    tok.train_from_iterator([*texts, template], trainer)
+    # The chat template's words must be in the vocabulary, whatever the corpus, and at their
+    # real frequency (once per example), so BPE merges them into a few tokens instead of leaving
+    # a constant prompt of dozens of pieces in front of every response.
+    # Trained on the pieces between the special tokens, as encoding splits them.
+    texts = list(texts)
+    template = chat_prompt_text(TokenConfig.prompt_text)
+    for special in SPECIALS:
+        template = template.replace(special, "\0")
+    pieces = [p for p in template.split("\0") if p]
+    tok.train_from_iterator([*texts, *pieces * max(1, len(texts))], trainer)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tok.save(str(path))
