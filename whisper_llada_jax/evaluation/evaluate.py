@@ -198,9 +198,12 @@ def score(name: str, cfg: DecodeConfig, run: dict) -> dict:
 
 def evaluate(loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str, DecodeConfig]], out_dir: str | Path,
              *, first_pass: dict[str, str] | None = None, grid: str | None = None, seed: int = 0,
-             num_workers: int = 0, strict: bool = False, extra: dict | None = None) -> dict:
+             num_workers: int = 0, strict: bool = False, extra: dict | None = None, progress: bool = False) -> dict:
     """Decodes and scores each ``(name, config)``; writes ``results.json``, ``results.md`` and
-    ``hypotheses/<name>.jsonl`` under ``out_dir``; returns the results dict."""
+    ``hypotheses/<name>.jsonl`` under ``out_dir``; returns the results dict. ``progress``
+    shows a bar over the configs."""
+    from tqdm import tqdm
+
     out_dir = Path(out_dir)
     (out_dir / "hypotheses").mkdir(parents=True, exist_ok=True)
     source = parse_source(data) if isinstance(data, str) else data
@@ -213,7 +216,9 @@ def evaluate(loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str,
                 cells[name] = cell
         configs = expanded
     results = []
-    for name, cfg in configs:
+    bar = tqdm(configs, desc="evaluation", unit="config", disable=not progress)
+    for name, cfg in bar:
+        bar.set_postfix_str(name[:40])
         run = decode_dataset(loaded, source, cfg, first_pass=first_pass, seed=seed, num_workers=num_workers,
                              strict=strict)
         res = score(name, cfg, run)
