@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests._docs_blocks import blocks, cli_args, commands
 from whisper_llada_jax.config import WhisperConfig
 from whisper_llada_jax.demo import run as demo_run
 from whisper_llada_jax.demo.encoder_cache import cached_encode, frames_for_seconds
@@ -131,6 +132,19 @@ def test_demo_quick_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     assert len(out) == 1 and out[0]["id"] == clip.stem and isinstance(out[0]["hypothesis"], str)
+    # ... and the README's commands on the demo's MODEL_DIR run as written, on this one.
+    ran = 0
+    for page, kind, body in blocks():
+        for command in commands(body) if kind == "demo" else ():
+            args = [a.replace("runs/demo", "run").replace("runs/eval", "eval") for a in cli_args(command)]
+            proc = _cli(args, work, timeout=600)
+            assert proc.returncode == 0, f"{page.name}: `{command}` failed:\n{proc.stderr[-3000:]}"
+            if "--output" in args:
+                assert (work / args[args.index("--output") + 1]).read_text().strip(), command
+            else:
+                assert proc.stdout.strip(), command
+            ran += 1
+    assert ran >= 4
 
 
 def test_out_folder_refuses_other_settings(tmp_path):

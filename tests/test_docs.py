@@ -5,13 +5,14 @@ Each ```bash block is preceded by a marker comment:
 - ``<!-- check: parse (why) -->``: it cannot run on one CPU machine (real 8B checkpoints,
   LibriSpeech, an accelerator, or a MODEL_DIR another test builds); each ``whisper-llada``
   command is parsed by the real CLI parser, each launcher is syntax-checked;
+- ``<!-- check: demo (why) -->``: commands on the demo's MODEL_DIR, run by tests/test_demo.py
+  on the output of ``demo --quick`` (``runs/demo`` replaced by it);
 - ``<!-- check: ci (why) -->``: the Quickstart, run by CI and tests/test_demo.py.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -19,51 +20,22 @@ from pathlib import Path
 
 import pytest
 
+from tests._docs_blocks import ROOT, blocks, cli_args, commands
 from whisper_llada_jax import cli
-
-ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "launch" / "README.md"]
-BLOCK = re.compile(r"(?:<!--\s*check:\s*(?P<kind>run|parse|ci)\b[^>]*-->\s*\n)?```(?:bash|sh)\n(?P<body>.*?)```", re.S)
-
-
-def _blocks():
-    for page in PAGES:
-        for m in BLOCK.finditer(page.read_text()):
-            yield page, m.group("kind"), m.group("body")
-
-
-def _commands(body: str) -> list[str]:
-    """Shell lines of a block, with backslash continuations joined and comments dropped."""
-    joined = re.sub(r"\\\n\s*", " ", body)
-    return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
-
-
-def _cli_args(command: str) -> list[str] | None:
-    """The arguments after ``whisper-llada`` in a command (with or without .venv/bin/)."""
-    words = shlex.split(command, comments=True)
-    for i, w in enumerate(words):
-        if w.endswith("whisper-llada"):
-            args = []
-            for a in words[i + 1:]:
-                if a in ("&&", "||", "|", ";"):
-                    break
-                args.append(a)
-            return args
-    return None
 
 
 def test_every_shell_block_has_a_marker():
-    unmarked = [f"{page.relative_to(ROOT)}: {body.splitlines()[0]}" for page, kind, body in _blocks() if kind is None]
+    unmarked = [f"{page.relative_to(ROOT)}: {body.splitlines()[0]}" for page, kind, body in blocks() if kind is None]
     assert not unmarked, f"shell blocks without a <!-- check: ... --> marker: {unmarked}"
-    assert sum(1 for _ in _blocks()) >= 8
+    assert sum(1 for _ in blocks()) >= 8
 
 
 def test_every_documented_command_parses():
     parser = cli.build_parser()
     checked = 0
-    for page, _, body in _blocks():
-        for command in _commands(body):
-            args = _cli_args(command)
+    for page, _, body in blocks():
+        for command in commands(body):
+            args = cli_args(command)
             if args is None:
                 continue
             try:
@@ -75,8 +47,8 @@ def test_every_documented_command_parses():
 
 
 def test_launchers_in_docs_exist_and_are_valid_bash():
-    for page, _, body in _blocks():
-        for command in _commands(body):
+    for page, _, body in blocks():
+        for command in commands(body):
             for word in shlex.split(command, comments=True):
                 if word.startswith("launch/"):
                     script = ROOT / word
@@ -85,8 +57,8 @@ def test_launchers_in_docs_exist_and_are_valid_bash():
 
 
 def test_quickstart_test_command_is_what_ci_runs():
-    block = next(body for page, kind, body in _blocks() if page.name == "README.md" and kind == "ci")
-    lines = _commands(block)
+    block = next(body for page, kind, body in blocks() if page.name == "README.md" and kind == "ci")
+    lines = commands(block)
     assert len(lines) == 2, "the Quickstart has exactly two commands"
     assert "demo" in lines[0]
     assert lines[1] in (ROOT / ".ci" / "run").read_text()
@@ -97,10 +69,10 @@ def test_runnable_blocks_run(tmp_path):
     bindir = Path(sys.executable).parent
     env["PATH"] = f"{bindir}{os.pathsep}{env['PATH']}"
     ran = 0
-    for page, kind, body in _blocks():
+    for page, kind, body in blocks():
         if kind != "run":
             continue
-        for command in _commands(body):
+        for command in commands(body):
             proc = subprocess.run(command, shell=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
             assert proc.returncode == 0, f"{page.relative_to(ROOT)}: `{command}` failed:\n{proc.stderr[-2000:]}"
             assert proc.stdout.strip(), f"`{command}` printed nothing"
