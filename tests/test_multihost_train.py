@@ -22,7 +22,7 @@ def _free_port() -> int:
 
 
 def _worker(mode, workdir, tokenizer, pid, port):
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
 
