@@ -126,6 +126,9 @@ def test_demo_quick_end_to_end(tmp_path):
     loaded = load_model_dir(run / "model")
     assert loaded.config.whisper.d_model == 384 and loaded.config.whisper.input_frames == summary["input_frames"]
     assert loaded.config.tokens.prompt_ids and loaded.tokenizer.vocab_size <= loaded.config.llm.vocab_size
+    # Trained on its whole canvas (loss_span: canvas), so it decodes on that canvas by default.
+    r = demo_run.QUICK.gen_len
+    assert loaded.decode == {"gen_len": r, "block_length": r, "steps": r}
     # ... and transcribes a clip.
     clip = sorted((run / "corpus" / "test").glob("*.flac"))[0]
     proc = _cli(["transcribe", "--model", "run/model", str(clip), "--batch-size", "1"], work, timeout=600)

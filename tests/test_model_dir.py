@@ -164,3 +164,42 @@ def test_scanned_bf16_model_dir_round_trip(tmp_path):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), loaded.variables, variables)
     save_model_dir(tmp_path / "m2", loaded.config, loaded.variables, loaded.tokenizer.json)
     _same_files(tmp_path / "m", tmp_path / "m2")
+
+
+def test_decode_defaults_round_trip_and_are_what_the_commands_start_from(setup, tmp_path):
+    from whisper_llada_jax.checkpoints.model_dir import read_decode_defaults
+    from whisper_llada_jax.commands import deliberate, transcribe
+    from whisper_llada_jax.decoding.config import DecodeConfig
+
+    _, _, _, _, _, model = setup
+    loaded = load_model_dir(model)
+    assert loaded.decode is None and read_decode_defaults(model) == DecodeConfig()
+    fields = {"gen_len": 8, "steps": 8, "block_length": 8}
+    save_model_dir(tmp_path / "d", loaded.config, loaded.variables, loaded.tokenizer.json, decode=fields)
+    again = load_model_dir(tmp_path / "d")
+    assert again.decode == fields
+    save_model_dir(tmp_path / "e", again.config, again.variables, again.tokenizer.json, decode=again.decode)
+    _same_files(tmp_path / "d", tmp_path / "e", FILES + ("decode.yaml",))
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["transcribe", "--model", str(tmp_path / "d"), "x.flac"])
+    cfg = transcribe.decode_config(args)
+    assert (cfg.gen_len, cfg.steps, cfg.block_length, cfg.batch_size) == (8, 8, 8, 16)
+    args = parser.parse_args(["transcribe", "--model", str(tmp_path / "d"), "x.flac", "--decoder", "semi_ar",
+                              "--block-length", "4"])
+    assert (transcribe.decode_config(args).gen_len, transcribe.decode_config(args).block) == (8, 4)
+    args = parser.parse_args(["deliberate", "--model", str(tmp_path / "d"), "--manifest", "m.jsonl",
+                              "--first-pass", "f.jsonl", "--steps", "4"])
+    cfg = deliberate.decode_config(args)
+    assert (cfg.gen_len, cfg.steps, cfg.strategy) == (8, 4, "diffusion")
+    args = parser.parse_args(["deliberate", "--model", str(model), "--manifest", "m.jsonl", "--first-pass", "f.jsonl"])
+    assert (deliberate.decode_config(args).gen_len, deliberate.decode_config(args).steps) == (128, 64)
+
+    # Bad fields are refused before anything is written; a bad file names itself.
+    with pytest.raises(CheckpointError, match="steps: 9 exceeds gen_len 8"):
+        save_model_dir(tmp_path / "bad", loaded.config, loaded.variables, loaded.tokenizer.json,
+                       decode={"gen_len": 8, "steps": 9})
+    assert not (tmp_path / "bad").exists()
+    (tmp_path / "d" / "decode.yaml").write_text("gen_len: 8\nstep: 8\n")
+    with pytest.raises(CheckpointError, match=r"decode.yaml: unknown field\(s\) \['step'\]"):
+        load_model_dir(tmp_path / "d")

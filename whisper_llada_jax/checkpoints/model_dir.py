@@ -6,6 +6,8 @@
       params.safetensors   the ``params`` collection, keys are '/'-joined Flax paths
       lora.safetensors     the ``lora`` collection (absent when LoRA is disabled)
       first_pass.json      optional: {"whisper": DIR} a Whisper recogniser for deliberation
+      decode.yaml          optional: the model's default DecodeConfig fields (e.g. the response
+                           canvas it was trained on); command-line settings override them
 
 Writing is atomic (a temporary directory renamed into place), done by process 0, and streams
 one tensor at a time from the devices (sharded leaves are gathered across processes); reading memory-maps the files and builds each array straight into its
@@ -37,6 +39,7 @@ TOKENIZER_FILE = "tokenizer.json"
 PARAMS_FILE = "params.safetensors"
 LORA_FILE = "lora.safetensors"
 FIRST_PASS_FILE = "first_pass.json"
+DECODE_FILE = "decode.yaml"
 FORMAT = "whisper-llada-model-dir/1"
 
 
@@ -50,6 +53,7 @@ class LoadedModel:
     tokenizer: Any
     path: Path
     first_pass: str | None = None  # a Whisper recogniser directory (deliberation's first pass)
+    decode: dict | None = None  # decode.yaml: the model's default DecodeConfig fields
 
 
 # ----------------------------------------------------------------------------- save
@@ -92,9 +96,12 @@ def _write_safetensors_streaming(tree: Mapping, path: Path | None) -> None:
 
 
 def save_model_dir(out: str | Path, config: ModelConfig, variables: Mapping, tokenizer_json: str | Path | None,
-                   *, first_pass: str | Path | None = None) -> Path:
+                   *, first_pass: str | Path | None = None, decode: Mapping[str, Any] | None = None) -> Path:
     """Writes MODEL_DIR ``out`` atomically. ``tokenizer_json``: a path to a tokenizer.json (or
-    its text); ``variables``: ``{"params": ..., "lora": ...}`` (boxed or not, any sharding)."""
+    its text); ``variables``: ``{"params": ..., "lora": ...}`` (boxed or not, any sharding);
+    ``decode``: default DecodeConfig fields for this model (``decode.yaml``)."""
+    if decode:
+        _decode_config(dict(decode), "decode")  # refuse bad fields before writing anything
     variables = nn.unbox(dict(variables))
     if "params" not in variables:
         raise CheckpointError("save_model_dir: variables have no 'params' collection")
@@ -115,7 +122,30 @@ def save_model_dir(out: str | Path, config: ModelConfig, variables: Mapping, tok
             _write_safetensors_streaming(variables["lora"], tmp / LORA_FILE)
         if first_pass is not None:
             (tmp / FIRST_PASS_FILE).write_text(json.dumps({"whisper": str(first_pass)}) + "\n")
+        if decode:
+            (tmp / DECODE_FILE).write_text(yaml.safe_dump(dict(decode), sort_keys=False))
     return out
+
+
+def _decode_config(source, where: str):
+    from whisper_llada_jax.decoding.config import load_decode_config
+    from whisper_llada_jax.errors import UserError
+
+    try:
+        return load_decode_config(source)
+    except UserError as e:
+        raise CheckpointError(e.message if where in e.message else f"{where}: {e.message}", hint=e.hint) from None
+
+
+def read_decode_defaults(path: str | Path):
+    """The DecodeConfig a MODEL_DIR decodes with by default: its ``decode.yaml`` over
+    DecodeConfig's defaults (the paper's), or those alone when the file is absent."""
+    file = Path(path) / DECODE_FILE
+    if not file.is_file():
+        from whisper_llada_jax.decoding.config import DecodeConfig
+
+        return DecodeConfig()
+    return _decode_config(file, str(file))
 
 
 def _is_path(x: str | Path) -> bool:
@@ -191,4 +221,8 @@ def load_model_dir(path: str | Path, mesh: jax.sharding.Mesh | None = None, rule
             first_pass = json.loads((path / FIRST_PASS_FILE).read_text())["whisper"]
         except (ValueError, KeyError, TypeError):
             raise CheckpointError(f"{path / FIRST_PASS_FILE}: expected {{\"whisper\": DIR}}") from None
-    return LoadedModel(config, WhisperLLaDA(config), variables, tokenizer, path, first_pass)
+    decode = None
+    if (path / DECODE_FILE).is_file():
+        read_decode_defaults(path)  # validates
+        decode = yaml.safe_load((path / DECODE_FILE).read_text())
+    return LoadedModel(config, WhisperLLaDA(config), variables, tokenizer, path, first_pass, decode)

@@ -39,15 +39,15 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from whisper_llada_jax.checkpoints.model_dir import load_model_dir
+    from whisper_llada_jax.checkpoints.model_dir import load_model_dir, read_decode_defaults
     from whisper_llada_jax.commands.evaluate import limited
     from whisper_llada_jax.data.sources import parse_source
-    from whisper_llada_jax.decoding.config import load_decode_config
     from whisper_llada_jax.errors import UserError
     from whisper_llada_jax.evaluation.cascade import run_cascade
     from whisper_llada_jax.evaluation.evaluate import parse_decode_spec
 
-    configs = [parse_decode_spec(s) for s in args.decode] or [("strategy=diffusion", load_decode_config(None, ["strategy=diffusion"]))]
+    base = read_decode_defaults(args.model)
+    configs = [parse_decode_spec(s, base) for s in args.decode or ["strategy=diffusion"]]
     loaded = load_model_dir(args.model)
     first = args.first or loaded.first_pass
     if not first:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -38,8 +39,10 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--masking", choices=["random", "low_confidence"], default="low_confidence")
     p.add_argument("--mask-ratio", type=float, default=0.3, metavar="R", help="share of first-pass tokens to mask")
     p.add_argument("--num-chunks", type=int, default=4, metavar="K", help="semi_ar: chunks re-decoded in turn")
-    p.add_argument("--steps", type=int, default=64, metavar="N", help="denoising steps in total")
-    p.add_argument("--gen-len", type=int, default=128, metavar="L", help="longest first pass in tokens")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help="denoising steps in total (default: the MODEL_DIR's decode.yaml, else 64)")
+    p.add_argument("--gen-len", type=int, metavar="L",
+                   help="longest first pass in tokens (default: the MODEL_DIR's decode.yaml, else 128)")
     p.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
     p.add_argument("--threshold", type=float, metavar="P", help="fast mode: reveal every token with p >= P")
     p.add_argument("--cache", choices=["none", "prefix"], default="none", help="fast mode: approximate prefix cache")
@@ -72,16 +75,24 @@ def read_first_pass(path: str | Path) -> dict[str, str]:
     return out
 
 
+def decode_config(args: argparse.Namespace):
+    """The flags over the MODEL_DIR's decode defaults (its canvas), validated."""
+    from whisper_llada_jax.checkpoints.model_dir import read_decode_defaults
+    from whisper_llada_jax.decoding.config import validate
+
+    base = read_decode_defaults(args.model)
+    gen_len = args.gen_len or base.gen_len
+    return validate(dataclasses.replace(
+        base, strategy=args.strategy, masking=args.masking, mask_ratio=args.mask_ratio, num_chunks=args.num_chunks,
+        steps=args.steps or min(base.steps, gen_len), gen_len=gen_len, block_length=gen_len,
+        remasking=args.remasking, threshold=args.threshold, cache=args.cache, text_only=args.text_only,
+        edit_length=args.edit_length, audio_span=args.audio_span, batch_size=args.batch_size))
+
+
 def run(args: argparse.Namespace) -> int:
     from whisper_llada_jax.data.manifest import read_manifest
     from whisper_llada_jax.decoding.api import transcribe_files
-    from whisper_llada_jax.decoding.config import DecodeConfig, validate
-
-    cfg = validate(DecodeConfig(strategy=args.strategy, masking=args.masking, mask_ratio=args.mask_ratio,
-                                num_chunks=args.num_chunks, steps=args.steps, gen_len=args.gen_len,
-                                block_length=args.gen_len, remasking=args.remasking, threshold=args.threshold,
-                                cache=args.cache, text_only=args.text_only, edit_length=args.edit_length,
-                                audio_span=args.audio_span, batch_size=args.batch_size))
+    cfg = decode_config(args)
     items = read_manifest(args.manifest)
     first = read_first_pass(args.first_pass)
     missing = [it["id"] for it in items if it["id"] not in first]

@@ -52,12 +52,12 @@ def limited(source, limit: int | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from whisper_llada_jax.checkpoints.model_dir import load_model_dir
+    from whisper_llada_jax.checkpoints.model_dir import load_model_dir, read_decode_defaults
     from whisper_llada_jax.data.sources import parse_source
-    from whisper_llada_jax.decoding.config import DecodeConfig
     from whisper_llada_jax.evaluation.evaluate import evaluate, load_first_pass, parse_decode_spec
 
-    configs = [parse_decode_spec(s) for s in args.decode] or [("default", DecodeConfig())]
+    base = read_decode_defaults(args.model)
+    configs = [parse_decode_spec(s, base) for s in args.decode] or [("default", base)]
     first_pass = load_first_pass(args.first_pass) if args.first_pass else None
     source = limited(parse_source(args.data), args.limit)
     loaded = load_model_dir(args.model)

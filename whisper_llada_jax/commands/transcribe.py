@@ -52,7 +52,8 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="--whisper only: pad short audio with silence before the log-mel (Whisper / transformers; "
                         "default for HF dirs) or pad the log-mel with zeros (faster-whisper; default for "
                         "CTranslate2 dirs)")
-    g = p.add_argument_group("Whisper-LLaDA decoding (--model only; defaults from DecodeConfig)")
+    g = p.add_argument_group("Whisper-LLaDA decoding (--model only; defaults from the MODEL_DIR's decode.yaml, "
+                              "else DecodeConfig)")
     g.add_argument("--decoder", choices=["diffusion", "semi_ar", "autoregressive"])
     g.add_argument("--steps", type=int, metavar="N", help="denoising steps in total")
     g.add_argument("--block-length", type=int, metavar="B", help="semi-autoregressive block length")
@@ -161,17 +162,17 @@ def _run_whisper(args, items: list[dict], out: TextIO) -> None:
         _line(out, record)
 
 
-def _decode_config(args):
-    from whisper_llada_jax.decoding.config import DecodeConfig
+def decode_config(args):
+    from whisper_llada_jax.checkpoints.model_dir import read_decode_defaults
 
     given = {field: getattr(args, flag) for flag, field in _DECODE_FLAGS.items() if getattr(args, flag) is not None}
-    return dataclasses.replace(DecodeConfig(), batch_size=args.batch_size, **given)
+    return dataclasses.replace(read_decode_defaults(args.model), batch_size=args.batch_size, **given)
 
 
 def _run_model(args, items: list[dict], out: TextIO) -> None:
     from whisper_llada_jax.decoding import api
 
-    cfg = _decode_config(args)
+    cfg = decode_config(args)
     refs = {it["id"]: it.get("text") for it in items}
     audio = {it["id"]: it["audio"] for it in items}
     for result in api.transcribe_files(args.model, items, cfg, args.batch_size):

@@ -56,9 +56,10 @@ def _split_top_level(text: str) -> list[str]:
     return [p.strip() for p in parts + [cur] if p.strip()]
 
 
-def parse_decode_spec(spec: str) -> tuple[str, DecodeConfig]:
+def parse_decode_spec(spec: str, base: DecodeConfig | None = None) -> tuple[str, DecodeConfig]:
     """``(name, config)`` from a YAML path, a name under configs/decode/, inline overrides
-    ``decoder=semi_ar,steps=64,block_length=32``, or ``NAME:overrides``."""
+    ``decoder=semi_ar,steps=64,block_length=32`` (of ``base``, e.g. a MODEL_DIR's defaults;
+    DecodeConfig's when None), or ``NAME:overrides``."""
     spec = spec.strip()
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") or path.exists():
@@ -66,8 +67,10 @@ def parse_decode_spec(spec: str) -> tuple[str, DecodeConfig]:
     if "=" not in spec:
         return spec, load_decode_config(spec)
     head, sep, tail = spec.partition(":")
-    base, inline = (head, tail) if sep and "=" not in head else (None, spec)
-    return spec, load_decode_config(base, _split_top_level(inline))
+    if sep and "=" not in head:
+        return spec, load_decode_config(head, _split_top_level(tail))
+    start = None if base is None else config_lib.to_dict(base)
+    return spec, load_decode_config(start, _split_top_level(spec))
 
 
 def expand_grid(grid: str, base: DecodeConfig) -> list[tuple[str, DecodeConfig, dict]]:

@@ -354,8 +354,12 @@ class Trainer:
         variables = state.variables
         if jax.process_count() > 1:
             variables = multihost_utils.process_allgather(variables, tiled=True)
+        # A model trained on its whole canvas decodes on exactly that canvas by default.
+        r = self.data_cfg.max_response_len
+        decode = ({"gen_len": r, "block_length": r, "steps": r}
+                  if self.cfg.loss_span == "canvas" and self.cfg.objective != "autoregressive" else None)
         if self.is_main:
-            save_model_dir(out, self.mcfg, jax.device_get(variables), self.tokenizer.json)
+            save_model_dir(out, self.mcfg, jax.device_get(variables), self.tokenizer.json, decode=decode)
         return out
 
     def close(self) -> None:
