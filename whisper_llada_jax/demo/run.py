@@ -343,7 +343,7 @@ Numbers are whatever this run gave; nothing is tuned per row.
 
 {table}
 
-Total demo time: {info['total_minutes']:.1f} min.
+Total demo time: {info['total_minutes']:.1f} min; peak resident memory {info['peak_rss_gb']:.1f} GiB.
 """
 
 
@@ -359,6 +359,15 @@ def _check_settings(out: Path, settings: DemoSettings) -> None:
                             hint="give another --out folder, or delete this one")
         return
     path.write_text(json.dumps(mine, indent=1))
+
+
+def _peak_rss_gb() -> float:
+    """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)
 
 
 def _machine() -> str:
@@ -438,7 +447,8 @@ def run_demo(out_dir: str | Path, quick: bool = False, progress: bool = True,
     info = {"quick": quick, "machine": _machine(), "date": datetime.date.today().isoformat(),
             "voices": len({r["voice"] for split in rows.values() for r in split}),
             "test_seconds": audio_seconds, "input_frames": frames, "vocab": tokenizer.vocab_size,
-            "train_minutes": train_minutes, "total_minutes": (time.perf_counter() - t_start) / 60}
+            "train_minutes": train_minutes, "total_minutes": (time.perf_counter() - t_start) / 60,
+            "peak_rss_gb": _peak_rss_gb()}
     doc = results_markdown(table, s, info)
     (out / "results.md").write_text(doc)
     if results_doc is not None:
