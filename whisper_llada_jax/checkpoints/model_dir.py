@@ -32,7 +32,8 @@ from whisper_llada_jax import config as config_lib
 from whisper_llada_jax.checkpoints import tensors
 from whisper_llada_jax.checkpoints.tensors import Rule, SafetensorsSource, atomic_dir, flatten, import_params
 from whisper_llada_jax.config import ModelConfig
-from whisper_llada_jax.errors import CheckpointError, ConfigError
+from whisper_llada_jax.decoding.config import DecodeConfig, load_decode_config, validate
+from whisper_llada_jax.errors import CheckpointError, ConfigError, UserError
 
 CONFIG_FILE = "config.yaml"
 TOKENIZER_FILE = "tokenizer.json"
@@ -101,7 +102,7 @@ def save_model_dir(out: str | Path, config: ModelConfig, variables: Mapping, tok
     its text); ``variables``: ``{"params": ..., "lora": ...}`` (boxed or not, any sharding);
     ``decode``: default DecodeConfig fields for this model (``decode.yaml``)."""
     if decode:
-        _decode_config(dict(decode), "decode")  # refuse bad fields before writing anything
+        _decode_fields(decode, "decode")  # refuse bad fields before writing anything
     variables = nn.unbox(dict(variables))
     if "params" not in variables:
         raise CheckpointError("save_model_dir: variables have no 'params' collection")
@@ -127,25 +128,32 @@ def save_model_dir(out: str | Path, config: ModelConfig, variables: Mapping, tok
     return out
 
 
-def _decode_config(source, where: str):
-    from whisper_llada_jax.decoding.config import load_decode_config
-    from whisper_llada_jax.errors import UserError
-
+def _decode_fields(fields: Mapping[str, Any], where: str) -> dict:
+    """``fields`` checked as DecodeConfig fields (unknown names, bad values); CheckpointError
+    naming ``where`` otherwise."""
     try:
-        return load_decode_config(source)
+        validate(config_lib.from_dict(DecodeConfig, dict(fields), where))
     except UserError as e:
         raise CheckpointError(e.message if where in e.message else f"{where}: {e.message}", hint=e.hint) from None
+    return dict(fields)
 
 
-def read_decode_defaults(path: str | Path):
+def _read_decode_file(path: Path) -> dict | None:
+    """The validated fields of ``path/decode.yaml``, or None when the MODEL_DIR has none."""
+    file = path / DECODE_FILE
+    if not file.is_file():
+        return None
+    try:
+        data = config_lib.read_yaml(file)
+    except ConfigError as e:
+        raise CheckpointError(e.message, hint=e.hint) from None
+    return _decode_fields(data, str(file))
+
+
+def read_decode_defaults(path: str | Path) -> DecodeConfig:
     """The DecodeConfig a MODEL_DIR decodes with by default: its ``decode.yaml`` over
     DecodeConfig's defaults (the paper's), or those alone when the file is absent."""
-    file = Path(path) / DECODE_FILE
-    if not file.is_file():
-        from whisper_llada_jax.decoding.config import DecodeConfig
-
-        return DecodeConfig()
-    return _decode_config(file, str(file))
+    return load_decode_config(_read_decode_file(Path(path)))
 
 
 def _is_path(x: str | Path) -> bool:
@@ -221,8 +229,5 @@ def load_model_dir(path: str | Path, mesh: jax.sharding.Mesh | None = None, rule
             first_pass = json.loads((path / FIRST_PASS_FILE).read_text())["whisper"]
         except (ValueError, KeyError, TypeError):
             raise CheckpointError(f"{path / FIRST_PASS_FILE}: expected {{\"whisper\": DIR}}") from None
-    decode = None
-    if (path / DECODE_FILE).is_file():
-        read_decode_defaults(path)  # validates
-        decode = yaml.safe_load((path / DECODE_FILE).read_text())
-    return LoadedModel(config, WhisperLLaDA(config), variables, tokenizer, path, first_pass, decode)
+    return LoadedModel(config, WhisperLLaDA(config), variables, tokenizer, path, first_pass,
+                       _read_decode_file(path))
