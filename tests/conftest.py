@@ -13,12 +13,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache per test session, shared by the xdist workers and every
 # subprocess a test starts (resume / multi-process tests compile the same train step up to six
 # times). Fresh each session, so no result can depend on an earlier run.
+# Workers and subprocesses inherit the variable, so only the first process makes (and removes) it.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _cache = tempfile.mkdtemp(prefix="wlj-jax-cache-")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
-    os.environ["WLJ_TEST_CACHE_OWNER"] = str(os.getpid())
-    atexit.register(lambda: os.environ.get("WLJ_TEST_CACHE_OWNER") == str(os.getpid())
-                    and shutil.rmtree(_cache, ignore_errors=True))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache = tempfile.mkdtemp(prefix="wlj-jax-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 

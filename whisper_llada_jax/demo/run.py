@@ -59,7 +59,6 @@ class DemoSettings:
     llm_heads: int = 4
     llm_mlp: int = 512
     peak_lr: float = 2e-3
-    t_eps: float = 0.0  # mask ratio t ~ t_eps + (1 - t_eps) U(0, 1)
     warmup_steps: int = 100
     # decoding
     gen_len: int = 24  # response slots (the loss covers all of them): the longest transcript is 13
@@ -233,7 +232,6 @@ def train(out: Path, settings: DemoSettings, init_dir: Path, enc_train, enc_val,
         data={"batch_size": s.batch_size, "max_response_len": r},
         objective="diffusion",
         loss_span="canvas",  # decoding fills all gen_len slots: train every one of them
-        t_eps=s.t_eps,
         optim=OptimConfig(init_lr=s.peak_lr / 100, peak_lr=s.peak_lr, end_lr=s.peak_lr / 20,
                           warmup_steps=s.warmup_steps, decay_steps=max(1, s.train_steps - s.warmup_steps),
                           weight_decay=0.01, clip_norm=1.0,
