@@ -33,9 +33,10 @@ from flax import linen as nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._report import write_section  # noqa: E402
 from benchmarks.decode_torch_reference import reference_decode, torch_model_from_jax  # noqa: E402
+from tests.reference_decode import overfit_backbone  # noqa: E402
 from whisper_llada_jax.config import LLMConfig, TokenConfig  # noqa: E402
 from whisper_llada_jax.decoding import api  # noqa: E402
-from whisper_llada_jax.decoding.backbone import Backbone, Prefix  # noqa: E402
+from whisper_llada_jax.decoding.backbone import Prefix  # noqa: E402
 from whisper_llada_jax.decoding.config import DecodeConfig  # noqa: E402
 from whisper_llada_jax.models.llada import LLaDA  # noqa: E402
 
@@ -61,30 +62,11 @@ def make_data(seed=0):
 
 
 def train(model, targets, emb, steps):
-    bb = Backbone(model, composite=False)
     params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))["params"]
     prefix = Prefix(jnp.asarray(emb), jnp.ones(emb.shape[:2], bool))
-    tg = jnp.asarray(targets)
     opt = optax.adam(optax.cosine_decay_schedule(3e-3, steps, 0.1))
-
-    def loss(p, key):
-        kt, km = jax.random.split(key)
-        t = jax.random.uniform(kt, (N, 1), minval=0.02, maxval=1.0)
-        masked = jax.random.uniform(km, tg.shape) < t
-        logits = bb.logits({"params": p}, prefix, jnp.where(masked, TOK.mask, tg), jnp.ones(tg.shape, bool))
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, tg)
-        return (ce * masked).sum() / jnp.maximum(masked.sum(), 1)
-
-    @jax.jit
-    def run(p, key):
-        def step(c, k):
-            p, s = c
-            g = jax.grad(loss)(p, k)
-            u, s = opt.update(g, s, p)
-            return (optax.apply_updates(p, u), s), None
-        return jax.lax.scan(step, (p, opt.init(p)), jax.random.split(key, steps))[0][0]
-
-    return {"params": run(params, jax.random.key(1))}
+    return {"params": overfit_backbone(model, params, prefix, targets, optimizer=opt, steps=steps, t_min=0.02,
+                                       mask_id=TOK.mask, key=jax.random.key(1))}
 
 
 def text(row):

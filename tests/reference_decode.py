@@ -201,6 +201,36 @@ def _jit_logits(bb):
     return jax.jit(lambda v, pre, ids: bb.logits(v, pre, ids, jnp.ones(ids.shape, bool)))
 
 
+def overfit_backbone(model: LLaDA, params, prefix: Prefix, targets, *, optimizer, steps: int, t_min: float,
+                     mask_id: int, key):
+    """``params`` after ``steps`` updates of ``optimizer`` that memorise ``targets`` (B, R) behind
+    ``prefix`` with the masked-diffusion loss (per row t ~ U(t_min, 1), mean cross-entropy over
+    the masked positions), all steps scanned in one jitted call. Shared by the decoding tests and
+    benchmarks/decode_throughput.py."""
+    bb = Backbone(model, composite=False)
+    targets = jnp.asarray(targets)
+
+    def loss_fn(p, k):
+        kt, km = jax.random.split(k)
+        t = jax.random.uniform(kt, (targets.shape[0], 1), minval=t_min, maxval=1.0)
+        masked = jax.random.uniform(km, targets.shape) < t
+        ids = jnp.where(masked, mask_id, targets)
+        logits = bb.logits({"params": p}, prefix, ids, jnp.ones(ids.shape, bool))
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+        return (ce * masked).sum() / jnp.maximum(masked.sum(), 1)
+
+    @jax.jit
+    def train(p, k):
+        def step(carry, sk):
+            p, s = carry
+            upd, s = optimizer.update(jax.grad(loss_fn)(p, sk), s, p)
+            return (optax.apply_updates(p, upd), s), None
+        (p, _), _ = jax.lax.scan(step, (p, optimizer.init(p)), jax.random.split(k, steps))
+        return p
+
+    return train(params, key)
+
+
 # Utterance-like targets: short token strings, right-padded with eos to the canvas length.
 SENTENCES = ((7, 8, 9, 10, 11, 12, 13), (14, 15, 16, 8, 17), (18, 19, 20, 21, 22, 23, 24, 25, 26),
              (27, 28, 29, 30), (31, 32, 33, 34, 35, 36), (37, 38, 9, 39, 12, 14, 20, 11, 25, 30))
@@ -220,28 +250,6 @@ def overfit_model(gen_len: int = 16, steps: int = 150):
     targets = np.full((n, gen_len), TOKENS.eos, np.int32)
     for i, s in enumerate(SENTENCES):
         targets[i, :len(s)] = s
-    targets = jnp.asarray(targets)
-    bb = Backbone(model, composite=False)
-    opt = optax.adam(5e-3)
-
-    def loss_fn(params, key):
-        kt, km = jax.random.split(key)
-        t = jax.random.uniform(kt, (n, 1), minval=0.05, maxval=1.0)
-        masked = jax.random.uniform(km, targets.shape) < t
-        ids = jnp.where(masked, TOKENS.mask, targets)
-        logits = bb.logits({"params": params}, prefix, ids, jnp.ones(ids.shape, bool))
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-        return (ce * masked).sum() / jnp.maximum(masked.sum(), 1)
-
-    @jax.jit
-    def train(params, key):
-        def step(carry, k):
-            p, s = carry
-            g = jax.grad(loss_fn)(p, k)
-            upd, s = opt.update(g, s, p)
-            return (optax.apply_updates(p, upd), s), None
-        (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), jax.random.split(key, steps))
-        return params
-
-    params = train(variables["params"], jax.random.key(5))
+    params = overfit_backbone(model, variables["params"], prefix, targets, optimizer=optax.adam(5e-3), steps=steps,
+                              t_min=0.05, mask_id=TOKENS.mask, key=jax.random.key(5))
     return model, {"params": params}, prefix, np.asarray(targets)
