@@ -99,8 +99,11 @@ def test_whole_decode_is_one_compiled_call_without_host_callbacks(models):
     cfg = DecodeConfig(decoder="semi_ar", gen_len=GEN, block_length=8, steps=8)
     api.diffusion_decode(model, variables, prefix, cfg, jax.random.key(0), tokens=ref.TOKENS)
     before = api._diffusion_program._cache_size()
-    m2, v2, p2 = models["overfit"]
-    api.diffusion_decode(m2, v2, p2, DecodeConfig(decoder="semi_ar", gen_len=GEN, block_length=8, steps=16),
+    # The same architecture with other weights and prefixes (another architecture is another
+    # program: the "overfit" model has two layers, and whether its program was already compiled
+    # depended on which tests ran earlier in this process).
+    v2, p2 = ref.init_vars(model, seed=9), ref.random_prefix(prefix.embeds.shape[0], seed=11)
+    api.diffusion_decode(model, v2, p2, DecodeConfig(decoder="semi_ar", gen_len=GEN, block_length=8, steps=16),
                          jax.random.key(1), tokens=ref.TOKENS)
     assert api._diffusion_program._cache_size() == before
     plan = api.diffusion.Plan(num_segments=2, segments="blocks", block=8, eos_rule=True,
