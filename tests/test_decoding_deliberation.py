@@ -200,3 +200,6 @@ def test_deliberation_input_options_are_validated():
                 dict(strategy="diffusion", deliberation_canvas="training", edit_length=True)):
         with pytest.raises(DecodeConfigError, match="mask_threshold|deliberation_canvas"):
             validate(DecodeConfig(**bad))
+    # A MODEL_DIR's decode.yaml may set them for its deliberations; plain decoding is unaffected.
+    validate(DecodeConfig(deliberation_canvas="training", confidence_fill="mask", mask_threshold=0.005,
+                          first_pass_normalizer="spoken_en", unknown_words="mask"))

@@ -59,3 +59,34 @@ def test_vocabulary_filter_deletes_unknown_words(tokenizer):
     text = "the red lamp costs $254 at 13-15"
     assert vocabulary_filter(tokenizer, text) == "the red lamp costs at"
     assert vocabulary_filter(tokenizer, text, "spoken_en") == spoken_en(text)
+
+
+def test_run_decode_prepares_first_passes_with_the_config(tokenizer, monkeypatch):
+    """The wiring: run_decode tokenises each first pass with the config's normaliser and
+    unknown-word rule before the fused program sees it."""
+    import types
+
+    import jax
+    import numpy as np
+
+    from whisper_llada_jax.decoding import api
+    from whisper_llada_jax.decoding.config import DecodeConfig
+
+    seen = {}
+
+    def fake_deliberate(model, variables, inputs, first, cfg, rng, **kw):
+        seen["first"] = first
+        return api.DecodeOutput(np.zeros((len(first), cfg.gen_len), np.int32), np.ones(len(first), np.int32),
+                                np.ones(len(first), np.int32))
+
+    monkeypatch.setattr(api, "deliberate", fake_deliberate)
+    tokens = tokenizer.token_config()
+    loaded = types.SimpleNamespace(config=types.SimpleNamespace(tokens=tokens), tokenizer=tokenizer, model=None,
+                                   variables=None)
+    batch = {"encoder_out": np.zeros((1, 4, 8), np.float32), "first_pass": ["the red lamp costs $254"]}
+    for normalizer, rule, want in (("none", "keep", tokenizer.encode("the red lamp costs $254")),
+                                   ("spoken_en", "keep", tokenizer.encode(spoken_en("the red lamp costs $254"))),
+                                   ("none", "mask", tokenizer.encode("the red lamp costs") + [tokens.mask])):
+        cfg = DecodeConfig(strategy="diffusion", gen_len=32, first_pass_normalizer=normalizer, unknown_words=rule)
+        api.run_decode(loaded, batch, cfg, jax.random.key(0))
+        assert seen["first"] == [want], (normalizer, rule)

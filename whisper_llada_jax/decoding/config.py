@@ -105,10 +105,11 @@ def validate(cfg: DecodeConfig) -> DecodeConfig:
     if cfg.mask_threshold is not None:
         if not 0.0 < cfg.mask_threshold < 1.0:
             _fail("mask_threshold", f"{cfg.mask_threshold} is outside (0, 1)", "e.g. 0.005, or null for mask_ratio")
-        if cfg.strategy != "diffusion" or cfg.masking != "low_confidence":
+        # (strategy none: a MODEL_DIR's decode.yaml may hold it for its deliberations)
+        if cfg.strategy == "semi_ar" or cfg.masking != "low_confidence":
             _fail("mask_threshold", f"needs strategy diffusion with masking low_confidence, not "
                   f"{cfg.strategy} / {cfg.masking}", "the threshold reads the confidence pass's probabilities")
-    if cfg.deliberation_canvas == "training" and (cfg.strategy != "diffusion" or cfg.edit_length):
+    if cfg.deliberation_canvas == "training" and (cfg.strategy == "semi_ar" or cfg.edit_length):
         _fail("deliberation_canvas", "training canvas needs strategy diffusion without edit_length",
               "use deliberation_canvas: first_pass for semi_ar or edit_length")
     if cfg.edit_insert_slots < 0 or cfg.edit_tail_slots < 0:

@@ -327,7 +327,7 @@ def vocabulary_filter_row(tokenizer, settings: DemoSettings, texts: list[str], f
     filtered = [vocabulary_filter(tokenizer, x["first_pass"], settings.first_pass_normalizer) for x in first_pass]
     return Row("Vocabulary filter (no model)", corpus_wer(texts, filtered).wer, first_rtf,
                float(np.mean([x["nfe"] for x in first_pass])),
-               "first pass with the words its vocabulary cannot represent deleted")
+               f"first pass ({settings.first_pass_normalizer}) with the words the vocabulary cannot represent deleted")
 
 
 def evaluate_modes(loaded, settings: DemoSettings, corpus: Corpus, first_pass: list[dict], out: Path,
