@@ -66,13 +66,40 @@ def test_format_table_and_decode_modes():
     rows = [demo_run.Row("Whisper", 0.25, 0.05, 14.0, "x"), demo_run.Row("LLaDA", 0.125, 0.5, 24.0)]
     table = demo_run.format_table(rows)
     assert "| Whisper | 25.00 | 0.0500 | 14.0 | x |" in table and "| LLaDA | 12.50 |" in table
-    labels = [m[0] for m in demo_run.decode_modes(demo_run.FULL)]
+    labels = [m[1] for m in demo_run.decode_modes(demo_run.FULL)]
     assert len(labels) == 6 and any("Text-only" in x for x in labels)
     from whisper_llada_jax.decoding.config import DecodeConfig, validate
 
     for settings in (demo_run.FULL, demo_run.QUICK):
-        for _, fields, _ in demo_run.decode_modes(settings):
-            validate(DecodeConfig(batch_size=settings.eval_batch, **fields))
+        for key, _, fields, _ in demo_run.decode_modes(settings):
+            cfg = validate(DecodeConfig(batch_size=settings.eval_batch, **fields))
+            if cfg.strategy != "none":  # every deliberation row reads the first pass as the model was trained
+                assert cfg.deliberation_canvas == "training" and cfg.unknown_words == "mask"
+                assert cfg.first_pass_normalizer == "spoken_en"
+            if key in ("deliberation_low_confidence", "text_only_deliberation"):
+                assert cfg.confidence_fill == "mask" and cfg.mask_threshold == settings.mask_threshold
+    # results.json: one WER / forwards / RTF triple per row, in %
+    doc = demo_run.results_json([demo_run.Row(str(i), 0.01 * i, 0.1, 2.0) for i in range(8)], demo_run.QUICK)
+    assert doc["first_pass_wer"] == 0.0 and doc["vocabulary_filter_wer"] == 1.0
+    assert doc["text_only_deliberation_wer"] == pytest.approx(7.0) and doc["fast_forwards_per_utt"] == 2.0
+
+
+def test_vocabulary_filter_row_scores_the_filtered_first_pass(tmp_path):
+    from whisper_llada_jax.text.llada_tokenizer import LLaDATokenizer, build_tokenizer_json
+
+    tok = LLaDATokenizer(build_tokenizer_json(["the lamp costs two hundred dollars"] * 10, tmp_path / "t.json",
+                                              vocab_size=80))
+    fp = [{"first_pass": "the lamp costs $200", "nfe": 5}, {"first_pass": "the lamp #", "nfe": 3}]
+    row = demo_run.vocabulary_filter_row(tok, demo_run.QUICK, ["the lamp costs two hundred dollars", "the lamp"],
+                                         fp, 0.5)
+    assert row.wer == 0.0 and row.nfe == 4.0 and row.rtf == 0.5  # "$200" spelled, "#" deleted
+
+
+def test_results_json_is_written_atomically(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text("old")
+    demo_run.write_json_atomic(path, {"a": 1.5})
+    assert json.loads(path.read_text()) == {"a": 1.5} and [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
 def test_encoder_cache_is_reused(tmp_path):
@@ -115,11 +142,17 @@ def test_demo_quick_end_to_end(tmp_path):
     run = work / "run"
     summary = json.loads((run / "summary.json").read_text())
     systems = [r["system"] for r in summary["rows"]]
-    assert len(systems) == 7 and systems[0].startswith("Whisper tiny.en")
+    assert len(systems) == 8 and systems[0].startswith("Whisper tiny.en") and systems[1].startswith("Vocabulary")
     for r in summary["rows"]:
         assert 0.0 <= r["wer"] < 5.0 and r["rtf"] > 0 and r["nfe"] >= 1, r
         assert f"| {r['system']} |" in proc.stdout
-    assert (run / "results.md").read_text().count("\n|") >= 8
+    assert (run / "results.md").read_text().count("\n|") >= 9
+    results = json.loads((run / "results.json").read_text())
+    for key in ("first_pass", "vocabulary_filter", "diffusion", "semi_ar", "fast", "deliberation_low_confidence",
+                "deliberation_random", "text_only_deliberation"):
+        wer, nfe = results[f"{key}_wer"], results[f"{key}_forwards_per_utt"]
+        assert np.isfinite(wer) and 0.0 <= wer < 500.0 and np.isfinite(nfe) and nfe >= 1, (key, wer, nfe)
+    assert results["diffusion_wer"] == pytest.approx(100 * summary["rows"][2]["wer"])  # rows in table order
     # The MODEL_DIR is complete and carries the real tiny.en encoder.
     from whisper_llada_jax.checkpoints.model_dir import load_model_dir
 

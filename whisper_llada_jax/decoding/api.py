@@ -25,6 +25,7 @@ from whisper_llada_jax.decoding import autoregressive, deliberation, diffusion
 from whisper_llada_jax.decoding.backbone import Backbone, Prefix, full_forward
 from whisper_llada_jax.decoding.config import DecodeConfig, validate
 from whisper_llada_jax.errors import DataError, DecodeConfigError
+from whisper_llada_jax.text.first_pass import first_pass_ids
 
 
 class DecodeOutput(NamedTuple):
@@ -186,18 +187,24 @@ def deliberate(model: Any, variables: Any, inputs: Any, first_pass: list[list[in
     num_masked = np.array([int(n * cfg.mask_ratio) for n in lens], np.int32)  # float64, as the reference
     width = cfg.gen_len
     if cfg.edit_length:
-        width = cfg.gen_len + int(cfg.gen_len * cfg.mask_ratio) * cfg.edit_insert_slots + cfg.edit_tail_slots
+        # a threshold or forced unknown-word slots may mask more than the ratio: room for every slot
+        most = cfg.gen_len if (cfg.mask_threshold is not None or cfg.unknown_words == "mask") \
+            else int(cfg.gen_len * cfg.mask_ratio)
+        width = cfg.gen_len + most * cfg.edit_insert_slots + cfg.edit_tail_slots
     plan = deliberation.DeliberationPlan(
         strategy=cfg.strategy, masking=cfg.masking, num_chunks=cfg.num_chunks,
         remasking=cfg.remasking, temperature=float(cfg.temperature), threshold=cfg.threshold, cache=cfg.cache,
         mask_id=tok.mask, pad_id=tok.pad, eos_id=tok.eos, edit_length=cfg.edit_length,
-        insert_slots=cfg.edit_insert_slots, tail_slots=cfg.edit_tail_slots, edit_width=width)
+        insert_slots=cfg.edit_insert_slots, tail_slots=cfg.edit_tail_slots, edit_width=width,
+        canvas=cfg.deliberation_canvas, confidence_fill=cfg.confidence_fill, mask_threshold=cfg.mask_threshold,
+        force_unknown=cfg.unknown_words == "mask")
     ids, lv = _ids_and_live(len(first_pass), row_ids, live)
     out, nfe = _deliberation_program(variables, inputs, jnp.asarray(first), jnp.asarray(lens), jnp.asarray(num_masked),
                                      jnp.asarray(cfg.steps, jnp.int32), None if mask is None else jnp.asarray(mask, bool), rng, ids, lv,
                                      bb=backbone_of(model), cond=_cond(cfg, audio_tokens), plan=plan)
     out = np.asarray(out)
-    length = lens if not cfg.edit_length else np.full(len(lens), out.shape[1], np.int32)
+    whole = cfg.edit_length or cfg.deliberation_canvas == "training"
+    length = np.full(len(lens), out.shape[1], np.int32) if whole else lens
     return DecodeOutput(out, length, np.asarray(nfe))
 
 
@@ -270,7 +277,9 @@ def run_decode(loaded: Any, batch: dict, cfg: DecodeConfig, rng: jax.Array) -> l
         if texts is None:
             raise DataError("deliberation needs first-pass transcripts", hint="give first_pass in the manifest")
         names = list(batch.get("ids", [f"row {i}" for i in range(b)]))
-        first = [loaded.tokenizer.encode(t) if ok else [tok.eos] for t, ok in zip(texts, live)]
+        first = [first_pass_ids(loaded.tokenizer, t, normalizer=cfg.first_pass_normalizer,
+                                unknown_words=cfg.unknown_words, mask_id=tok.mask) if ok else [tok.eos]
+                 for t, ok in zip(texts, live)]
         out = deliberate(loaded.model, loaded.variables, inputs, first, cfg, rng, tokens=tok, row_ids=row_ids,
                          live=live, audio_tokens=audio_tokens, names=names)
     else:

@@ -30,6 +30,12 @@ class DecodeConfig:
     mask_ratio: float = 0.3
     num_chunks: int = 4
     text_only: bool = False  # the paper's ablation: no audio span
+    # ---- deliberation inputs (docs/decoding.md "Deliberation inputs"; defaults = the reference)
+    deliberation_canvas: Literal["first_pass", "training"] = "first_pass"  # training: + eos tail to gen_len
+    confidence_fill: Literal["pad", "mask"] = "pad"  # response filler of the confidence forward
+    mask_threshold: float | None = None  # re-mask tokens with p < tau instead of mask_ratio
+    first_pass_normalizer: Literal["none", "spoken_en"] = "none"  # text/first_pass.py
+    unknown_words: Literal["keep", "mask"] = "keep"  # mask: one always-masked slot per <unk> word
     # ---- fast modes (each documented in docs/decoding.md with what it approximates)
     threshold: float | None = None  # (b) reveal every block token with p >= threshold
     cache: Literal["none", "prefix", "dual"] = "none"  # (a)
@@ -96,6 +102,16 @@ def validate(cfg: DecodeConfig) -> DecodeConfig:
         _fail("text_only", "text-only decoding has nothing to transcribe", "text_only is for deliberation")
     if cfg.edit_length and cfg.strategy != "diffusion":
         _fail("edit_length", f"needs strategy diffusion, not {cfg.strategy}", "set strategy: diffusion")
+    if cfg.mask_threshold is not None:
+        if not 0.0 < cfg.mask_threshold < 1.0:
+            _fail("mask_threshold", f"{cfg.mask_threshold} is outside (0, 1)", "e.g. 0.005, or null for mask_ratio")
+        # (strategy none: a MODEL_DIR's decode.yaml may hold it for its deliberations)
+        if cfg.strategy == "semi_ar" or cfg.masking != "low_confidence":
+            _fail("mask_threshold", f"needs strategy diffusion with masking low_confidence, not "
+                  f"{cfg.strategy} / {cfg.masking}", "the threshold reads the confidence pass's probabilities")
+    if cfg.deliberation_canvas == "training" and (cfg.strategy == "semi_ar" or cfg.edit_length):
+        _fail("deliberation_canvas", "training canvas needs strategy diffusion without edit_length",
+              "use deliberation_canvas: first_pass for semi_ar or edit_length")
     if cfg.edit_insert_slots < 0 or cfg.edit_tail_slots < 0:
         _fail("edit_insert_slots", "slot counts must be >= 0", "the default is 1 and 4")
     if cfg.length_buckets:

@@ -65,7 +65,13 @@ class DemoSettings:
     steps: int = 24  # one slot per step
     semi_ar_block: int = 8
     eval_batch: int = 40
-    mask_ratio: float = 0.3
+    mask_ratio: float = 0.3  # random-masking deliberation (the paper's 30 %)
+    # Deliberation inputs matched to how this model trains (docs/decoding.md "Deliberation inputs"):
+    # its canvas (loss_span: canvas), a mask-filled confidence pass, the first pass spelled as the
+    # corpus writes (no digits in its vocabulary), one always-masked slot per unknown word, and
+    # re-masking by probability (flat over 0.001-0.01 on the issue-12 study) instead of 30 %.
+    mask_threshold: float = 0.005
+    first_pass_normalizer: str = "spoken_en"
     # Small batches: a batch decodes until its longest transcript, and the 30 s encoder gains
     # nothing from batching on a CPU (0.79 s/clip at 4 and at 20; 0.97 vs 1.31 s/clip overall).
     whisper_batch: int = 4
@@ -73,6 +79,12 @@ class DemoSettings:
     # repetition loop (tiny.en falls into some) hold its whole batch for 448 decoder steps and
     # add hundreds of inserted words to the WER.
     whisper_max_tokens: int = 96
+    # Training-recipe fields merged into the demo's TrainConfig (recorded in settings.json, so a
+    # run folder never mixes recipes). RECIPE PLACEHOLDER (issue 12, part 3): empty on this branch;
+    # the lead switches on the denoising objective (`substitution_rate` + the loss over every
+    # response slot) and, for the text-only ablation, `audio_drop_rate`, once the recipe branch
+    # that defines those TrainConfig fields is merged.
+    train_recipe: dict = dataclasses.field(default_factory=dict)
 
 
 FULL = DemoSettings(n_train=2000, n_val=200, n_test=200, train_steps=1500, eval_interval=750)
@@ -242,6 +254,7 @@ def train(out: Path, settings: DemoSettings, init_dir: Path, enc_train, enc_val,
         steps=s.train_steps, eval_interval=s.eval_interval,
         eval_batches=max(1, math.ceil(len(val_rows) / s.batch_size)),
         log_interval=max(1, min(50, s.train_steps)), seed=s.seed, progress_bar=progress, memory_report=False,
+        **s.train_recipe,
     )
     t_ids, t_len = _response_ids(tokenizer, [x["text"] for x in train_rows], r, eos)
     v_ids, v_len = _response_ids(tokenizer, [x["text"] for x in val_rows], r, eos)
@@ -261,28 +274,39 @@ def train(out: Path, settings: DemoSettings, init_dir: Path, enc_train, enc_val,
 
 
 # ----------------------------------------------------------------------------- stage 6: evaluation
-def decode_modes(settings: DemoSettings) -> list[tuple[str, dict, str]]:
-    """(table label, DecodeConfig fields, note) for every row after the Whisper first pass."""
+def deliberation_inputs(settings: DemoSettings) -> dict:
+    """The deliberation-input fields every deliberation row of the demo uses."""
+    return dict(deliberation_canvas="training", first_pass_normalizer=settings.first_pass_normalizer,
+                unknown_words="mask")
+
+
+def decode_modes(settings: DemoSettings) -> list[tuple[str, str, dict, str]]:
+    """(results.json key, table label, DecodeConfig fields, note) for every Whisper-LLaDA row."""
     s = settings
     g = s.gen_len
+    inputs = deliberation_inputs(s)
+    confident = dict(decoder="diffusion", strategy="diffusion", masking="low_confidence", confidence_fill="mask",
+                     mask_threshold=s.mask_threshold, gen_len=g, steps=s.steps, **inputs)
+    how = "training canvas, spoken first pass, unknown words masked"
     return [
-        ("Whisper-LLaDA diffusion", dict(decoder="diffusion", gen_len=g, steps=s.steps), f"1 block of {g}, {s.steps} steps"),
-        ("Whisper-LLaDA semi-autoregressive", dict(decoder="semi_ar", gen_len=g, steps=s.steps, block_length=s.semi_ar_block),
+        ("diffusion", "Whisper-LLaDA diffusion", dict(decoder="diffusion", gen_len=g, steps=s.steps),
+         f"1 block of {g}, {s.steps} steps"),
+        ("semi_ar", "Whisper-LLaDA semi-autoregressive",
+         dict(decoder="semi_ar", gen_len=g, steps=s.steps, block_length=s.semi_ar_block),
          f"blocks of {s.semi_ar_block}, {s.steps} steps"),
-        ("Whisper-LLaDA fast (threshold 0.9 + prefix cache)",
+        ("fast", "Whisper-LLaDA fast (threshold 0.9 + prefix cache)",
          dict(decoder="diffusion", gen_len=g, steps=s.steps, threshold=0.9, cache="prefix"),
          "Fast-dLLM-style parallel reveal"),
-        ("Deliberation, random masking", dict(decoder="diffusion", strategy="diffusion", masking="random",
-                                             mask_ratio=s.mask_ratio, gen_len=g, steps=s.steps),
-         f"over the Whisper first pass, {int(s.mask_ratio * 100)} % re-masked"),
-        ("Deliberation, low-confidence masking", dict(decoder="diffusion", strategy="diffusion",
-                                                     masking="low_confidence", mask_ratio=s.mask_ratio,
-                                                     gen_len=g, steps=s.steps),
-         f"over the Whisper first pass, {int(s.mask_ratio * 100)} % re-masked"),
-        ("Text-only deliberation (ablation)", dict(decoder="diffusion", strategy="diffusion",
-                                                  masking="low_confidence", mask_ratio=s.mask_ratio, gen_len=g,
-                                                  steps=s.steps, text_only=True),
-         "same model, audio span removed"),
+        ("deliberation_random", "Deliberation, random masking",
+         dict(decoder="diffusion", strategy="diffusion", masking="random", mask_ratio=s.mask_ratio, gen_len=g,
+              steps=s.steps, **inputs),
+         f"over the Whisper first pass, {int(s.mask_ratio * 100)} % re-masked; {how}"),
+        ("deliberation_low_confidence", "Deliberation, low-confidence masking", confident,
+         f"over the Whisper first pass, tokens with p < {s.mask_threshold:g} re-masked (mask-filled "
+         f"confidence pass); {how}"),
+        ("text_only_deliberation", "Text-only deliberation (ablation)", dict(confident, text_only=True),
+         "as low-confidence deliberation, audio span removed" + (
+             "" if s.train_recipe.get("audio_drop_rate") else " (same model, never trained without audio)")),
     ]
 
 
@@ -291,6 +315,19 @@ def _fit(tokenizer, text: str, width: int) -> str:
     one, e.g. a repetition loop, cannot be deliberated whole; the cut words count as errors)."""
     ids = tokenizer.encode(text)
     return text if len(ids) <= width else tokenizer.decode(ids[:width])
+
+
+def vocabulary_filter_row(tokenizer, settings: DemoSettings, texts: list[str], first_pass: list[dict],
+                          first_rtf: float) -> Row:
+    """The model-free baseline: the first pass, normalised as deliberation sees it, with every
+    word the vocabulary cannot represent deleted (its cost is the first pass's)."""
+    from whisper_llada_jax.evaluation.wer import corpus_wer
+    from whisper_llada_jax.text.first_pass import vocabulary_filter
+
+    filtered = [vocabulary_filter(tokenizer, x["first_pass"], settings.first_pass_normalizer) for x in first_pass]
+    return Row("Vocabulary filter (no model)", corpus_wer(texts, filtered).wer, first_rtf,
+               float(np.mean([x["nfe"] for x in first_pass])),
+               f"first pass ({settings.first_pass_normalizer}) with the words the vocabulary cannot represent deleted")
 
 
 def evaluate_modes(loaded, settings: DemoSettings, corpus: Corpus, first_pass: list[dict], out: Path,
@@ -302,15 +339,40 @@ def evaluate_modes(loaded, settings: DemoSettings, corpus: Corpus, first_pass: l
     from whisper_llada_jax.decoding.config import DecodeConfig
     from whisper_llada_jax.evaluation.evaluate import evaluate
 
+    from whisper_llada_jax.text.first_pass import normalize_first_pass
+
     s = settings
-    fp = {x["id"]: _fit(loaded.tokenizer, x["first_pass"], s.gen_len) for x in first_pass}
+    fp = {x["id"]: _fit(loaded.tokenizer, normalize_first_pass(x["first_pass"], s.first_pass_normalizer), s.gen_len)
+          for x in first_pass}
     records = [{**r, "first_pass": fp[r["id"]]} for r in read_manifest(corpus.manifest("test"))]
     modes = decode_modes(s)
-    configs = [(label, DecodeConfig(batch_size=s.eval_batch, **fields)) for label, fields, _ in modes]
+    configs = [(label, DecodeConfig(batch_size=s.eval_batch, **fields)) for _, label, fields, _ in modes]
     doc = evaluate(loaded, ListSource(records, name="demo test split"), configs, out, seed=s.seed,
                    progress=progress)
-    notes = {label: note for label, _, note in modes}
+    notes = {label: note for _, label, _, note in modes}
     return [Row(r["name"], r["wer"]["wer"], r["rtf"], r["mean_nfe"], notes[r["name"]]) for r in doc["results"]]
+
+
+def results_json(rows: list[Row], settings: DemoSettings) -> dict:
+    """``<key>_wer`` (corpus WER in %, Whisper normaliser), ``<key>_forwards_per_utt`` and
+    ``<key>_rtf`` for every table row (keys: ``first_pass``, ``vocabulary_filter`` and
+    ``decode_modes``'s)."""
+    keys = ["first_pass", "vocabulary_filter"] + [key for key, *_ in decode_modes(settings)]
+    if len(keys) != len(rows):
+        raise RuntimeError(f"{len(rows)} table rows for {len(keys)} result keys")
+    out: dict = {}
+    for key, r in zip(keys, rows):
+        out.update({f"{key}_wer": 100.0 * r.wer, f"{key}_forwards_per_utt": r.nfe, f"{key}_rtf": r.rtf})
+    return out
+
+
+def write_json_atomic(path: Path, doc: dict) -> None:
+    """Written to a temporary file beside ``path``, then renamed over it: never half-written."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def format_table(rows: list[Row]) -> str:
@@ -340,6 +402,11 @@ Numbers are whatever this run gave; nothing is tuned per row.
 - RTF: wall time of encoder + decoding over audio duration, compile time excluded; for
   Whisper-LLaDA the encoder time is that of the cached encoder pass over the test clips.
   Forward passes: LLM (or Whisper decoder) calls per utterance.
+- Deliberation reads the first pass as this model was trained to read text (`docs/decoding.md`,
+  "Deliberation inputs"): on its training canvas, numbers and times spelled out
+  (`{s.first_pass_normalizer}`), one always re-masked slot per word its vocabulary cannot represent.
+  The vocabulary filter row deletes those words with no model at all: deliberation must beat it,
+  not only the first pass. Its forward passes are the LLM's alone (the first pass comes on top).
 
 {table}
 
@@ -442,6 +509,7 @@ def run_demo(out_dir: str | Path, quick: bool = False, progress: bool = True,
     table_rows = [Row("Whisper tiny.en greedy (first pass)", corpus_wer(texts, first).wer,
                       fp["seconds"] / audio_seconds, float(np.mean([x["nfe"] for x in fp["rows"]])),
                       "30 s input, KV-cached greedy")]
+    table_rows.append(vocabulary_filter_row(tokenizer, s, texts, fp["rows"], table_rows[0].rtf))
     table_rows += evaluate_modes(loaded, s, corpus, fp["rows"], out / "eval", progress)
     table = format_table(table_rows)
     info = {"quick": quick, "machine": _machine(), "date": datetime.date.today().isoformat(),
@@ -457,5 +525,7 @@ def run_demo(out_dir: str | Path, quick: bool = False, progress: bool = True,
     print_fn(f"MODEL_DIR: {model_dir}    (try: whisper-llada transcribe --model {model_dir} AUDIO.flac)")
     summary = {"rows": [dataclasses.asdict(r) for r in table_rows], "model_dir": str(model_dir),
                "results": str(out / "results.md"), **info}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json_atomic(out / "results.json", {**results_json(table_rows, s), "quick": quick,
+                                             "train_recipe": s.train_recipe})
+    write_json_atomic(out / "summary.json", summary)
     return summary

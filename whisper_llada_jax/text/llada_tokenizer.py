@@ -74,6 +74,17 @@ class LLaDATokenizer:
         """Plain text -> ids, no special tokens added (the training targets of SPEC section 7)."""
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    @property
+    def unk(self) -> int | None:
+        """Id of the unknown-piece token, or None when every string is representable (byte-level BPE)."""
+        name = getattr(self._tok.model, "unk_token", None)
+        return None if name is None else self._tok.token_to_id(name)
+
+    def encode_words(self, text: str) -> tuple[list[int], list[int | None]]:
+        """``encode`` plus, per id, the index of the pre-tokenizer word it came from."""
+        enc = self._tok.encode(text, add_special_tokens=False)
+        return enc.ids, list(enc.word_ids)
+
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
