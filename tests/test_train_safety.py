@@ -34,6 +34,17 @@ def test_non_positive_counts_are_refused_where_the_config_is_read(override, fiel
         load_train_config("tiny", [override])
 
 
+@pytest.mark.parametrize("override, msg", [("checkpoint.save_interval_steps=0", "save_interval_steps must be >= 1"),
+                                           ("steps=0", "steps must be >= 1")])
+def test_train_command_refuses_in_one_line_and_writes_nothing(override, msg, capsys, tmp_path):
+    from whisper_llada_jax.cli import main
+
+    rc = main(["train", "--config", "tiny", f"workdir={tmp_path / 'run'}", override])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and msg in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("field", ["workdir", "output_dir", "checkpoint.dir"])
 def test_an_output_folder_that_is_a_file_is_refused_before_compiling(tmp_path, field):
     from whisper_llada_jax.training.trainer import Trainer

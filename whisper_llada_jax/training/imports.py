@@ -31,7 +31,9 @@ def import_before_threads(n_mels: int) -> None:
     import librosa
     import soundfile  # noqa: F401
     import soxr  # noqa: F401
+    import tqdm  # noqa: F401
 
+    import whisper_llada_jax.checkpoints.model_dir  # noqa: F401  (the final MODEL_DIR)
     from whisper_llada_jax.audio.features import mel_filters
 
     librosa.load  # noqa: B018  (librosa loads submodules on first attribute access)

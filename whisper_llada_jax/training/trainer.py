@@ -110,9 +110,7 @@ def validate(cfg: TrainConfig, data_cfg, num_devices: int) -> None:
     if cfg.optim.grad_accum < 1 or (global_batch // batch_ways) % cfg.optim.grad_accum:
         raise ConfigError(f"optim.grad_accum={cfg.optim.grad_accum} does not divide the per-device "
                           f"batch {global_batch // batch_ways}")
-    if cfg.steps < 0 or cfg.log_interval < 1 or cfg.eval_interval < 0:
-        raise ConfigError("steps / log_interval / eval_interval must be >= 0 / >= 1 / >= 0")
-    check_output_paths(cfg)
+    check_output_paths(cfg)  # the counts (steps, intervals) are checked where the config is read
 
 
 def check_output_paths(cfg: TrainConfig) -> None:

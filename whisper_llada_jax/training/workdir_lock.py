@@ -15,6 +15,7 @@ A lock survives a crash (SIGKILL, a lost VM). It is taken over, with a message, 
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
@@ -128,6 +129,7 @@ class WorkdirLock:
         else:
             raise WorkdirLockedError(f"{self.path}: could not take the workdir lock (contended)")
         self.held = True
+        atexit.register(self.release)  # a caller that never closes its trainer still frees the workdir
         self._thread = threading.Thread(target=self._heartbeat, name="workdir-lock-heartbeat", daemon=True)
         self._thread.start()
         return self
@@ -140,7 +142,7 @@ class WorkdirLock:
                 pass  # a transient file-system error; the next beat retries
 
     def release(self) -> None:
-        if not self.held:
+        if not self.held or os.getpid() != self.pid:  # a forked child (data workers) never releases
             return
         self._stop.set()
         if self._thread is not None:
@@ -149,6 +151,7 @@ class WorkdirLock:
         if held is not None and held[0].get("host") == self.host and held[0].get("pid") == self.pid:
             self.path.unlink(missing_ok=True)
         self.held = False
+        atexit.unregister(self.release)
 
     def __enter__(self) -> "WorkdirLock":
         return self.acquire()
