@@ -14,6 +14,7 @@ embeddings and only LoRA has little room to memorise.
 
 import jax
 import numpy as np
+import pytest
 
 from whisper_llada_jax.checkpoints.model_dir import load_model_dir
 from whisper_llada_jax.data.config import DataConfig
@@ -31,6 +32,7 @@ STEPS = 200
 LOSS_BELOW = 0.3  # the text-only plateau is ~1.0; memorised runs end near 0.05-0.1
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_and_decodes_the_transcripts(tmp_path):
     src = parse_source(SOURCE)
     texts = [src[i]["text"] for i in range(len(src))]
