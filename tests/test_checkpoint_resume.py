@@ -1,18 +1,27 @@
-"""Exact resume: SIGKILL in the middle of an async save, SIGTERM, restore onto another mesh.
+"""Exact resume: SIGKILL in the middle of an async save, SIGTERM, restore onto another mesh,
+a damaged latest checkpoint, imports that race the data threads, and 20 SIGKILLs in a row.
 
 The killed runs are subprocesses running this file as a script (``python THIS MODE WORKDIR
-TOKENIZER``); everything else runs in the test process. Resumed parameters must be
-bit-identical to an uninterrupted run (same CPU, same mesh, same data order).
+TOKENIZER [OVERRIDE...]``); everything else runs in the test process. Resumed parameters must
+be bit-identical to an uninterrupted run (same CPU, same mesh, same data order).
 """
 
+import json
 import os
+import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# Every test here trains in subprocesses or through the module's training fixture.
+pytestmark = pytest.mark.slow
 
 STEPS = 6
 
@@ -40,7 +49,7 @@ def _params(state):
     return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.trainable))]
 
 
-def _worker(mode: str, workdir: str, tokenizer: str) -> None:
+def _worker(mode: str, workdir: str, tokenizer: str, *extra: str) -> None:
     """Runs in a subprocess: trains and dies as ``mode`` says."""
     import orbax.checkpoint as ocp
 
@@ -68,12 +77,37 @@ def _worker(mode: str, workdir: str, tokenizer: str) -> None:
             return original_global(self, batch)
 
         trainer_lib.Trainer._global = global_batch
-    trainer_lib.train(_cfg(workdir, tokenizer))
+    elif mode == "imports":
+        imported_off_main = _record_imports_off_main_thread()
+    trainer_lib.train(_cfg(workdir, tokenizer, *extra))
+    if mode == "imports":
+        print("IMPORTS " + json.dumps({"torch": "torch" in sys.modules, "off_main": sorted(imported_off_main)}))
 
 
-def _spawn(mode, workdir, tokenizer):
+# Packages whose import from a data thread raced the main thread (the restart crash).
+HEAVY = ("torch", "tensorboardX", "librosa", "scipy", "numba", "soundfile", "soxr", "audioread")
+
+
+def _record_imports_off_main_thread() -> set:
+    """Records every heavy package first imported outside the main thread."""
+    import importlib.abc
+    import threading
+
+    seen: set = set()
+
+    class Recorder(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in HEAVY and threading.current_thread() is not threading.main_thread():
+                seen.add(name)
+            return None  # the normal finders import it
+
+    sys.meta_path.insert(0, Recorder())
+    return seen
+
+
+def _spawn(mode, workdir, tokenizer, *extra):
     env = dict(os.environ)
-    return subprocess.run([sys.executable, __file__, mode, str(workdir), str(tokenizer)], env=env,
+    return subprocess.run([sys.executable, __file__, mode, str(workdir), str(tokenizer), *extra], env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -149,8 +183,135 @@ def test_restore_onto_a_smaller_mesh(setup):
         np.testing.assert_array_equal(a, b)
 
 
+def test_restart_imports_nothing_heavy_off_the_main_thread(setup):
+    """The restart crash: a data thread's first `import librosa` raced the main thread's import of
+    torch (through tensorboardX). Restarted, training must not import torch at all, and no
+    heavy package may be first imported by a thread other than the main one."""
+    root, tok, _, _ = setup
+    work = root / "imports"
+    shutil.copytree(root / "straight", work)
+    proc = _spawn("imports", work, tok, f"steps={STEPS + 2}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resumed from {work / 'checkpoints'}/{STEPS}" in proc.stdout
+    report = json.loads(proc.stdout.split("IMPORTS ", 1)[1].splitlines()[0])
+    assert report == {"torch": False, "off_main": []}
+
+
+def _truncate_largest(folder: Path) -> Path:
+    victim = max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    with open(victim, "r+b") as f:
+        f.truncate(victim.stat().st_size // 2)
+    return victim
+
+
+def test_damaged_latest_checkpoints_fall_back_to_the_newest_intact_step(setup):
+    root, tok, want, _ = setup
+    work = root / "damaged"
+    shutil.copytree(root / "straight", work)
+    ck = work / "checkpoints"
+    assert all((ck / str(s) / "integrity.json").is_file() for s in (2, 4, 6))  # sealed at commit
+    victim = _truncate_largest(ck / "6" / "state")  # a truncated array file
+    meta = ck / "4" / "state" / "_METADATA"  # a damaged metadata file, same length
+    meta.write_bytes(meta.read_bytes().replace(b'"', b"'", 3))
+    lines = []
+    from whisper_llada_jax.training.trainer import Trainer
+
+    t = Trainer(_cfg(work, tok), print_fn=lines.append)
+    summary = t.run()
+    t.close()
+    out = "\n".join(lines)
+    assert f"checkpoint step 6 is damaged ({victim.relative_to(ck / '6').as_posix()} has" in out
+    assert "checkpoint step 4 is damaged (state/_METADATA does not match its checksum)" in out
+    assert summary.start_step == 2 and f"resumed from {ck}/2" in out
+    assert (ck / "6.corrupt").is_dir() and (ck / "4.corrupt").is_dir()  # kept, not deleted
+    for a, b in zip(_params(t.state), want):
+        np.testing.assert_array_equal(a, b)
+
+
+KILLS, KILL_STEPS, KILL_SAVE = 20, 24, 2
+KILL_CFG = (f"steps={KILL_STEPS}", f"checkpoint.save_interval_steps={KILL_SAVE}", "checkpoint.max_to_keep=2",
+            "log_interval=1")
+
+
+def _wait_for(log: Path, proc, pattern: str, count: int = 1, timeout: float = 300.0) -> bool:
+    """True once ``pattern`` has matched ``count`` lines of ``log``; False if the process ended first."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if len(re.findall(pattern, log.read_text(errors="replace"), re.M)) >= count:
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.02)
+    raise AssertionError(f"{log}: no {pattern!r} after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def _committed(ckdir: Path) -> list[int]:
+    return sorted(int(p.name) for p in ckdir.glob("*") if p.name.isdigit())
+
+
+def _wait_for_commit(ckdir: Path, proc, above: int, timeout: float = 300.0) -> None:
+    """Until a step above ``above`` is committed (or the process has ended)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout and proc.poll() is None:
+        if any(s > above for s in _committed(ckdir)):
+            return
+        time.sleep(0.02)
+
+
+def test_twenty_sigkills_at_random_moments_each_restart_resumes_exactly(setup):
+    """SIGKILL at random moments (imports, building, restoring, compiling, mid-step, mid-save),
+    20 times, each followed by a restart: every restart resumes from the newest committed
+    step, loses at most 2 x save_interval_steps steps, and the end equals an uninterrupted run."""
+    from whisper_llada_jax.training.checkpointing import Checkpointer
+    from whisper_llada_jax.training.config import CheckpointConfig
+    from whisper_llada_jax.training.trainer import Trainer
+
+    root, tok, _, _ = setup
+    ref = Trainer(_cfg(root / "kill_ref", tok, *KILL_CFG), print_fn=lambda s: None)
+    ref.run()
+    ref.close()
+    want = _params(ref.state)
+
+    work, rng = root / "kill", random.Random(14)
+    cmd = [sys.executable, __file__, "plain", str(work), str(tok), *KILL_CFG]
+    last_logged, startup, resumes = 0, None, 0
+    for i in range(KILLS + 1):
+        steps = _committed(work / "checkpoints")
+        log = root / f"kill-{i}.log"
+        t0 = time.monotonic()
+        with open(log, "w") as f:
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        if i < KILLS:
+            moment = rng.random()
+            if startup is not None and moment < 0.3:  # any moment of the start-up
+                time.sleep(rng.uniform(0.0, startup))
+            elif _wait_for(log, proc, r"^(resumed from|step \d+ loss)"):
+                startup = time.monotonic() - t0
+                if moment < 0.6:  # 0-3 steps in, 0-0.3 s into the next (mid-step, mid-save)
+                    _wait_for(log, proc, r"^step \d+ loss", rng.randint(0, 3))
+                else:  # up to 0.5 s after a new step has committed (sealing, the next steps)
+                    _wait_for_commit(work / "checkpoints", proc, steps[-1] if steps else 0)
+                time.sleep(rng.uniform(0.0, 0.5 if moment >= 0.6 else 0.3))
+            proc.send_signal(signal.SIGKILL)
+        rc = proc.wait(timeout=300)
+        text = log.read_text(errors="replace")
+        assert "Traceback" not in text and rc in (0, -signal.SIGKILL), text[-3000:]
+        resumed = re.search(r"^resumed from .*/(\d+)$", text, re.M)
+        if steps and (resumed or re.search(r"^step \d+ loss", text, re.M)):  # got past restoring
+            assert resumed and int(resumed.group(1)) == steps[-1], (steps, text[-3000:])
+            assert int(resumed.group(1)) >= last_logged - 2 * KILL_SAVE, (last_logged, text[-3000:])
+            resumes += 1
+        last_logged = max([int(s) for s in re.findall(r"^step (\d+) loss", text, re.M)] or [last_logged])
+    assert rc == 0 and "trained steps" in text and f"..{KILL_STEPS} in" in text, text[-3000:]
+    assert resumes >= KILLS // 4  # the kills did land after checkpoints existed
+    ck = Checkpointer(work / "checkpoints", CheckpointConfig(), with_data=False)
+    state = ck.restore(KILL_STEPS, ref.setup.abstract)
+    ck.close()
+    for a, b in zip(_params(state), want):
+        np.testing.assert_array_equal(a, b)
+
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
     import conftest  # noqa: F401  (same device setup as the tests)
 
-    _worker(*sys.argv[1:4])
+    _worker(*sys.argv[1:])

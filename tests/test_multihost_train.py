@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 STEPS = 4
 
@@ -72,6 +73,7 @@ def _launch(mode, workdir, tokenizer):
     return [p.returncode for p in procs], outs
 
 
+@pytest.mark.slow
 def test_two_processes_resume_after_kill_equal_uninterrupted(tmp_path):
     from whisper_llada_jax.data.sources import parse_source
     from whisper_llada_jax.text.llada_tokenizer import build_tokenizer_json

@@ -11,10 +11,10 @@ The whole LLM trains too (``optim.trainable``): a 2-layer random LLM with frozen
 embeddings and only LoRA has little room to memorise.
 """
 
-import time
 
 import jax
 import numpy as np
+import pytest
 
 from whisper_llada_jax.checkpoints.model_dir import load_model_dir
 from whisper_llada_jax.data.config import DataConfig
@@ -32,8 +32,8 @@ STEPS = 200
 LOSS_BELOW = 0.3  # the text-only plateau is ~1.0; memorised runs end near 0.05-0.1
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_and_decodes_the_transcripts(tmp_path):
-    t0 = time.time()
     src = parse_source(SOURCE)
     texts = [src[i]["text"] for i in range(len(src))]
     assert len(set(texts)) == len(texts)
@@ -63,4 +63,3 @@ def test_tiny_model_overfits_and_decodes_the_transcripts(tmp_path):
     rows = run_decode(loaded, batch, dcfg, jax.random.PRNGKey(0))
     got = [r["hypothesis"] for r in rows]
     assert got == list(batch["text"]) == texts, (got, batch["text"])
-    assert time.time() - t0 < 180

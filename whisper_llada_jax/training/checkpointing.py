@@ -8,17 +8,31 @@ the Grain data iterator, so a restart continues exactly where the run stopped.
   written on one mesh restores onto another (8 devices -> 4, a different fsdp/tensor split).
 - Preemption: SIGTERM sets a flag that the train loop checks (single process); with several
   processes Orbax's preemption sync point makes every host save the same step.
+- Integrity: right after Orbax commits a step, process 0 records every file's size and CRC-32
+  in ``<step>/integrity.json`` (in Orbax's finalize thread, off the training loop). Restoring
+  checks the newest step against it and falls back to the newest intact one, saying which step
+  was skipped and why; a damaged step is renamed ``<step>.corrupt`` (kept, never deleted), so
+  the run can save that step number again.
+- Steps lost to a kill: Orbax starts a save only after the previous one has committed, so a
+  kill (SIGKILL, a lost VM) loses at most ``2 * save_interval_steps`` completed steps: those
+  since the last save started, plus one interval while that save is still being written (the
+  worst moment is just after a save step, before its save has begun). With
+  ``async_save=false`` at most ``save_interval_steps``. SIGTERM saves the current step.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import threading
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
@@ -26,6 +40,62 @@ from whisper_llada_jax.errors import CheckpointError
 from whisper_llada_jax.training.config import CheckpointConfig
 
 VAL_METRIC = "val_loss"
+INTEGRITY_FILE = "integrity.json"
+CORRUPT_SUFFIX = ".corrupt"
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _files(step_dir: Path) -> dict[str, Path]:
+    return {p.relative_to(step_dir).as_posix(): p for p in sorted(step_dir.rglob("*"))
+            if p.is_file() and p.name != INTEGRITY_FILE}
+
+
+def seal_step(step_dir: Path) -> None:
+    """Writes ``integrity.json`` ({relative path: [size, crc32]}) for a committed step."""
+    record = {name: [p.stat().st_size, _crc32(p)] for name, p in _files(step_dir).items()}
+    tmp = step_dir / f".{INTEGRITY_FILE}.tmp"
+    tmp.write_text(json.dumps({"files": record}, indent=0))
+    os.replace(tmp, step_dir / INTEGRITY_FILE)
+
+
+def verify_step(step_dir: Path) -> str | None:
+    """None if every file matches the step's integrity record, else what is wrong.
+
+    A step without a record (the run was killed between Orbax's commit and the record, a
+    window of milliseconds) returns None too: Orbax's commit is atomic, so it is complete."""
+    path = step_dir / INTEGRITY_FILE
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"its {INTEGRITY_FILE} is damaged"
+    for name, (size, crc) in sorted(record.items()):
+        p = step_dir / name
+        if not p.is_file():
+            return f"{name} is missing"
+        if p.stat().st_size != size:
+            return f"{name} has {p.stat().st_size} bytes, {size} were written"
+        if _crc32(p) != crc:
+            return f"{name} does not match its checksum"
+    return None
+
+
+class _SealingManager(ocp.CheckpointManager):
+    """Orbax's manager, sealing each step in the finalize thread right after its commit."""
+
+    seal: Callable[[int], None] = staticmethod(lambda step: None)
+
+    def _finalize(self, step, steps_to_remove):
+        super()._finalize(step, steps_to_remove)
+        self.seal(step)
 
 
 class Checkpointer:
@@ -50,8 +120,10 @@ class Checkpointer:
         handlers = {"state": ocp.StandardCheckpointHandler()}
         if with_data:
             handlers["data"] = grain.checkpoint.CheckpointHandler()
-        self.manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=_registry(handlers))
+        self.manager = _SealingManager(self.directory, options=options, handler_registry=_registry(handlers))
+        self.manager.seal = self._seal
         self._preempted = threading.Event()
+        self._previous_sigterm = None
 
     # ------------------------------------------------------------------ queries
     def latest_step(self) -> int | None:
@@ -94,12 +166,78 @@ class Checkpointer:
                                   hint="was it written by another model or optimiser config?") from None
         return out["state"]
 
+    def _seal(self, step: int) -> None:
+        step_dir = self.directory / str(step)
+        if jax.process_index() == 0 and step_dir.is_dir():  # not there if the save failed
+            seal_step(step_dir)
+
+    def restore_latest(self, abstract_state: Any, data_iter: Any = None,
+                       report: Callable[[str], None] = print) -> tuple[int, Any] | None:
+        """(step, state) from the newest intact step, or None if there is no checkpoint.
+
+        A step whose files do not match its integrity record (or, in a single-process run,
+        that Orbax cannot read although it has no record) is reported, renamed
+        ``<step>.corrupt`` and skipped. A step whose files are intact but do not fit
+        ``abstract_state`` (another model or optimiser config) raises CheckpointError."""
+        skipped = []
+        while (step := self._intact_latest(report, skipped)) is not None:
+            sealed = (self.directory / str(step) / INTEGRITY_FILE).exists()
+            try:
+                return step, self.restore(step, abstract_state, data_iter)
+            except Exception as e:  # noqa: BLE001  (tensorstore raises bare Exceptions)
+                if sealed or jax.process_count() > 1:  # intact files: the config does not match
+                    if isinstance(e, CheckpointError):
+                        raise
+                    raise CheckpointError(f"{self.directory}/{step}: cannot restore ({_first_line(e)})",
+                                          hint="was it written by another model or optimiser config?") from None
+                self._set_aside(step, f"Orbax cannot read it ({_first_line(e)})", report, skipped)
+        if skipped:
+            raise CheckpointError(f"{self.directory}: no intact checkpoint left (skipped steps {skipped})",
+                                  hint=f"the damaged steps are kept as <step>{CORRUPT_SUFFIX}; run again to "
+                                       "start from step 0, or restore a copy of the checkpoints")
+        return None
+
+    def _intact_latest(self, report, skipped: list) -> int | None:
+        """The newest step that passes ``verify_step`` (process 0 checks, the others follow)."""
+        while True:
+            step = self.latest_step()
+            reason = None
+            if step is not None and jax.process_index() == 0:
+                reason = verify_step(self.directory / str(step))
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+
+                bad = multihost_utils.broadcast_one_to_all(np.int32(reason is not None))
+                reason = reason or ("process 0 found it damaged" if int(bad) else None)
+            if step is None or reason is None:
+                return step
+            self._set_aside(step, reason, report, skipped)
+
+    def _set_aside(self, step: int, reason: str, report, skipped: list) -> None:
+        src = self.directory / str(step)
+        if jax.process_index() == 0:
+            dst = src.with_name(f"{step}{CORRUPT_SUFFIX}")
+            n = 1
+            while dst.exists():
+                dst, n = src.with_name(f"{step}{CORRUPT_SUFFIX}{n}"), n + 1
+            os.replace(src, dst)
+            report(f"checkpoint step {step} is damaged ({reason}): skipped, kept as {dst}")
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"checkpoint_set_aside_{step}")
+        self.manager.reload()
+        skipped.append(step)
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+        if self._previous_sigterm is not None:  # the process outlives the run (tests, notebooks)
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
 
     # ------------------------------------------------------------------ preemption
     def install_sigterm_handler(self) -> None:
@@ -110,12 +248,17 @@ class Checkpointer:
         def handler(signum, frame):
             self._preempted.set()
 
-        signal.signal(signal.SIGTERM, handler)
+        self._previous_sigterm = signal.signal(signal.SIGTERM, handler)
 
     def preempted(self, step: int) -> bool:
         if jax.process_count() > 1:
             return self.manager.reached_preemption(step)
         return self._preempted.is_set()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0][:300] if text else type(e).__name__)
 
 
 def _registry(handlers: dict) -> ocp.handlers.DefaultCheckpointHandlerRegistry:

@@ -63,6 +63,12 @@ class CheckpointConfig:
     save_on_preemption: bool = True  # SIGTERM: save the current step, then exit
     restore: bool = True  # resume from the latest checkpoint in `dir` if there is one
 
+    def __post_init__(self):
+        if self.save_interval_steps < 1:
+            raise ValueError(f"save_interval_steps must be >= 1, got {self.save_interval_steps}")
+        if self.max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be >= 1, got {self.max_to_keep}")
+
 
 @dataclasses.dataclass(frozen=True)
 class DistributedConfig:
@@ -101,6 +107,16 @@ class TrainConfig:
     seed: int = 0
     progress_bar: bool = True
     memory_report: bool = True  # compiled.memory_analysis() at start-up
+
+    def __post_init__(self):
+        # steps=0 would write an untrained MODEL_DIR; resuming a finished run is steps=<same>.
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.log_interval < 1 or self.eval_interval < 0 or self.eval_batches < 0:
+            raise ValueError(f"log_interval must be >= 1 and eval_interval, eval_batches >= 0, got "
+                             f"{self.log_interval}, {self.eval_interval}, {self.eval_batches}")
+        if not self.workdir:
+            raise ValueError("workdir must be a folder path, got an empty string")
 
 
 def load_train_config(source: Any = None, overrides=()) -> TrainConfig:

@@ -26,7 +26,9 @@ from whisper_llada_jax.training import mesh as mesh_lib
 from whisper_llada_jax.training import step as step_lib
 from whisper_llada_jax.training.checkpointing import Checkpointer
 from whisper_llada_jax.training.config import TrainConfig
+from whisper_llada_jax.training.imports import import_before_threads, summary_writer_class
 from whisper_llada_jax.training.state import StateSetup, setup_state
+from whisper_llada_jax.training.workdir_lock import WorkdirLock
 
 log = logging.getLogger("whisper_llada_jax.train")
 
@@ -108,8 +110,14 @@ def validate(cfg: TrainConfig, data_cfg, num_devices: int) -> None:
     if cfg.optim.grad_accum < 1 or (global_batch // batch_ways) % cfg.optim.grad_accum:
         raise ConfigError(f"optim.grad_accum={cfg.optim.grad_accum} does not divide the per-device "
                           f"batch {global_batch // batch_ways}")
-    if cfg.steps < 0 or cfg.log_interval < 1 or cfg.eval_interval < 0:
-        raise ConfigError("steps / log_interval / eval_interval must be >= 0 / >= 1 / >= 0")
+    check_output_paths(cfg)  # the counts (steps, intervals) are checked where the config is read
+
+
+def check_output_paths(cfg: TrainConfig) -> None:
+    """Folders the run writes into must be folders (or not exist yet), checked before compiling."""
+    for field, path in (("workdir", cfg.workdir), ("output_dir", cfg.output_dir), ("checkpoint.dir", cfg.checkpoint.dir)):
+        if path and "://" not in path and Path(path).exists() and not Path(path).is_dir():
+            raise ConfigError(f"{field}: {path} is a file, not a folder", hint=f"set {field} to a folder path")
 
 
 def load_data_config(cfg: TrainConfig):
@@ -172,6 +180,17 @@ class Trainer:
         self.data_cfg = load_data_config(cfg)
         self.mcfg = model_config(cfg)
         validate(cfg, self.data_cfg, jax.device_count())
+        import_before_threads(self.mcfg.whisper.n_mels)
+        # One trainer per workdir, taken before anything touches the checkpoints.
+        self.lock = WorkdirLock(cfg.workdir, jax.process_index(), print_fn=print_fn).acquire()
+        try:
+            self._build(train_iter, eval_batches, tokenizer)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _build(self, train_iter, eval_batches, tokenizer) -> None:
+        cfg = self.cfg
         self.mesh = mesh_lib.make_mesh(cfg.mesh)
         self.rules = mesh_lib.rules(cfg.mesh)
         self.workdir = Path(cfg.workdir)
@@ -251,10 +270,10 @@ class Trainer:
         cfg = self.cfg
         state = self.setup.state
         start = 0
-        if cfg.checkpoint.restore and self.ckpt.latest_step() is not None:
-            start = self.ckpt.latest_step()
-            state = self.ckpt.restore(start, self.setup.abstract,
-                                      self.train_iter if self.ckpt.with_data else None)
+        resumed = self.ckpt.restore_latest(self.setup.abstract, self.train_iter if self.ckpt.with_data else None,
+                                           report=self.print) if cfg.checkpoint.restore else None
+        if resumed is not None:
+            start, state = resumed
             if self.is_main:
                 self.print(f"resumed from {self.ckpt.directory}/{start}")
         if cfg.checkpoint.save_on_preemption:
@@ -334,9 +353,7 @@ class Trainer:
     def _writer(self):
         if not self.is_main:
             return None
-        from tensorboardX import SummaryWriter
-
-        return SummaryWriter(str(self.workdir / "tensorboard"))
+        return summary_writer_class()(str(self.workdir / "tensorboard"))
 
     def _bar(self, start: int):
         if not (self.cfg.progress_bar and self.is_main):
@@ -363,7 +380,10 @@ class Trainer:
         return out
 
     def close(self) -> None:
-        self.ckpt.close()
+        try:
+            self.ckpt.close()
+        finally:
+            self.lock.release()
 
 
 def memory_report(compiled) -> str:
