@@ -24,6 +24,32 @@ DType = Literal["float32", "bfloat16", "float16"]
 Remat = Literal["none", "full", "dots", "dots_with_no_batch_dims"]
 
 
+# --------------------------------------------------------------------------- validation
+# Impossible sizes fail where the config is built (YAML, overrides, a checkpoint's config.json),
+# naming the field, instead of as a reshape error or a huge allocation deep inside a trace.
+def _positive(cfg: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError(f"{name}: must be > 0, got {value!r}")
+
+
+def _divides(cfg: Any, heads: str, width: str) -> None:
+    if getattr(cfg, width) % getattr(cfg, heads):
+        raise ConfigError(f"{heads}: {getattr(cfg, heads)} does not divide {width} {getattr(cfg, width)}",
+                          hint=f"choose {heads} so that {width} / {heads} is a whole head size")
+
+
+def _probability(cfg: Any, name: str) -> None:
+    value = getattr(cfg, name)
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name}: must be in [0, 1), got {value!r}")
+
+
+# LLaDA projections LoRA can target (HF names; models/llada.py).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
+
+
 # --------------------------------------------------------------------------- model parts
 @dataclasses.dataclass(frozen=True)
 class WhisperConfig:
@@ -53,6 +79,17 @@ class WhisperConfig:
         """Encoder output frames (conv2 has stride 2)."""
         return (self.input_frames + 1) // 2
 
+    def __post_init__(self):
+        _positive(self, "n_mels", "d_model", "encoder_layers", "encoder_heads", "encoder_ffn", "decoder_layers",
+                  "decoder_heads", "decoder_ffn", "vocab_size", "max_source_positions", "max_target_positions",
+                  "input_frames")
+        _divides(self, "encoder_heads", "d_model")
+        _divides(self, "decoder_heads", "d_model")
+        if self.encoder_frames > self.max_source_positions:
+            raise ConfigError(f"input_frames: {self.input_frames} frames give {self.encoder_frames} encoder "
+                              f"positions, more than max_source_positions {self.max_source_positions}",
+                              hint=f"use input_frames <= {2 * self.max_source_positions}")
+
 
 @dataclasses.dataclass(frozen=True)
 class ProjectorConfig:
@@ -74,6 +111,15 @@ class ProjectorConfig:
     # mlp ablation: stack `window` frames, then Linear-GELU-Linear; `num_queries` vectors out.
     dtype: DType = "float32"
     param_dtype: DType = "float32"
+
+    def __post_init__(self):
+        _positive(self, "window", "stride", "num_queries", "hidden", "heads", "intermediate", "ln_eps")
+        if self.kind == "qformer":
+            _positive(self, "layers")
+            _divides(self, "heads", "hidden")
+        if self.init_std < 0:
+            raise ConfigError(f"init_std: must be >= 0, got {self.init_std!r}")
+        _probability(self, "dropout")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +144,15 @@ class LLMConfig:
     scan_layers: bool = False
     remat: Remat = "none"
 
+    def __post_init__(self):
+        _positive(self, "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_hidden",
+                  "rope_theta", "norm_eps", "max_len")
+        _divides(self, "n_kv_heads", "n_heads")
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim: {self.head_dim} must be even (RoPE rotates pairs of dimensions)")
+        if self.init_std < 0:
+            raise ConfigError(f"init_std: must be >= 0, got {self.init_std!r}")
+
 
 @dataclasses.dataclass(frozen=True)
 class LoRAConfig:
@@ -108,6 +163,15 @@ class LoRAConfig:
     alpha: float = 32.0
     dropout: float = 0.1
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
+
+    def __post_init__(self):
+        _probability(self, "dropout")
+        if not self.enabled:
+            return
+        _positive(self, "rank", "alpha")
+        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        if unknown or not self.targets:
+            raise ConfigError(f"targets: {list(self.targets)} must be a non-empty list of {list(LORA_TARGETS)}")
 
     @property
     def scale(self) -> float:
@@ -130,6 +194,13 @@ class TokenConfig:
     # the tokenizer when a MODEL_DIR is built, so the model itself never needs a tokenizer.
     prompt_ids: tuple[int, ...] = ()
 
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            ids = value if f.name == "prompt_ids" else (value,) if isinstance(value, int) else ()
+            if any(i < 0 for i in ids):
+                raise ConfigError(f"{f.name}: token ids must be >= 0, got {value!r}")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -141,6 +212,12 @@ class ModelConfig:
     llm: LLMConfig = LLMConfig()
     lora: LoRAConfig = LoRAConfig()
     tokens: TokenConfig = TokenConfig()
+
+    def __post_init__(self):
+        if self.whisper.encoder_frames < self.projector.window:
+            raise ConfigError(f"projector.window: {self.projector.window} frames exceed the "
+                              f"{self.whisper.encoder_frames} encoder frames (whisper.input_frames "
+                              f"{self.whisper.input_frames})", hint="raise whisper.input_frames or lower the window")
 
     @property
     def num_windows(self) -> int:
@@ -233,6 +310,8 @@ def _build(cls: type, data: dict, where: str) -> Any:
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
+    except ConfigError as e:  # __post_init__ names the field; add where it came from
+        raise ConfigError(f"{where}.{e.message}" if where else e.message, hint=e.hint) from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from None
 

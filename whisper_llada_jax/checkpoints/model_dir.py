@@ -176,6 +176,10 @@ def read_model_config(path: str | Path, overrides: Sequence[str] = ()) -> ModelC
     if not (path / CONFIG_FILE).is_file():
         raise CheckpointError(f"{path}: not a MODEL_DIR (no {CONFIG_FILE})",
                               hint="create one with `whisper-llada import`, or give the directory it wrote")
+    if not config_lib.read_yaml(path / CONFIG_FILE):
+        # Never the paper's sizes by default: they would not match the weights beside it.
+        raise CheckpointError(f"{path / CONFIG_FILE}: the config is empty",
+                              hint="restore it from the run that wrote this MODEL_DIR, or re-create the MODEL_DIR")
     return config_lib.load_model_config(path / CONFIG_FILE, overrides)
 
 

@@ -37,7 +37,9 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="config override, e.g. --set llm.dtype=float32 (repeatable)")
     p.add_argument("--first-pass", metavar="DIR", help="Whisper recogniser to record for deliberation cascades")
     p.add_argument("--seed", type=int, default=0, help="seed of a fresh projector / LoRA (without a .pth)")
-    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="output directory (written atomically)")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="output directory (written atomically; new or empty)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing MODEL_DIR at --out (a folder holding other files is still refused)")
 
 
 _ENCODER_SIZES = ("n_mels", "d_model", "encoder_layers", "encoder_heads", "encoder_ffn")
@@ -96,6 +98,7 @@ def fresh_projector_and_lora(config, seed: int):
 
 def run(args: argparse.Namespace) -> int:
     from whisper_llada_jax.checkpoints.llada_hf import import_llada_hf
+    from whisper_llada_jax.checkpoints import model_dir
     from whisper_llada_jax.checkpoints.model_dir import save_model_dir
     from whisper_llada_jax.checkpoints.reference_pth import import_reference_pth
     from whisper_llada_jax.config import load_model_config
@@ -106,6 +109,13 @@ def run(args: argparse.Namespace) -> int:
 
     import flax.linen as nn
 
+    from whisper_llada_jax.outputs import check_output
+
+    writes = (model_dir.CONFIG_FILE, model_dir.TOKENIZER_FILE, model_dir.PARAMS_FILE, model_dir.LORA_FILE,
+              model_dir.FIRST_PASS_FILE, model_dir.DECODE_FILE)
+    config_path = args.config if Path(args.config).exists() else None
+    check_output(args.out, [args.whisper, args.llada, args.projector_checkpoint, args.first_pass, config_path],
+                 overwrite=args.overwrite, replaces=writes)
     cfg = load_model_config(args.config, args.set)
     llada_dir = Path(args.llada)
     if not (llada_dir / "tokenizer.json").is_file():

@@ -113,6 +113,27 @@ def validate(cfg: DecodeConfig) -> DecodeConfig:
     return cfg
 
 
+def canvas_width(cfg: DecodeConfig) -> int:
+    """Response positions the decoder allocates (the edit-length canvas grows by its slots)."""
+    if cfg.decoder == "autoregressive":
+        return cfg.max_new_tokens
+    if cfg.edit_length:
+        return cfg.gen_len + int(cfg.gen_len * cfg.mask_ratio) * cfg.edit_insert_slots + cfg.edit_tail_slots
+    return cfg.gen_len
+
+
+def check_fits_model(cfg: DecodeConfig, model_cfg) -> DecodeConfig:
+    """Rejects a canvas that with the prompt and the audio exceeds the LLM's ``max_len``
+    (a huge ``gen_len`` would otherwise try to allocate its attention matrix)."""
+    prefix = len(model_cfg.tokens.prompt_ids) + model_cfg.audio_tokens
+    width = canvas_width(cfg)
+    if prefix + width > model_cfg.llm.max_len:
+        field = "max_new_tokens" if cfg.decoder == "autoregressive" else "gen_len"
+        _fail(field, f"a {width}-token canvas after the {prefix}-token prompt and audio exceeds the model's "
+              f"llm.max_len {model_cfg.llm.max_len}", f"use {field} <= {max(model_cfg.llm.max_len - prefix, 0)}")
+    return cfg
+
+
 def load_decode_config(source=None, overrides=()) -> DecodeConfig:
     """From a YAML path / name under configs/decode/, a dict, or defaults, plus overrides; validated."""
     return validate(config_lib.load(DecodeConfig, source, overrides, kind="decode"))
