@@ -61,8 +61,13 @@ def test_data_and_decode_settings_are_checked_against_each_other_and_the_model(m
     audio.write_bytes(b"")
     _fails(capsys, ["transcribe", "--model", str(model_dir), str(audio), "--gen-len", "1000000", "--steps", "64"],
            "gen_len", "llm.max_len")
-    _fails(capsys, ["deliberate", "--model", str(model_dir), "--manifest", str(audio), "--first-pass", str(audio),
+    manifest, first = tmp_path / "m.jsonl", tmp_path / "fp.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "audio": "a.wav", "text": "x"}) + "\n")
+    first.write_text(json.dumps({"id": "a", "hypothesis": "x"}) + "\n")
+    _fails(capsys, ["deliberate", "--model", str(model_dir), "--manifest", str(manifest), "--first-pass", str(first),
                     "--gen-len", "1000000"], "gen_len", "llm.max_len")
+    _fails(capsys, ["deliberate", "--model", str(model_dir), "--manifest", str(audio), "--first-pass", str(audio),
+                    "--gen-len", "0"], "gen_len: 0 must be positive")  # not silently the default
     _fails(capsys, ["evaluate", "--model", str(model_dir), "--data", "synthetic:n=2",
                     "--decode", "gen_len=1000000,steps=64,block_length=1000000", "--out", str(tmp_path / "e")],
            "gen_len", "llm.max_len")

@@ -364,10 +364,14 @@ def merge(base: dict, extra: dict) -> dict:
 
 def resolve_config_path(source: str | Path, kind: str = "model") -> Path:
     """A path to a YAML file, or a bare name looked up as ``configs/<kind>/<name>.yaml``."""
+    if not str(source).strip():
+        raise ConfigError(f"empty {kind} config name", hint="give a name under configs/{kind}/ or a YAML path")
     p = Path(source)
     if p.suffix in (".yaml", ".yml", ".json") or p.exists():
         if not p.exists():
             raise ConfigError(f"config file {p} does not exist")
+        if not p.is_file():
+            raise ConfigError(f"{p}: is a folder, not a config file", hint="give a YAML file")
         return p
     named = CONFIG_DIR / kind / f"{source}.yaml"
     if not named.exists():
@@ -378,9 +382,11 @@ def resolve_config_path(source: str | Path, kind: str = "model") -> Path:
 
 def read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the config ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of fields")
     return data

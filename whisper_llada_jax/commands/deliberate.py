@@ -83,22 +83,23 @@ def read_first_pass(path: str | Path) -> dict[str, str]:
 
 def decode_config(args: argparse.Namespace):
     """The flags over the MODEL_DIR's decode defaults (its canvas), validated."""
-    from whisper_llada_jax.checkpoints.model_dir import read_decode_defaults, read_model_config
-    from whisper_llada_jax.decoding.config import check_fits_model, validate
+    from whisper_llada_jax.checkpoints.model_dir import read_decode_defaults
+    from whisper_llada_jax.decoding.config import validate
 
     base = read_decode_defaults(args.model)
-    gen_len = args.gen_len or base.gen_len
-    return check_fits_model(validate(dataclasses.replace(
+    gen_len = base.gen_len if args.gen_len is None else args.gen_len  # --gen-len 0 is an error, not the default
+    return validate(dataclasses.replace(
         base, strategy=args.strategy, masking=args.masking, mask_ratio=args.mask_ratio, num_chunks=args.num_chunks,
-        steps=args.steps or min(base.steps, gen_len), gen_len=gen_len, block_length=gen_len,
+        steps=min(base.steps, gen_len) if args.steps is None else args.steps, gen_len=gen_len, block_length=gen_len,
         remasking=args.remasking, threshold=args.threshold, cache=args.cache, text_only=args.text_only,
-        edit_length=args.edit_length, audio_span=args.audio_span, batch_size=args.batch_size)),
-        read_model_config(args.model))
+        edit_length=args.edit_length, audio_span=args.audio_span, batch_size=args.batch_size))
 
 
 def run(args: argparse.Namespace) -> int:
+    from whisper_llada_jax.checkpoints.model_dir import read_model_config
     from whisper_llada_jax.data.manifest import read_manifest
     from whisper_llada_jax.decoding.api import transcribe_files
+    from whisper_llada_jax.decoding.config import check_fits_model
     from whisper_llada_jax.evaluation.evaluate import check_unique_ids
 
     if args.output != "-":
@@ -113,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{args.first_pass}: no first pass for {len(missing)} utterance(s), e.g. {missing[0]!r}",
                         hint="the ids must match the manifest's")
     items = [dict(it, first_pass=first[it["id"]]) for it in items]
+    check_fits_model(cfg, read_model_config(args.model))  # before the model is loaded
     # A temporary file renamed into place at the end: a bad clip half-way or a kill leaves the
     # old output as it was, never a partial file that looks complete.
     with contextlib.nullcontext(sys.stdout) if args.output == "-" else atomic_file(args.output) as out:

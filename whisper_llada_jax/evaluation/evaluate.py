@@ -63,6 +63,8 @@ def parse_decode_spec(spec: str, base: DecodeConfig | None = None) -> tuple[str,
     ``decoder=semi_ar,steps=64,block_length=32`` (of ``base``, e.g. a MODEL_DIR's defaults;
     DecodeConfig's when None), or ``NAME:overrides``."""
     spec = spec.strip()
+    if not spec:
+        raise ConfigError("empty --decode config", hint="a YAML path, a name under configs/decode/, or k=v,k=v")
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path.stem, load_decode_config(path)
