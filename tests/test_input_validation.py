@@ -17,7 +17,7 @@ from whisper_llada_jax.checkpoints.tensors import DictSource, Rule, import_param
 from whisper_llada_jax.checkpoints.whisper_hf import WhisperGenerationConfig, whisper_config_from_hf, whisper_config_to_hf
 from whisper_llada_jax.config import LLMConfig, LoRAConfig, WhisperConfig, load_model_config
 from whisper_llada_jax.data.config import DataConfig, load_data_config
-from whisper_llada_jax.decoding.config import DecodeConfig, check_fits_model
+from whisper_llada_jax.decoding.config import DecodeConfig, check_fits_model, validate
 from whisper_llada_jax.errors import CheckpointError, ConfigError, DecodeConfigError, UserError
 from tests.test_output_safety import _fails, model_dir  # noqa: F401  (the tiny MODEL_DIR fixture)
 
@@ -35,6 +35,8 @@ from tests.test_output_safety import _fails, model_dir  # noqa: F401  (the tiny 
     ("lora.rank=0", "rank"),
     ("lora.targets=[q_prj]", "targets"),            # a typo would silently train no adapter
     ("tokens.mask=-1", "mask"),
+    ("llm.norm_eps=.inf", "norm_eps"),
+    ("projector.init_std=.nan", "init_std"),
 ])
 def test_impossible_model_sizes_name_the_field(override, field):
     with pytest.raises(ConfigError, match=rf"tiny\.yaml\.[a-z]+\.{field}: "):
@@ -50,6 +52,9 @@ def test_data_and_decode_settings_are_checked_against_each_other_and_the_model(m
         DataConfig(num_workers=-2)
     _fails(capsys, ["evaluate", "--model", str(model_dir), "--data", "synthetic:n=2", "--workers", "-1",
                     "--out", str(tmp_path / "e")], "--workers")
+    for temperature in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(DecodeConfigError, match="temperature"):
+            validate(DecodeConfig(temperature=temperature))
     cfg = load_model_dir(model_dir).config  # llm.max_len 1024; prompt + 92 audio tokens before the canvas
     check_fits_model(DecodeConfig(gen_len=512, steps=512), cfg)
     with pytest.raises(DecodeConfigError, match="gen_len.*llm.max_len 1024"):

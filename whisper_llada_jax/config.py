@@ -9,6 +9,7 @@ Model configs live here; the trainer, decoder and data configs reuse the same lo
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -30,8 +31,8 @@ Remat = Literal["none", "full", "dots", "dots_with_no_batch_dims"]
 def _positive(cfg: Any, *names: str) -> None:
     for name in names:
         value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ConfigError(f"{name}: must be > 0, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ConfigError(f"{name}: must be > 0 and finite, got {value!r}")
 
 
 def _divides(cfg: Any, heads: str, width: str) -> None:
@@ -117,8 +118,8 @@ class ProjectorConfig:
         if self.kind == "qformer":
             _positive(self, "layers")
             _divides(self, "heads", "hidden")
-        if self.init_std < 0:
-            raise ConfigError(f"init_std: must be >= 0, got {self.init_std!r}")
+        if not 0 <= self.init_std < math.inf:
+            raise ConfigError(f"init_std: must be >= 0 and finite, got {self.init_std!r}")
         _probability(self, "dropout")
 
 
@@ -150,8 +151,8 @@ class LLMConfig:
         _divides(self, "n_kv_heads", "n_heads")
         if self.head_dim % 2:
             raise ConfigError(f"head_dim: {self.head_dim} must be even (RoPE rotates pairs of dimensions)")
-        if self.init_std < 0:
-            raise ConfigError(f"init_std: must be >= 0, got {self.init_std!r}")
+        if not 0 <= self.init_std < math.inf:
+            raise ConfigError(f"init_std: must be >= 0 and finite, got {self.init_std!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,10 +18,11 @@ import numpy as np
 
 from whisper_llada_jax.checkpoints import peft
 from whisper_llada_jax.checkpoints.tensors import (IDENTITY, TRANSPOSE, JsonFields, Rule, SafetensorsSource,
-                                                   atomic_dir, export_params, import_params, read_json_object,
+                                                   export_params, import_params, read_json_object,
                                                    save_safetensors)
 from whisper_llada_jax.config import LLMConfig, LoRAConfig, TokenConfig
 from whisper_llada_jax.errors import CheckpointError, ConfigError
+from whisper_llada_jax.outputs import atomic_dir
 
 PREFIX = "model.transformer."
 INDEX_NAME = "model.safetensors.index.json"

@@ -30,10 +30,11 @@ import yaml
 
 from whisper_llada_jax import config as config_lib
 from whisper_llada_jax.checkpoints import tensors
-from whisper_llada_jax.checkpoints.tensors import Rule, SafetensorsSource, atomic_dir, flatten, import_params
+from whisper_llada_jax.checkpoints.tensors import Rule, SafetensorsSource, flatten, import_params
 from whisper_llada_jax.config import ModelConfig
 from whisper_llada_jax.decoding.config import DecodeConfig, load_decode_config, validate
 from whisper_llada_jax.errors import CheckpointError, ConfigError, UserError
+from whisper_llada_jax.outputs import atomic_dir
 
 CONFIG_FILE = "config.yaml"
 TOKENIZER_FILE = "tokenizer.json"

@@ -18,11 +18,12 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from whisper_llada_jax.checkpoints.tensors import (TRANSPOSE, JsonFields, Rule, SafetensorsSource, atomic_dir,
+from whisper_llada_jax.checkpoints.tensors import (TRANSPOSE, JsonFields, Rule, SafetensorsSource,
                                                    export_params, import_params, read_json_object,
                                                    save_safetensors)
 from whisper_llada_jax.config import LLMConfig, LoRAConfig
 from whisper_llada_jax.errors import CheckpointError, ConfigError
+from whisper_llada_jax.outputs import atomic_dir
 
 # Every block projection LoRA may target (LLaDA names).
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")

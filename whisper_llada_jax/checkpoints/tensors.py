@@ -25,7 +25,7 @@ import ml_dtypes
 import numpy as np
 
 from whisper_llada_jax.errors import CheckpointError
-from whisper_llada_jax.outputs import atomic_dir, atomic_file  # noqa: F401  (atomic_dir: re-exported)
+from whisper_llada_jax.outputs import atomic_dir, atomic_file  # noqa: F401  (atomic_dir: kept importable from here)
 
 # ----------------------------------------------------------------------------- tensor sources
 _ST_DTYPES = {

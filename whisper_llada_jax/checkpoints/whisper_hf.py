@@ -25,7 +25,6 @@ from whisper_llada_jax.checkpoints.tensors import (
     Rule,
     SafetensorsSource,
     TensorSource,
-    atomic_dir,
     conv1d_transform,
     export_params,
     import_params,
@@ -35,6 +34,7 @@ from whisper_llada_jax.checkpoints.tensors import (
 from whisper_llada_jax.config import WhisperConfig
 from whisper_llada_jax.errors import CheckpointError, ConfigError
 from whisper_llada_jax.models.whisper import abstract_params
+from whisper_llada_jax.outputs import atomic_dir
 
 # ----------------------------------------------------------------------------- the table
 _CONV = conv1d_transform()

@@ -7,6 +7,7 @@ line. ``evaluate`` grids and the CLI build these; YAML files under ``configs/dec
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 from whisper_llada_jax import config as config_lib
@@ -75,8 +76,8 @@ def validate(cfg: DecodeConfig) -> DecodeConfig:
         if cfg.steps > cfg.gen_len:
             _fail("steps", f"{cfg.steps} exceeds gen_len {cfg.gen_len}",
                   "each step reveals at least one token; use steps <= gen_len")
-    if cfg.temperature < 0:
-        _fail("temperature", f"{cfg.temperature} is negative", "0 is greedy")
+    if not 0 <= cfg.temperature < math.inf:
+        _fail("temperature", f"{cfg.temperature} must be >= 0 and finite", "0 is greedy")
     if not 0.0 <= cfg.mask_ratio <= 1.0:
         _fail("mask_ratio", f"{cfg.mask_ratio} is outside [0, 1]", "the paper uses 0.3")
     if cfg.num_chunks < 1:
