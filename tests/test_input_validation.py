@@ -141,3 +141,19 @@ def test_output_paths_of_the_wrong_kind(model_dir, tmp_path, capsys):  # noqa: F
     _fails(capsys, ["transcribe", "--model", str(model_dir), str(a_file), "--output", str(tmp_path / "folder")],
            "is a folder")
     assert isinstance(ConfigError("x"), UserError)
+
+
+def test_hostile_flags_and_binary_files_given_as_text(model_dir, tmp_path, capsys):  # noqa: F811
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(b"RIFF\x80\xff\xfe" * 20)  # not UTF-8
+    _fails(capsys, ["deliberate", "--model", str(model_dir), "--manifest", str(audio), "--first-pass", str(audio)],
+           "a.wav: cannot read the manifest")
+    _fails(capsys, ["evaluate", "--model", str(model_dir), "--data", "synthetic:n=2", "--first-pass", str(audio),
+                    "--out", str(tmp_path / "e")], "a.wav: cannot read the first-pass file")
+    _fails(capsys, ["evaluate", "--model", str(model_dir), "--data", "synthetic:n=2", "--decode", " ",
+                    "--out", str(tmp_path / "e")], "empty --decode config")
+    with pytest.raises(SystemExit) as e:  # argparse usage error, not an OverflowError from jax.random.key
+        cli.main(["evaluate", "--model", str(model_dir), "--data", "synthetic:n=2", "--out", str(tmp_path / "e"),
+                  "--seed", str(2 ** 70)])
+    assert e.value.code == 2 and "does not fit a 64-bit seed" in capsys.readouterr().err
+

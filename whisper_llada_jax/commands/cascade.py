@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from whisper_llada_jax.commands import seed_arg
+
 NAME = "cascade"
 HELP = "first pass with Whisper or an autoregressive MODEL_DIR, then Whisper-LLaDA deliberation"
 EXAMPLES = """examples:
@@ -36,7 +38,7 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="write into a non-empty --out, replacing only the files cascade writes")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N utterances")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="first-pass batch size")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--strict", action="store_true", help="fail on unreadable / too long / empty utterances")
 
 

@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+from whisper_llada_jax.commands import seed_arg
 from whisper_llada_jax.errors import DataError
 from whisper_llada_jax.outputs import atomic_file, check_output
 
@@ -52,7 +53,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edit-length", action="store_true", help="fast mode: let the length change (insert / delete)")
     p.add_argument("--audio-span", choices=["full", "trimmed"], default="full")
     p.add_argument("--batch-size", type=int, default=16, metavar="N")
-    p.add_argument("--seed", type=int, default=0, help="random masking / remasking seed")
+    p.add_argument("--seed", type=seed_arg, default=0, help="random masking / remasking seed")
     p.add_argument("--output", "-o", default="-", metavar="FILE.jsonl",
                    help="output JSON lines (default: stdout); written atomically, missing folders created")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
@@ -63,8 +64,12 @@ def read_first_pass(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: first-pass file does not exist", hint="give the JSONL `transcribe` wrote")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the first-pass file ({e})", hint="give the JSONL `transcribe` wrote") from None
     out = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:

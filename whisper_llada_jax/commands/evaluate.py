@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from whisper_llada_jax.commands import seed_arg
+
 NAME = "evaluate"
 HELP = "decode a dataset with one or more decode configs and report WER, RTF and forward passes"
 EXAMPLES = """examples:
@@ -38,7 +40,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty --out, replacing only the files evaluate writes")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N utterances")
-    p.add_argument("--seed", type=int, default=0, help="RNG seed for random remasking / masking")
+    p.add_argument("--seed", type=seed_arg, default=0, help="RNG seed for random remasking / masking")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="feature-extraction worker processes")
     p.add_argument("--strict", action="store_true", help="fail on unreadable / too long / empty utterances")
 

@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from whisper_llada_jax.commands import seed_arg
+
 NAME = "import"
 HELP = "build a MODEL_DIR from a Whisper dir, a LLaDA dir and (optionally) the published .pth"
 EXAMPLES = """examples:
@@ -36,7 +38,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set llm.dtype=float32 (repeatable)")
     p.add_argument("--first-pass", metavar="DIR", help="Whisper recogniser to record for deliberation cascades")
-    p.add_argument("--seed", type=int, default=0, help="seed of a fresh projector / LoRA (without a .pth)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of a fresh projector / LoRA (without a .pth)")
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="output directory (written atomically; new or empty)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing MODEL_DIR at --out (a folder holding other files is still refused)")

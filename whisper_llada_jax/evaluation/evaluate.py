@@ -115,8 +115,13 @@ def load_first_pass(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: first-pass file does not exist", hint="JSON lines with id and first_pass/hypothesis")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the first-pass file ({e})",
+                        hint="JSON lines with id and first_pass/hypothesis") from None
     out = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
