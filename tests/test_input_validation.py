@@ -35,6 +35,7 @@ from tests.test_output_safety import _fails, model_dir  # noqa: F401  (the tiny 
     ("lora.rank=0", "rank"),
     ("lora.targets=[q_prj]", "targets"),            # a typo would silently train no adapter
     ("tokens.mask=-1", "mask"),
+    ("tokens.mask=500", "mask"),                    # past the 128-entry embedding table
     ("llm.norm_eps=.inf", "norm_eps"),
     ("projector.init_std=.nan", "init_std"),
 ])

@@ -219,6 +219,13 @@ class ModelConfig:
             raise ConfigError(f"projector.window: {self.projector.window} frames exceed the "
                               f"{self.whisper.encoder_frames} encoder frames (whisper.input_frames "
                               f"{self.whisper.input_frames})", hint="raise whisper.input_frames or lower the window")
+        # An id past the embedding table is not an error on device (gathers clamp): catch it here.
+        for f in dataclasses.fields(self.tokens):
+            value = getattr(self.tokens, f.name)
+            ids = value if f.name == "prompt_ids" else (value,) if isinstance(value, int) else ()
+            if any(i >= self.llm.vocab_size for i in ids):
+                raise ConfigError(f"tokens.{f.name}: id {max(ids)} is outside llm.vocab_size {self.llm.vocab_size}",
+                                  hint="the token ids belong to another tokenizer / LLM")
 
     @property
     def num_windows(self) -> int:
