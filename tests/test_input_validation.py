@@ -72,7 +72,7 @@ def test_data_and_decode_settings_are_checked_against_each_other_and_the_model(m
     first.write_text(json.dumps({"id": "a", "hypothesis": "x"}) + "\n")
     _fails(capsys, ["deliberate", "--model", str(model_dir), "--manifest", str(manifest), "--first-pass", str(first),
                     "--gen-len", "1000000"], "gen_len", "llm.max_len")
-    _fails(capsys, ["deliberate", "--model", str(model_dir), "--manifest", str(audio), "--first-pass", str(audio),
+    _fails(capsys, ["deliberate", "--model", str(model_dir), "--manifest", str(manifest), "--first-pass", str(first),
                     "--gen-len", "0"], "gen_len: 0 must be positive")  # not silently the default
     _fails(capsys, ["evaluate", "--model", str(model_dir), "--data", "synthetic:n=2",
                     "--decode", "gen_len=1000000,steps=64,block_length=1000000", "--out", str(tmp_path / "e")],
@@ -158,3 +158,19 @@ def test_hostile_flags_and_binary_files_given_as_text(model_dir, tmp_path, capsy
                   "--seed", str(2 ** 70)])
     assert e.value.code == 2 and "does not fit a 64-bit seed" in capsys.readouterr().err
 
+
+
+def test_a_huge_batch_size_is_not_padded_past_the_inputs(model_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+    from whisper_llada_jax.decoding import api
+
+    seen = {}
+
+    def fake(model_dir, items, cfg, batch_size=None, **kw):
+        seen.update(batch_size=batch_size, cfg_batch=cfg.batch_size)
+        return iter([{"id": it["id"], "hypothesis": ""} for it in items])
+
+    monkeypatch.setattr(api, "transcribe_files", fake)
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(b"")
+    assert cli.main(["transcribe", "--model", str(model_dir), str(audio), "--batch-size", str(10 ** 9)]) == 0
+    assert seen == {"batch_size": 1, "cfg_batch": 1}  # not a (10**9, n_mels, frames) feature array

@@ -43,6 +43,8 @@ LORA_FILE = "lora.safetensors"
 FIRST_PASS_FILE = "first_pass.json"
 DECODE_FILE = "decode.yaml"
 FORMAT = "whisper-llada-model-dir/1"
+# Every entry a MODEL_DIR may hold: `import --overwrite` replaces a folder holding only these.
+FILES = (CONFIG_FILE, TOKENIZER_FILE, PARAMS_FILE, LORA_FILE, FIRST_PASS_FILE, DECODE_FILE)
 
 
 @dataclasses.dataclass

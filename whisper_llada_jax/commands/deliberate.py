@@ -110,8 +110,10 @@ def run(args: argparse.Namespace) -> int:
     if args.output != "-":
         check_output(args.output, [args.model, args.manifest, args.first_pass], overwrite=args.overwrite,
                      kind="file", flag="--output")
-    cfg = decode_config(args)
     items = read_manifest(args.manifest)
+    # Batches are padded to a fixed shape: never past the inputs (--batch-size 100000 for two clips).
+    args.batch_size = min(args.batch_size, len(items)) if args.batch_size >= 1 else args.batch_size
+    cfg = decode_config(args)
     check_unique_ids(items, args.manifest)
     first = read_first_pass(args.first_pass)
     missing = [it["id"] for it in items if it["id"] not in first]

@@ -100,8 +100,7 @@ def fresh_projector_and_lora(config, seed: int):
 
 def run(args: argparse.Namespace) -> int:
     from whisper_llada_jax.checkpoints.llada_hf import import_llada_hf
-    from whisper_llada_jax.checkpoints import model_dir
-    from whisper_llada_jax.checkpoints.model_dir import save_model_dir
+    from whisper_llada_jax.checkpoints.model_dir import FILES, save_model_dir
     from whisper_llada_jax.checkpoints.reference_pth import import_reference_pth
     from whisper_llada_jax.config import load_model_config
     from whisper_llada_jax.errors import CheckpointError
@@ -113,11 +112,9 @@ def run(args: argparse.Namespace) -> int:
 
     from whisper_llada_jax.outputs import check_output
 
-    writes = (model_dir.CONFIG_FILE, model_dir.TOKENIZER_FILE, model_dir.PARAMS_FILE, model_dir.LORA_FILE,
-              model_dir.FIRST_PASS_FILE, model_dir.DECODE_FILE)
     config_path = args.config if Path(args.config).exists() else None
     check_output(args.out, [args.whisper, args.llada, args.projector_checkpoint, args.first_pass, config_path],
-                 overwrite=args.overwrite, replaces=writes)
+                 overwrite=args.overwrite, replaces=FILES)
     cfg = load_model_config(args.config, args.set)
     llada_dir = Path(args.llada)
     if not (llada_dir / "tokenizer.json").is_file():

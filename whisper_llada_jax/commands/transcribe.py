@@ -221,6 +221,8 @@ def run(args) -> int:
         check_output(args.output, [args.manifest, args.model, args.whisper, *args.audio], overwrite=args.overwrite,
                      kind="file", flag="--output")
     items = _items(args)
+    # Batches are padded to a fixed shape: never past the inputs (--batch-size 100000 for two files).
+    args.batch_size = min(args.batch_size, len(items))
     if args.model:
         decode_config(args)  # a bad setting fails before any audio is read
     with _open_output(args.output) as out:

@@ -167,7 +167,9 @@ def decode_dataset(loaded: Any, source: RecordSource, cfg: DecodeConfig, *, firs
 
     check_fits_model(validate(cfg), loaded.config)
     deliberating = cfg.strategy != "none"
-    dcfg = DataConfig(eval_source="", batch_size=cfg.batch_size, max_response_len=cfg.gen_len,
+    # batches are padded to a fixed shape: never more rows than utterances
+    rows_per_batch = max(1, min(cfg.batch_size, len(source)))
+    dcfg = DataConfig(eval_source="", batch_size=rows_per_batch, max_response_len=cfg.gen_len,
                       num_workers=num_workers, strict=strict)
     it = build_eval_iterator(dcfg, loaded.config, loaded.tokenizer, source=source)
     key = jax.random.key(seed)
