@@ -54,13 +54,13 @@ def _snapshot(folder):
 
 
 @pytest.fixture
-def umask_022():
-    old = os.umask(0o022)
+def umask_027():
+    old = os.umask(0o027)  # not the usual 022: the modes below must come from the user's umask
     yield
     os.umask(old)
 
 
-def test_export_and_import_refuse_to_clobber(model_dir, tmp_path, capsys, monkeypatch, umask_022):
+def test_export_and_import_refuse_to_clobber(model_dir, tmp_path, capsys, monkeypatch, umask_027):
     before = _snapshot(model_dir)
     peft = ["export", "--model", str(model_dir), "--format", "peft"]
     # a folder with unrelated files, an existing file, the MODEL_DIR itself, a folder inside it
@@ -90,8 +90,8 @@ def test_export_and_import_refuse_to_clobber(model_dir, tmp_path, capsys, monkey
     _fails(capsys, peft + ["--out", str(out)], "non-empty folder")
     assert cli.main(peft + ["--out", str(out), "--overwrite"]) == 0
     assert sorted(os.listdir(out)) == ["adapter_config.json", "adapter_model.safetensors"]
-    assert out.stat().st_mode & 0o777 == 0o755
-    assert (out / "adapter_model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert out.stat().st_mode & 0o777 == 0o750
+    assert (out / "adapter_model.safetensors").stat().st_mode & 0o777 == 0o640
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporaries
     # import: refused before any checkpoint is read (the inputs here do not even exist)
     _fails(capsys, ["import", "--whisper", "w", "--llada", "l", "--config", "tiny", "--out", str(busy)],
@@ -100,7 +100,7 @@ def test_export_and_import_refuse_to_clobber(model_dir, tmp_path, capsys, monkey
                     "--out", str(model_dir / "sub")], "inside the input")
 
 
-def test_atomic_file_keeps_the_old_output_on_failure(tmp_path, umask_022):
+def test_atomic_file_keeps_the_old_output_on_failure(tmp_path, umask_027):
     target = tmp_path / "out.jsonl"
     target.write_text("old\n")
     with pytest.raises(RuntimeError):
@@ -110,7 +110,7 @@ def test_atomic_file_keeps_the_old_output_on_failure(tmp_path, umask_022):
     assert target.read_text() == "old\n" and os.listdir(tmp_path) == ["out.jsonl"]
     with atomic_file(tmp_path / "new" / "deep.jsonl") as f:  # missing folders are created
         f.write("x\n")
-    assert (tmp_path / "new" / "deep.jsonl").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "new" / "deep.jsonl").stat().st_mode & 0o777 == 0o640
 
 
 def _fake_decoder(fail_after=None):

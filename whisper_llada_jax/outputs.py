@@ -26,6 +26,15 @@ from whisper_llada_jax.errors import UserError
 
 
 def _umask() -> int:
+    """The process umask. Read from /proc where it can be (Linux): setting it to read it back
+    would briefly change it for every other thread."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
