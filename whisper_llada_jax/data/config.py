@@ -38,11 +38,11 @@ class DataConfig:
                           ("worker_buffer_size", 1), ("read_threads", 1)):
             value = getattr(self, name)
             if value < low:
-                raise ConfigError(f"{name}: must be >= {low}, got {value}")
+                raise ConfigError(f"{name} must be >= {low}, got {value}")
         if self.num_epochs is not None and self.num_epochs < 1:
-            raise ConfigError(f"num_epochs: must be >= 1 or null, got {self.num_epochs}")
+            raise ConfigError(f"num_epochs must be >= 1 or null, got {self.num_epochs}")
         if not self.max_seconds > 0:
-            raise ConfigError(f"max_seconds: must be > 0, got {self.max_seconds}")
+            raise ConfigError(f"max_seconds must be > 0, got {self.max_seconds}")
 
 def load_data_config(source=None, overrides=()) -> DataConfig:
     """From a YAML path / name under configs/data/, a dict, or defaults, plus overrides."""
