@@ -104,6 +104,7 @@ def run_cascade(first: str | Path, loaded: Any, data: str | RecordSource, config
     out_dir.mkdir(parents=True, exist_ok=True)
     source = parse_source(data) if isinstance(data, str) else data
     check_unique_ids(source, data if isinstance(data, str) else repr(source))
+    batch_size = max(1, min(batch_size, len(source)))  # padded batches: never more rows than utterances
     for name, cfg in configs:
         if cfg.strategy == "none":
             raise DataError(f"decode config {name!r} does not deliberate (strategy: none)",
