@@ -5,6 +5,7 @@ checkpoint's config.json, an empty MODEL_DIR config, integer tensors where float
 import json
 import shutil
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -128,7 +129,9 @@ def test_integer_tensor_for_a_float_parameter_is_an_error_not_a_cast():
     ok = import_params(DictSource({"w": np.ones((2, 3), np.float16)}), [Rule("w", "w")], target)
     assert ok["w"].dtype == np.float32
     for bad, match in ((np.ones((2, 3), np.int32), "dtype int32"), (np.ones((2, 3), bool), "dtype bool"),
-                       (np.full((2, 3), np.nan, np.float32), "6 NaN / inf")):
+                       (np.full((2, 3), np.nan, np.float32), "6 NaN / inf"),
+                       (np.array([[1, np.inf, 2], [3, 4, np.nan]], ml_dtypes.bfloat16), "2 NaN / inf"),
+                       (np.array([[1, 2, 3], [4, 5, -np.inf]], np.float16), "1 NaN / inf")):
         with pytest.raises(CheckpointError, match=f"<memory>: tensor 'w' .*{match}"):
             import_params(DictSource({"w": bad}), [Rule("w", "w")], target)
 

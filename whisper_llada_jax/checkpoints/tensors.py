@@ -356,6 +356,18 @@ def _is_float(dtype) -> bool:
         return False
 
 
+# Exponent bits of the 16-bit floats: all ones is inf / NaN. Testing them on a uint16 view is
+# several times faster than ml_dtypes' isfinite (an 8B bf16 checkpoint is 16 GB to scan).
+_EXPONENT16 = {np.dtype(ml_dtypes.bfloat16): 0x7F80, np.dtype(np.float16): 0x7C00}
+
+
+def _count_nonfinite(arr: np.ndarray) -> int:
+    mask = _EXPONENT16.get(arr.dtype)
+    if mask is not None:
+        return int(np.count_nonzero((np.ascontiguousarray(arr).view(np.uint16) & mask) == mask))
+    return int(arr.size - np.count_nonzero(np.isfinite(arr)))
+
+
 def check_tensor(where: str, key: str, arr: np.ndarray, target_dtype) -> np.ndarray:
     """``arr`` if it can become a ``target_dtype`` parameter: a float parameter needs a float
     tensor (an int32 tensor is a wrong file, not something to cast) with no NaN / inf."""
@@ -364,8 +376,7 @@ def check_tensor(where: str, key: str, arr: np.ndarray, target_dtype) -> np.ndar
         raise CheckpointError(f"{where}: tensor {key!r} has dtype {arr.dtype}, the model needs "
                               f"{'a floating-point' if want_float else np.dtype(target_dtype).name} tensor",
                               hint="the file is damaged or belongs to another model")
-    if want_float and not np.isfinite(arr).all():
-        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if want_float and (bad := _count_nonfinite(arr)):
         raise CheckpointError(f"{where}: tensor {key!r} holds {bad} NaN / inf value(s) of {arr.size}",
                               hint="the weights are corrupt (a diverged run or a damaged file); use another checkpoint")
     return arr
