@@ -14,6 +14,7 @@ import soundfile as sf
 from whisper_llada_jax import cli
 from whisper_llada_jax.assets import BUNDLED_CLIPS
 from whisper_llada_jax.audio.io import load_audio
+from whisper_llada_jax.config import CONFIG_DIR
 from whisper_llada_jax.decoding.config import DecodeConfig
 from whisper_llada_jax.evaluation.wer import normalize
 
@@ -102,7 +103,7 @@ def test_bad_inputs_one_line_exit_2(tmp_path, capsys):
     _fails(capsys, WHISPER + ["--manifest", str(bad), good], "either --manifest or AUDIO")
     _fails(capsys, WHISPER + ["--steps", "8", good], "--steps only apply to --model")
     _fails(capsys, WHISPER + ["--batch-size", "0", good], "--batch-size must be >= 1")
-    _fails(capsys, WHISPER + [good, "--output", str(tmp_path / "no" / "out.jsonl")], "output folder does not exist")
+    _fails(capsys, WHISPER + [good, "--output", str(tmp_path)], "--output is a folder")
     _fails(capsys, ["transcribe", "--whisper", str(tmp_path / "nodir"), good], "Whisper directory does not exist")
     (tmp_path / "notwhisper").mkdir()
     _fails(capsys, ["transcribe", "--whisper", str(tmp_path / "notwhisper"), good], "not a Whisper directory")
@@ -135,6 +136,8 @@ def test_model_branch_builds_decode_config_and_writes_nfe(tmp_path, capsys, monk
             yield {"id": it["id"], "hypothesis": f"hyp {i}", "nfe": 10 + i}
 
     monkeypatch.setattr(api, "transcribe_files", fake_transcribe_files)
+    # only its config is read (the canvas is checked against llm.max_len before any audio)
+    (tmp_path / "config.yaml").write_text((CONFIG_DIR / "model" / "tiny.yaml").read_text())
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps({"id": m["id"], "audio": str(CLIPS / m["audio"]), "text": m["text"]}) + "\n"
                                 for m in MANIFEST[:2]))

@@ -9,6 +9,7 @@ Model configs live here; the trainer, decoder and data configs reuse the same lo
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -22,6 +23,32 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 DType = Literal["float32", "bfloat16", "float16"]
 Remat = Literal["none", "full", "dots", "dots_with_no_batch_dims"]
+
+
+# --------------------------------------------------------------------------- validation
+# Impossible sizes fail where the config is built (YAML, overrides, a checkpoint's config.json),
+# naming the field, instead of as a reshape error or a huge allocation deep inside a trace.
+def _positive(cfg: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ConfigError(f"{name}: must be > 0 and finite, got {value!r}")
+
+
+def _divides(cfg: Any, heads: str, width: str) -> None:
+    if getattr(cfg, width) % getattr(cfg, heads):
+        raise ConfigError(f"{heads}: {getattr(cfg, heads)} does not divide {width} {getattr(cfg, width)}",
+                          hint=f"choose {heads} so that {width} / {heads} is a whole head size")
+
+
+def _probability(cfg: Any, name: str) -> None:
+    value = getattr(cfg, name)
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name}: must be in [0, 1), got {value!r}")
+
+
+# LLaDA projections LoRA can target (HF names; models/llada.py).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
 
 
 # --------------------------------------------------------------------------- model parts
@@ -53,6 +80,17 @@ class WhisperConfig:
         """Encoder output frames (conv2 has stride 2)."""
         return (self.input_frames + 1) // 2
 
+    def __post_init__(self):
+        _positive(self, "n_mels", "d_model", "encoder_layers", "encoder_heads", "encoder_ffn", "decoder_layers",
+                  "decoder_heads", "decoder_ffn", "vocab_size", "max_source_positions", "max_target_positions",
+                  "input_frames")
+        _divides(self, "encoder_heads", "d_model")
+        _divides(self, "decoder_heads", "d_model")
+        if self.encoder_frames > self.max_source_positions:
+            raise ConfigError(f"input_frames: {self.input_frames} frames give {self.encoder_frames} encoder "
+                              f"positions, more than max_source_positions {self.max_source_positions}",
+                              hint=f"use input_frames <= {2 * self.max_source_positions}")
+
 
 @dataclasses.dataclass(frozen=True)
 class ProjectorConfig:
@@ -74,6 +112,15 @@ class ProjectorConfig:
     # mlp ablation: stack `window` frames, then Linear-GELU-Linear; `num_queries` vectors out.
     dtype: DType = "float32"
     param_dtype: DType = "float32"
+
+    def __post_init__(self):
+        _positive(self, "window", "stride", "num_queries", "hidden", "heads", "intermediate", "ln_eps")
+        if self.kind == "qformer":
+            _positive(self, "layers")
+            _divides(self, "heads", "hidden")
+        if not 0 <= self.init_std < math.inf:
+            raise ConfigError(f"init_std: must be >= 0 and finite, got {self.init_std!r}")
+        _probability(self, "dropout")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +145,15 @@ class LLMConfig:
     scan_layers: bool = False
     remat: Remat = "none"
 
+    def __post_init__(self):
+        _positive(self, "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_hidden",
+                  "rope_theta", "norm_eps", "max_len")
+        _divides(self, "n_kv_heads", "n_heads")
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim: {self.head_dim} must be even (RoPE rotates pairs of dimensions)")
+        if not 0 <= self.init_std < math.inf:
+            raise ConfigError(f"init_std: must be >= 0 and finite, got {self.init_std!r}")
+
 
 @dataclasses.dataclass(frozen=True)
 class LoRAConfig:
@@ -108,6 +164,15 @@ class LoRAConfig:
     alpha: float = 32.0
     dropout: float = 0.1
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
+
+    def __post_init__(self):
+        _probability(self, "dropout")
+        if not self.enabled:
+            return
+        _positive(self, "rank", "alpha")
+        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        if unknown or not self.targets:
+            raise ConfigError(f"targets: {list(self.targets)} must be a non-empty list of {list(LORA_TARGETS)}")
 
     @property
     def scale(self) -> float:
@@ -130,6 +195,13 @@ class TokenConfig:
     # the tokenizer when a MODEL_DIR is built, so the model itself never needs a tokenizer.
     prompt_ids: tuple[int, ...] = ()
 
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            ids = value if f.name == "prompt_ids" else (value,) if isinstance(value, int) else ()
+            if any(i < 0 for i in ids):
+                raise ConfigError(f"{f.name}: token ids must be >= 0, got {value!r}")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -141,6 +213,19 @@ class ModelConfig:
     llm: LLMConfig = LLMConfig()
     lora: LoRAConfig = LoRAConfig()
     tokens: TokenConfig = TokenConfig()
+
+    def __post_init__(self):
+        if self.whisper.encoder_frames < self.projector.window:
+            raise ConfigError(f"projector.window: {self.projector.window} frames exceed the "
+                              f"{self.whisper.encoder_frames} encoder frames (whisper.input_frames "
+                              f"{self.whisper.input_frames})", hint="raise whisper.input_frames or lower the window")
+        # An id past the embedding table is not an error on device (gathers clamp): catch it here.
+        for f in dataclasses.fields(self.tokens):
+            value = getattr(self.tokens, f.name)
+            ids = value if f.name == "prompt_ids" else (value,) if isinstance(value, int) else ()
+            if any(i >= self.llm.vocab_size for i in ids):
+                raise ConfigError(f"tokens.{f.name}: id {max(ids)} is outside llm.vocab_size {self.llm.vocab_size}",
+                                  hint="the token ids belong to another tokenizer / LLM")
 
     @property
     def num_windows(self) -> int:
@@ -233,6 +318,8 @@ def _build(cls: type, data: dict, where: str) -> Any:
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
+    except ConfigError as e:  # __post_init__ names the field; add where it came from
+        raise ConfigError(f"{where}.{e.message}" if where else e.message, hint=e.hint) from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from None
 
@@ -285,10 +372,14 @@ def merge(base: dict, extra: dict) -> dict:
 
 def resolve_config_path(source: str | Path, kind: str = "model") -> Path:
     """A path to a YAML file, or a bare name looked up as ``configs/<kind>/<name>.yaml``."""
+    if not str(source).strip():
+        raise ConfigError(f"empty {kind} config name", hint="give a name under configs/{kind}/ or a YAML path")
     p = Path(source)
     if p.suffix in (".yaml", ".yml", ".json") or p.exists():
         if not p.exists():
             raise ConfigError(f"config file {p} does not exist")
+        if not p.is_file():
+            raise ConfigError(f"{p}: is a folder, not a config file", hint="give a YAML file")
         return p
     named = CONFIG_DIR / kind / f"{source}.yaml"
     if not named.exists():
@@ -299,9 +390,11 @@ def resolve_config_path(source: str | Path, kind: str = "model") -> Path:
 
 def read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the config ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of fields")
     return data

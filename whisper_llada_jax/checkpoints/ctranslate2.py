@@ -35,7 +35,7 @@ import numpy as np
 from whisper_llada_jax.checkpoints.tensors import read_json_object
 from whisper_llada_jax.checkpoints.whisper_hf import WhisperGenerationConfig
 from whisper_llada_jax.config import WhisperConfig
-from whisper_llada_jax.errors import CheckpointError
+from whisper_llada_jax.errors import CheckpointError, ConfigError
 
 SUPPORTED_VERSION = 6
 _DTYPES = {
@@ -337,29 +337,21 @@ def whisper_config_from_ct2(directory: str | Path, *, source: CTranslate2Whisper
     src = source or CTranslate2WhisperSource(directory)
     f = src.file
     conv1 = f.shape("encoder/conv1/weight")
-    cfg = WhisperConfig(
-        n_mels=conv1[1],
-        d_model=conv1[0],
-        encoder_layers=_layer_count(f, "encoder"),
-        encoder_heads=int(f.scalar("encoder/num_heads")),
-        encoder_ffn=f.shape("encoder/layer_0/ffn/linear_0/weight")[0],
-        decoder_layers=_layer_count(f, "decoder"),
-        decoder_heads=int(f.scalar("decoder/num_heads")),
-        decoder_ffn=f.shape("decoder/layer_0/ffn/linear_0/weight")[0],
-        vocab_size=f.shape("decoder/embeddings/weight")[0],
-        max_source_positions=f.shape("encoder/position_encodings/encodings")[0],
-        max_target_positions=f.shape("decoder/position_encodings/encodings")[0],
-    )
-    if overrides:
-        cfg = dataclasses.replace(cfg, **overrides)
+    try:
+        cfg = _ct2_whisper_config(f, conv1, overrides)
+    except ConfigError as e:  # impossible sizes in the file (WhisperConfig's validation)
+        raise CheckpointError(f"{f.path}: {e.message}", hint=e.hint) from None
     raw = _read_config_json(directory)
     names = {i: t for t, i in _added_tokens(directory).items()}
-    facts: dict = {
-        "suppress_tokens": [int(i) for i in raw.get("suppress_ids") or ()],
-        "begin_suppress_tokens": [int(i) for i in raw.get("suppress_ids_begin") or ()],
-        "is_multilingual": cfg.vocab_size >= 51865,
-    }
-    langs = {names[i]: i for i in raw.get("lang_ids") or () if i in names}
+    try:
+        facts: dict = {
+            "suppress_tokens": [int(i) for i in raw.get("suppress_ids") or ()],
+            "begin_suppress_tokens": [int(i) for i in raw.get("suppress_ids_begin") or ()],
+            "is_multilingual": cfg.vocab_size >= 51865,
+        }
+        langs = {names[i]: i for i in raw.get("lang_ids") or () if i in names}
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{directory / 'config.json'}: suppress_ids / lang_ids must be lists of token ids ({e})")
     if langs:
         facts["lang_to_id"] = langs
     tasks = {task: i for i, t in names.items() for task in ("transcribe", "translate") if t == f"<|{task}|>"}
@@ -369,3 +361,22 @@ def whisper_config_from_ct2(directory: str | Path, *, source: CTranslate2Whisper
         if t == "<|notimestamps|>":
             facts["no_timestamps_token_id"] = i
     return cfg, WhisperGenerationConfig.from_dicts(facts, None, cfg)
+
+
+def _ct2_whisper_config(f: "CTranslate2File", conv1: tuple[int, ...], overrides: dict) -> WhisperConfig:
+    positions = f.shape("encoder/position_encodings/encodings")[0]
+    kw = dict(
+        n_mels=conv1[1],
+        d_model=conv1[0],
+        encoder_layers=_layer_count(f, "encoder"),
+        encoder_heads=int(f.scalar("encoder/num_heads")),
+        encoder_ffn=f.shape("encoder/layer_0/ffn/linear_0/weight")[0],
+        decoder_layers=_layer_count(f, "decoder"),
+        decoder_heads=int(f.scalar("decoder/num_heads")),
+        decoder_ffn=f.shape("decoder/layer_0/ffn/linear_0/weight")[0],
+        vocab_size=f.shape("decoder/embeddings/weight")[0],
+        max_source_positions=positions,
+        max_target_positions=f.shape("decoder/position_encodings/encodings")[0],
+        input_frames=2 * positions,
+    )
+    return WhisperConfig(**{**kw, **overrides})

@@ -17,11 +17,12 @@ import jax
 import numpy as np
 
 from whisper_llada_jax.checkpoints import peft
-from whisper_llada_jax.checkpoints.tensors import (IDENTITY, TRANSPOSE, Rule, SafetensorsSource, atomic_dir,
+from whisper_llada_jax.checkpoints.tensors import (IDENTITY, TRANSPOSE, JsonFields, Rule, SafetensorsSource,
                                                    export_params, import_params, read_json_object,
                                                    save_safetensors)
 from whisper_llada_jax.config import LLMConfig, LoRAConfig, TokenConfig
-from whisper_llada_jax.errors import CheckpointError
+from whisper_llada_jax.errors import CheckpointError, ConfigError
+from whisper_llada_jax.outputs import atomic_dir
 
 PREFIX = "model.transformer."
 INDEX_NAME = "model.safetensors.index.json"
@@ -71,26 +72,28 @@ def llada_config_from_hf(data: dict | str | Path, base: LLMConfig | None = None)
     _require(data, where, {"include_bias": False, "include_qkv_bias": False, "alibi": False, "rope": True,
                            "layer_norm_type": "rms", "activation_type": "silu", "block_type": "llama",
                            "attention_layer_norm": False, "input_emb_norm": False, "scale_logits": False})
+    f = JsonFields(data, where)
+    d, heads = f.int("d_model"), f.int("n_heads")
+    if heads <= 0 or d % heads:
+        raise CheckpointError(f"{where}: n_heads {heads} does not divide d_model {d}")
     try:
-        d, heads = int(data["d_model"]), int(data["n_heads"])
-        kv = data.get("n_kv_heads")
         return dataclasses.replace(
             base or LLMConfig(),
-            vocab_size=int(data.get("embedding_size") or data["vocab_size"]),
+            vocab_size=f.int("embedding_size", None) or f.int("vocab_size"),
             d_model=d,
-            n_layers=int(data["n_layers"]),
+            n_layers=f.int("n_layers"),
             n_heads=heads,
-            n_kv_heads=int(kv) if kv is not None else heads,
+            n_kv_heads=f.int("n_kv_heads", heads),
             head_dim=d // heads,
-            mlp_hidden=int(data["mlp_hidden_size"]),
-            rope_theta=float(data.get("rope_theta", 10000.0)),
-            norm_eps=float(data.get("rms_norm_eps", 1e-5)),
-            max_len=int(data.get("max_sequence_length", 4096)),
+            mlp_hidden=f.int("mlp_hidden_size"),
+            rope_theta=f.float("rope_theta", 10000.0),
+            norm_eps=f.float("rms_norm_eps", 1e-5),
+            max_len=f.int("max_sequence_length", 4096),
             causal=False,
-            tie_embeddings=bool(data.get("weight_tying", False)),
+            tie_embeddings=f.bool("weight_tying", False),
         )
-    except KeyError as e:
-        raise CheckpointError(f"{where}: missing field {e.args[0]!r}") from None
+    except ConfigError as e:  # an impossible size (LLMConfig's validation)
+        raise CheckpointError(f"{where}: {e.message}", hint=e.hint) from None
 
 
 def llada_config_to_hf(cfg: LLMConfig, tokens: TokenConfig | None = None, torch_dtype: str | None = None) -> dict:

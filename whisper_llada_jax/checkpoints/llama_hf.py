@@ -16,9 +16,9 @@ import numpy as np
 
 from whisper_llada_jax.checkpoints.llada_hf import (DEFAULT_SHARD_BYTES, check_config_matches, export_hf, import_hf,
                                                      read_config_json)
-from whisper_llada_jax.checkpoints.tensors import IDENTITY, TRANSPOSE, Rule
+from whisper_llada_jax.checkpoints.tensors import IDENTITY, TRANSPOSE, JsonFields, Rule
 from whisper_llada_jax.config import LLMConfig, LoRAConfig, TokenConfig
-from whisper_llada_jax.errors import CheckpointError
+from whisper_llada_jax.errors import CheckpointError, ConfigError
 
 _ATTN = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "attn_out"}
 _MLP = {"gate_proj": "ff_proj", "up_proj": "up_proj", "down_proj": "ff_out"}
@@ -46,10 +46,10 @@ def _rope_theta(data: dict, where: str) -> float:
         if params.get("rope_type", "default") != "default":
             raise CheckpointError(f"{where}: rope_type {params.get('rope_type')!r} is not supported (only default RoPE)")
         if "rope_theta" in params:
-            return float(params["rope_theta"])
+            return JsonFields(params, f"{where}: rope_parameters").float("rope_theta")
     if scaling:
         raise CheckpointError(f"{where}: rope_scaling {scaling!r} is not supported (only default RoPE)")
-    return float(data.get("rope_theta", 10000.0))
+    return JsonFields(data, where).float("rope_theta", 10000.0)
 
 
 def llama_config_from_hf(data: dict | str | Path, base: LLMConfig | None = None) -> LLMConfig:
@@ -65,26 +65,28 @@ def llama_config_from_hf(data: dict | str | Path, base: LLMConfig | None = None)
     for key, want in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
         if key in data and data[key] != want:
             raise CheckpointError(f"{where}: {key}={data[key]!r} is not supported (need {want!r})")
+    f = JsonFields(data, where)
+    d, heads = f.int("hidden_size"), f.int("num_attention_heads")
+    if heads <= 0:
+        raise CheckpointError(f"{where}: num_attention_heads must be > 0, got {heads}")
     try:
-        d, heads = int(data["hidden_size"]), int(data["num_attention_heads"])
-        kv = data.get("num_key_value_heads")
         return dataclasses.replace(
             base or LLMConfig(),
-            vocab_size=int(data["vocab_size"]),
+            vocab_size=f.int("vocab_size"),
             d_model=d,
-            n_layers=int(data["num_hidden_layers"]),
+            n_layers=f.int("num_hidden_layers"),
             n_heads=heads,
-            n_kv_heads=int(kv) if kv is not None else heads,
-            head_dim=int(data.get("head_dim") or d // heads),
-            mlp_hidden=int(data["intermediate_size"]),
+            n_kv_heads=f.int("num_key_value_heads", heads),
+            head_dim=f.int("head_dim", None) or d // heads,
+            mlp_hidden=f.int("intermediate_size"),
             rope_theta=_rope_theta(data, where),
-            norm_eps=float(data.get("rms_norm_eps", 1e-6)),
-            max_len=int(data.get("max_position_embeddings", 2048)),
+            norm_eps=f.float("rms_norm_eps", 1e-6),
+            max_len=f.int("max_position_embeddings", 2048),
             causal=True,
-            tie_embeddings=bool(data.get("tie_word_embeddings", False)),
+            tie_embeddings=f.bool("tie_word_embeddings", False),
         )
-    except KeyError as e:
-        raise CheckpointError(f"{where}: missing field {e.args[0]!r}") from None
+    except ConfigError as e:  # an impossible size (LLMConfig's validation)
+        raise CheckpointError(f"{where}: {e.message}", hint=e.hint) from None
 
 
 def llama_config_to_hf(cfg: LLMConfig, tokens: TokenConfig | None = None, torch_dtype: str | None = None) -> dict:

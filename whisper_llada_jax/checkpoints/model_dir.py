@@ -30,10 +30,11 @@ import yaml
 
 from whisper_llada_jax import config as config_lib
 from whisper_llada_jax.checkpoints import tensors
-from whisper_llada_jax.checkpoints.tensors import Rule, SafetensorsSource, atomic_dir, flatten, import_params
+from whisper_llada_jax.checkpoints.tensors import Rule, SafetensorsSource, flatten, import_params
 from whisper_llada_jax.config import ModelConfig
 from whisper_llada_jax.decoding.config import DecodeConfig, load_decode_config, validate
 from whisper_llada_jax.errors import CheckpointError, ConfigError, UserError
+from whisper_llada_jax.outputs import atomic_dir
 
 CONFIG_FILE = "config.yaml"
 TOKENIZER_FILE = "tokenizer.json"
@@ -42,6 +43,8 @@ LORA_FILE = "lora.safetensors"
 FIRST_PASS_FILE = "first_pass.json"
 DECODE_FILE = "decode.yaml"
 FORMAT = "whisper-llada-model-dir/1"
+# Every entry a MODEL_DIR may hold: `import --overwrite` replaces a folder holding only these.
+FILES = (CONFIG_FILE, TOKENIZER_FILE, PARAMS_FILE, LORA_FILE, FIRST_PASS_FILE, DECODE_FILE)
 
 
 @dataclasses.dataclass
@@ -176,6 +179,10 @@ def read_model_config(path: str | Path, overrides: Sequence[str] = ()) -> ModelC
     if not (path / CONFIG_FILE).is_file():
         raise CheckpointError(f"{path}: not a MODEL_DIR (no {CONFIG_FILE})",
                               hint="create one with `whisper-llada import`, or give the directory it wrote")
+    if not config_lib.read_yaml(path / CONFIG_FILE):
+        # Never the paper's sizes by default: they would not match the weights beside it.
+        raise CheckpointError(f"{path / CONFIG_FILE}: the config is empty",
+                              hint="restore it from the run that wrote this MODEL_DIR, or re-create the MODEL_DIR")
     return config_lib.load_model_config(path / CONFIG_FILE, overrides)
 
 

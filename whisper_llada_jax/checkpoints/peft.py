@@ -18,11 +18,12 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from whisper_llada_jax.checkpoints.tensors import (TRANSPOSE, Rule, SafetensorsSource, atomic_dir,
+from whisper_llada_jax.checkpoints.tensors import (TRANSPOSE, JsonFields, Rule, SafetensorsSource,
                                                    export_params, import_params, read_json_object,
                                                    save_safetensors)
 from whisper_llada_jax.config import LLMConfig, LoRAConfig
-from whisper_llada_jax.errors import CheckpointError
+from whisper_llada_jax.errors import CheckpointError, ConfigError
+from whisper_llada_jax.outputs import atomic_dir
 
 # Every block projection LoRA may target (LLaDA names).
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
@@ -88,12 +89,13 @@ def lora_config_from_adapter(path: str | Path) -> LoRAConfig:
     unknown = sorted(set(targets) - set(PROJECTIONS))
     if unknown:
         raise CheckpointError(f"{path}: unknown target_modules {unknown}", hint=f"LLaDA projections are {list(PROJECTIONS)}")
+    f = JsonFields(data, str(path))
     try:
-        return LoRAConfig(enabled=True, rank=int(data["r"]), alpha=float(data["lora_alpha"]),
-                          dropout=float(data.get("lora_dropout", 0.0)),
+        return LoRAConfig(enabled=True, rank=f.int("r"), alpha=f.float("lora_alpha"),
+                          dropout=f.float("lora_dropout", 0.0),
                           targets=tuple(t for t in PROJECTIONS if t in targets))
-    except KeyError as e:
-        raise CheckpointError(f"{path}: missing field {e.args[0]!r}") from None
+    except ConfigError as e:  # an impossible rank / dropout (LoRAConfig's validation)
+        raise CheckpointError(f"{path}: {e.message}", hint=e.hint) from None
 
 
 def abstract_lora(llm_cfg: LLMConfig, lora_cfg: LoRAConfig) -> dict:

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -28,6 +26,7 @@ from whisper_llada_jax import config as config_lib
 from whisper_llada_jax.checkpoints.tensors import IDENTITY, TRANSPOSE, Rule, export_params, import_params
 from whisper_llada_jax.config import ModelConfig
 from whisper_llada_jax.errors import CheckpointError
+from whisper_llada_jax.outputs import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -215,14 +214,6 @@ def export_reference_pth(path: str | Path, config: ModelConfig, variables: Mappi
     ckpt = {"model": model, "optimizer": None, "scheduler": None, "config": config_lib.to_dict(config),
             "scaler": None, "epoch": int(epoch)}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, "wb") as f:
+        torch.save(ckpt, f)
     return path

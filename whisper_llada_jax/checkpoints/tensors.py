@@ -16,9 +16,7 @@ import json
 import mmap
 import os
 import re
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Protocol
 
@@ -27,6 +25,7 @@ import ml_dtypes
 import numpy as np
 
 from whisper_llada_jax.errors import CheckpointError
+from whisper_llada_jax.outputs import atomic_dir, atomic_file  # noqa: F401  (atomic_dir: kept importable from here)
 
 # ----------------------------------------------------------------------------- tensor sources
 _ST_DTYPES = {
@@ -57,6 +56,56 @@ def read_json_object(file: str | Path, hint: str | None = None) -> dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"{file}: top level must be a JSON object")
     return data
+
+
+_MISSING = object()
+
+
+class JsonFields:
+    """Typed reads from a checkpoint's JSON config (``config.json``, ``adapter_config.json``):
+    a missing or wrongly typed field (``"n_layers": "two"``) is one CheckpointError naming the
+    file and the key, never a ValueError from ``int()``. null counts as absent."""
+
+    def __init__(self, data: Mapping, where: str):
+        self.data, self.where = data, where
+
+    def _get(self, key: str, default):
+        value = self.data.get(key)
+        if value is None:
+            if default is _MISSING:
+                raise CheckpointError(f"{self.where}: missing field {key!r}")
+            return _MISSING
+        return value
+
+    def _bad(self, key: str, value, what: str):
+        return CheckpointError(f"{self.where}: {key} must be {what}, got {value!r}",
+                               hint="the config.json is damaged or belongs to another model")
+
+    def int(self, key: str, default=_MISSING):
+        value = self._get(key, default)
+        if value is _MISSING:
+            return default
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._bad(key, value, "an integer")
+        return value
+
+    def float(self, key: str, default=_MISSING):
+        value = self._get(key, default)
+        if value is _MISSING:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self._bad(key, value, "a number")
+        return float(value)
+
+    def bool(self, key: str, default=_MISSING):
+        value = self._get(key, default)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, bool):
+            raise self._bad(key, value, "true or false")
+        return value
 
 
 class TensorSource(Protocol):
@@ -188,49 +237,11 @@ def save_safetensors(tensors: Mapping[str, np.ndarray] | Iterable[tuple[str, np.
         arrays.append(arr)
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * ((8 - len(raw) % 8) % 8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            for arr in arrays:
-                f.write(arr.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_dir(target: str | Path) -> "_AtomicDir":
-    """``with atomic_dir(out) as tmp: write into tmp`` -> renamed to ``out`` only on success."""
-    return _AtomicDir(Path(target))
-
-
-class _AtomicDir:
-    def __init__(self, target: Path):
-        self.target = target
-
-    def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}.tmp"))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        if self.target.exists():
-            old = self.target.with_name(f".{self.target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.target, old)
-            os.replace(self.tmp, self.target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.target)
-        return False
+    with atomic_file(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for arr in arrays:
+            f.write(arr.tobytes())
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -337,6 +348,40 @@ def _fmt(items: list[str], n: int = 12) -> str:
     return ", ".join(items[:n]) + (f" ... (+{len(items) - n} more)" if len(items) > n else "")
 
 
+def _is_float(dtype) -> bool:
+    try:
+        ml_dtypes.finfo(dtype)  # numpy floats and bfloat16 / float8 alike
+        return True
+    except (ValueError, TypeError):
+        return False
+
+
+# Exponent bits of the 16-bit floats: all ones is inf / NaN. Testing them on a uint16 view is
+# several times faster than ml_dtypes' isfinite (an 8B bf16 checkpoint is 16 GB to scan).
+_EXPONENT16 = {np.dtype(ml_dtypes.bfloat16): 0x7F80, np.dtype(np.float16): 0x7C00}
+
+
+def _count_nonfinite(arr: np.ndarray) -> int:
+    mask = _EXPONENT16.get(arr.dtype)
+    if mask is not None:
+        return int(np.count_nonzero((np.ascontiguousarray(arr).view(np.uint16) & mask) == mask))
+    return int(arr.size - np.count_nonzero(np.isfinite(arr)))
+
+
+def check_tensor(where: str, key: str, arr: np.ndarray, target_dtype) -> np.ndarray:
+    """``arr`` if it can become a ``target_dtype`` parameter: a float parameter needs a float
+    tensor (an int32 tensor is a wrong file, not something to cast) with no NaN / inf."""
+    want_float = _is_float(target_dtype)
+    if want_float != _is_float(arr.dtype):
+        raise CheckpointError(f"{where}: tensor {key!r} has dtype {arr.dtype}, the model needs "
+                              f"{'a floating-point' if want_float else np.dtype(target_dtype).name} tensor",
+                              hint="the file is damaged or belongs to another model")
+    if want_float and (bad := _count_nonfinite(arr)):
+        raise CheckpointError(f"{where}: tensor {key!r} holds {bad} NaN / inf value(s) of {arr.size}",
+                              hint="the weights are corrupt (a diverged run or a damaged file); use another checkpoint")
+    return arr
+
+
 def import_params(source: TensorSource, rules: Iterable[Rule], abstract: Mapping, *,
                   shardings: Mapping | None = None, ignore: Iterable[str] = (),
                   allow_unknown: bool = False, allow_missing: Iterable[str] = ()) -> dict:
@@ -344,7 +389,8 @@ def import_params(source: TensorSource, rules: Iterable[Rule], abstract: Mapping
 
     Every target leaf must be covered (except paths matching ``allow_missing`` regexes); every
     source tensor must match a rule (except names matching ``ignore`` regexes). Shapes are
-    checked before anything is read. Each leaf is materialised directly in its sharding.
+    checked before anything is read. Each leaf is materialised directly in its sharding;
+    float leaves are refused when the tensor is not float or holds NaN / inf (``check_tensor``).
     """
     abstract_flat = flatten(abstract)
     shard_flat = flatten(shardings) if shardings is not None else {}
@@ -401,7 +447,8 @@ def import_params(source: TensorSource, rules: Iterable[Rule], abstract: Mapping
 
         def load_one(key_rule, shape):
             key, rule = key_rule
-            return np.asarray(rule.transform.to_flax(source.get(key), tuple(shape))).astype(dtype)
+            raw = check_tensor(source.name, key, source.get(key), dtype)
+            return np.asarray(rule.transform.to_flax(raw, tuple(shape))).astype(dtype)
 
         if None in got:
             def cb(index, got=got, target=target):

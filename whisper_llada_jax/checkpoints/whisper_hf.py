@@ -25,7 +25,6 @@ from whisper_llada_jax.checkpoints.tensors import (
     Rule,
     SafetensorsSource,
     TensorSource,
-    atomic_dir,
     conv1d_transform,
     export_params,
     import_params,
@@ -33,8 +32,9 @@ from whisper_llada_jax.checkpoints.tensors import (
     save_safetensors,
 )
 from whisper_llada_jax.config import WhisperConfig
-from whisper_llada_jax.errors import CheckpointError
+from whisper_llada_jax.errors import CheckpointError, ConfigError
 from whisper_llada_jax.models.whisper import abstract_params
+from whisper_llada_jax.outputs import atomic_dir
 
 # ----------------------------------------------------------------------------- the table
 _CONV = conv1d_transform()
@@ -126,7 +126,10 @@ def whisper_config_from_hf(hf: Mapping[str, Any], where: str = "config.json", **
             raise CheckpointError(f"{where}: d_model {kw['d_model']} is not divisible by {k} {kw[f]}")
     kw["input_frames"] = 2 * kw["max_source_positions"]
     kw.update(overrides)
-    return WhisperConfig(**kw)
+    try:
+        return WhisperConfig(**kw)
+    except ConfigError as e:  # an impossible size or setting (WhisperConfig's validation)
+        raise CheckpointError(f"{where}: {e.message}", hint=e.hint) from None
 
 
 def whisper_config_to_hf(cfg: WhisperConfig, gen: "WhisperGenerationConfig | None" = None) -> dict:
@@ -195,6 +198,15 @@ class WhisperGenerationConfig:
     def from_dicts(cls, config: Mapping[str, Any], generation: Mapping[str, Any] | None = None,
                    cfg: WhisperConfig | None = None) -> "WhisperGenerationConfig":
         """Merges config.json and generation_config.json (the latter wins), over defaults."""
+        try:
+            return cls._from_dicts(config, generation, cfg)
+        except (ValueError, TypeError, AttributeError) as e:  # "eos_token_id": "x", a list of non-ints ...
+            raise CheckpointError(f"config.json / generation_config.json: a token id field has the wrong type ({e})",
+                                  hint="the files are damaged or belong to another model") from None
+
+    @classmethod
+    def _from_dicts(cls, config: Mapping[str, Any], generation: Mapping[str, Any] | None,
+                    cfg: WhisperConfig | None) -> "WhisperGenerationConfig":
         base = cls.default_for(cfg) if cfg is not None else cls()
         merged = {**{k: v for k, v in config.items() if v is not None},
                   **{k: v for k, v in (generation or {}).items() if v is not None}}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from whisper_llada_jax.commands import seed_arg
+
 NAME = "cascade"
 HELP = "first pass with Whisper or an autoregressive MODEL_DIR, then Whisper-LLaDA deliberation"
 EXAMPLES = """examples:
@@ -31,10 +33,12 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode", action="append", default=[], metavar="CONFIG",
                    help="deliberation config: YAML path, name, or inline k=v,... (default strategy=diffusion)")
     p.add_argument("--grid", choices=["masking_x_ratio", "chunks"], help="expand into a paper table layout")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out, replacing only the files cascade writes")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N utterances")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="first-pass batch size")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--strict", action="store_true", help="fail on unreadable / too long / empty utterances")
 
 
@@ -45,7 +49,11 @@ def run(args: argparse.Namespace) -> int:
     from whisper_llada_jax.errors import UserError
     from whisper_llada_jax.evaluation.cascade import run_cascade
     from whisper_llada_jax.evaluation.evaluate import parse_decode_spec
+    from whisper_llada_jax.outputs import check_output, data_paths
 
+    check_output(args.out, [args.model, args.first, *data_paths(args.data)], overwrite=args.overwrite)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     base = read_decode_defaults(args.model)
     configs = [parse_decode_spec(s, base) for s in args.decode or ["strategy=diffusion"]]
     loaded = load_model_dir(args.model)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
 from pathlib import Path
 
+from whisper_llada_jax.commands import seed_arg
 from whisper_llada_jax.errors import DataError
+from whisper_llada_jax.outputs import atomic_file, check_output
 
 NAME = "deliberate"
 HELP = "correct first-pass transcripts with Whisper-LLaDA deliberation (diffusion or semi_ar)"
@@ -50,8 +53,10 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edit-length", action="store_true", help="fast mode: let the length change (insert / delete)")
     p.add_argument("--audio-span", choices=["full", "trimmed"], default="full")
     p.add_argument("--batch-size", type=int, default=16, metavar="N")
-    p.add_argument("--seed", type=int, default=0, help="random masking / remasking seed")
-    p.add_argument("--output", "-o", default="-", metavar="FILE.jsonl", help="output JSON lines (default: stdout)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="random masking / remasking seed")
+    p.add_argument("--output", "-o", default="-", metavar="FILE.jsonl",
+                   help="output JSON lines (default: stdout); written atomically, missing folders created")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
 
 def read_first_pass(path: str | Path) -> dict[str, str]:
@@ -59,8 +64,12 @@ def read_first_pass(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: first-pass file does not exist", hint="give the JSONL `transcribe` wrote")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the first-pass file ({e})", hint="give the JSONL `transcribe` wrote") from None
     out = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -71,6 +80,8 @@ def read_first_pass(path: str | Path) -> dict[str, str]:
             raise DataError(f"{path}:{lineno}: expected a JSON object with id and hypothesis") from None
         if text is None:
             raise DataError(f"{path}:{lineno}: no hypothesis / first_pass field")
+        if uid in out:
+            raise DataError(f"{path}:{lineno}: duplicate id {uid!r}", hint="one first pass per utterance")
         out[uid] = str(text)
     return out
 
@@ -81,31 +92,42 @@ def decode_config(args: argparse.Namespace):
     from whisper_llada_jax.decoding.config import validate
 
     base = read_decode_defaults(args.model)
-    gen_len = args.gen_len or base.gen_len
+    gen_len = base.gen_len if args.gen_len is None else args.gen_len  # --gen-len 0 is an error, not the default
     return validate(dataclasses.replace(
         base, strategy=args.strategy, masking=args.masking, mask_ratio=args.mask_ratio, num_chunks=args.num_chunks,
-        steps=args.steps or min(base.steps, gen_len), gen_len=gen_len, block_length=gen_len,
+        steps=min(base.steps, gen_len) if args.steps is None else args.steps, gen_len=gen_len, block_length=gen_len,
         remasking=args.remasking, threshold=args.threshold, cache=args.cache, text_only=args.text_only,
         edit_length=args.edit_length, audio_span=args.audio_span, batch_size=args.batch_size))
 
 
 def run(args: argparse.Namespace) -> int:
+    from whisper_llada_jax.checkpoints.model_dir import read_model_config
     from whisper_llada_jax.data.manifest import read_manifest
     from whisper_llada_jax.decoding.api import transcribe_files
-    cfg = decode_config(args)
+    from whisper_llada_jax.decoding.config import check_fits_model
+    from whisper_llada_jax.evaluation.evaluate import check_unique_ids
+
+    if args.output != "-":
+        check_output(args.output, [args.model, args.manifest, args.first_pass], overwrite=args.overwrite,
+                     kind="file", flag="--output")
     items = read_manifest(args.manifest)
+    # Batches are padded to a fixed shape: never past the inputs (--batch-size 100000 for two clips).
+    args.batch_size = min(args.batch_size, len(items)) if args.batch_size >= 1 else args.batch_size
+    cfg = decode_config(args)
+    check_unique_ids(items, args.manifest)
     first = read_first_pass(args.first_pass)
     missing = [it["id"] for it in items if it["id"] not in first]
     if missing:
         raise DataError(f"{args.first_pass}: no first pass for {len(missing)} utterance(s), e.g. {missing[0]!r}",
                         hint="the ids must match the manifest's")
     items = [dict(it, first_pass=first[it["id"]]) for it in items]
-    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
-    try:
+    check_fits_model(cfg, read_model_config(args.model))  # before the model is loaded
+    # A temporary file renamed into place at the end: a bad clip half-way or a kill leaves the
+    # old output as it was, never a partial file that looks complete.
+    with contextlib.nullcontext(sys.stdout) if args.output == "-" else atomic_file(args.output) as out:
         for rec in transcribe_files(args.model, items, cfg, args.batch_size, seed=args.seed):
             out.write(json.dumps({k: rec.get(k) for k in ("id", "hypothesis", "reference", "first_pass", "nfe")}) + "\n")
             out.flush()
-    finally:
-        if out is not sys.stdout:
-            out.close()
+    if args.output != "-":
+        print(f"wrote {len(items)} transcripts to {args.output}", file=sys.stderr)
     return 0

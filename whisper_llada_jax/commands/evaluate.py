@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from whisper_llada_jax.commands import seed_arg
+
 NAME = "evaluate"
 HELP = "decode a dataset with one or more decode configs and report WER, RTF and forward passes"
 EXAMPLES = """examples:
@@ -20,7 +22,9 @@ EXAMPLES = """examples:
 
 data: tfds:NAME?split=S[&data_dir=D], librispeech:DIR, manifest:FILE.jsonl (first_pass may be
 given there), synthetic:n=N. Writes OUT/results.json, OUT/results.md and one
-OUT/hypotheses/<config>.jsonl per config.
+OUT/hypotheses/<config>.jsonl per config, each file atomically. A non-empty OUT is refused
+unless --overwrite is given. Unreadable clips are skipped with one line each on the console
+(--strict: an error).
 """
 
 
@@ -32,9 +36,11 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--first-pass", metavar="FILE.jsonl", help="first-pass transcripts for deliberation")
     p.add_argument("--grid", choices=["steps_x_block", "masking_x_ratio", "chunks"],
                    help="expand each --decode config into one of the paper's table layouts")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out, replacing only the files evaluate writes")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N utterances")
-    p.add_argument("--seed", type=int, default=0, help="RNG seed for random remasking / masking")
+    p.add_argument("--seed", type=seed_arg, default=0, help="RNG seed for random remasking / masking")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="feature-extraction worker processes")
     p.add_argument("--strict", action="store_true", help="fail on unreadable / too long / empty utterances")
 
@@ -54,8 +60,13 @@ def limited(source, limit: int | None):
 def run(args: argparse.Namespace) -> int:
     from whisper_llada_jax.checkpoints.model_dir import load_model_dir, read_decode_defaults
     from whisper_llada_jax.data.sources import parse_source
+    from whisper_llada_jax.errors import UserError
     from whisper_llada_jax.evaluation.evaluate import evaluate, load_first_pass, parse_decode_spec
+    from whisper_llada_jax.outputs import check_output, data_paths
 
+    check_output(args.out, [args.model, args.first_pass, *data_paths(args.data)], overwrite=args.overwrite)
+    if args.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {args.workers}")
     base = read_decode_defaults(args.model)
     configs = [parse_decode_spec(s, base) for s in args.decode] or [("default", base)]
     first_pass = load_first_pass(args.first_pass) if args.first_pass else None

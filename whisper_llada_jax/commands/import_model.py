@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from whisper_llada_jax.commands import seed_arg
+
 NAME = "import"
 HELP = "build a MODEL_DIR from a Whisper dir, a LLaDA dir and (optionally) the published .pth"
 EXAMPLES = """examples:
@@ -36,8 +38,10 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set llm.dtype=float32 (repeatable)")
     p.add_argument("--first-pass", metavar="DIR", help="Whisper recogniser to record for deliberation cascades")
-    p.add_argument("--seed", type=int, default=0, help="seed of a fresh projector / LoRA (without a .pth)")
-    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="output directory (written atomically)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of a fresh projector / LoRA (without a .pth)")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="output directory (written atomically; new or empty)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing MODEL_DIR at --out (a folder holding other files is still refused)")
 
 
 _ENCODER_SIZES = ("n_mels", "d_model", "encoder_layers", "encoder_heads", "encoder_ffn")
@@ -96,7 +100,7 @@ def fresh_projector_and_lora(config, seed: int):
 
 def run(args: argparse.Namespace) -> int:
     from whisper_llada_jax.checkpoints.llada_hf import import_llada_hf
-    from whisper_llada_jax.checkpoints.model_dir import save_model_dir
+    from whisper_llada_jax.checkpoints.model_dir import FILES, save_model_dir
     from whisper_llada_jax.checkpoints.reference_pth import import_reference_pth
     from whisper_llada_jax.config import load_model_config
     from whisper_llada_jax.errors import CheckpointError
@@ -106,6 +110,11 @@ def run(args: argparse.Namespace) -> int:
 
     import flax.linen as nn
 
+    from whisper_llada_jax.outputs import check_output
+
+    config_path = args.config if Path(args.config).exists() else None
+    check_output(args.out, [args.whisper, args.llada, args.projector_checkpoint, args.first_pass, config_path],
+                 overwrite=args.overwrite, replaces=FILES)
     cfg = load_model_config(args.config, args.set)
     llada_dir = Path(args.llada)
     if not (llada_dir / "tokenizer.json").is_file():

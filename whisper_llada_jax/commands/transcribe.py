@@ -8,11 +8,11 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterator, TextIO
 
 from whisper_llada_jax.errors import AudioError, DataError, UserError
+from whisper_llada_jax.outputs import atomic_file, check_output
 
 NAME = "transcribe"
 HELP = "transcribe audio files with Whisper (--whisper DIR) or Whisper-LLaDA (--model MODEL_DIR)"
@@ -31,6 +31,8 @@ EXAMPLES = """examples:
 manifest: JSON lines with "id", "audio" (relative to the manifest's folder) and optionally
 "text" (the reference). Output: one JSON line per utterance with "id", "audio",
 "hypothesis", "reference" when known, and "nfe" (forward passes) for --model.
+AUDIO files are named by their stem; files with the same stem in different folders by their
+path relative to the folder they share (d1/x.wav d2/x.wav -> ids d1/x and d2/x).
 """
 
 # --model flags -> DecodeConfig fields (None = keep the DecodeConfig default).
@@ -46,7 +48,9 @@ def register(p: argparse.ArgumentParser) -> None:
     which.add_argument("--model", metavar="MODEL_DIR", help="a Whisper-LLaDA MODEL_DIR (from train / import)")
     p.add_argument("audio", nargs="*", metavar="AUDIO", help="audio files (any format soundfile/librosa reads)")
     p.add_argument("--manifest", metavar="FILE.jsonl", help="JSON lines with id, audio and optional text")
-    p.add_argument("--output", "-o", metavar="FILE.jsonl", default="-", help="output JSON lines (default: stdout)")
+    p.add_argument("--output", "-o", metavar="FILE.jsonl", default="-",
+                   help="output JSON lines (default: stdout); written atomically")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="utterances per compiled batch (default 16)")
     p.add_argument("--feature-padding", choices=["audio", "features"],
                    help="--whisper only: pad short audio with silence before the log-mel (Whisper / transformers; "
@@ -101,13 +105,40 @@ def read_transcribe_manifest(path: str | Path) -> list[dict]:
     return items
 
 
+def audio_ids(paths: list[str]) -> list[str]:
+    """One unique id per AUDIO file: its stem, or where stems collide, its path (without the
+    suffix, then with it) relative to the folder the colliding files share. The same file
+    given twice is refused: its two records could not be told apart."""
+    resolved = [os.path.realpath(p) for p in paths]
+    seen: dict[str, str] = {}
+    for given, real in zip(paths, resolved):
+        if real in seen:
+            raise UserError(f"{given}: the same audio file is given twice ({seen[real]} and {given})")
+        seen[real] = given
+    ids = [Path(p).stem for p in paths]
+    for stem in {i for i in ids if ids.count(i) > 1}:
+        group = [k for k, i in enumerate(ids) if i == stem]
+        root = os.path.commonpath([os.path.dirname(resolved[k]) for k in group])
+        rel = {k: os.path.relpath(resolved[k], root) for k in group}
+        names = {k: os.path.splitext(r)[0] for k, r in rel.items()}
+        if len(set(names.values())) < len(group):  # x.wav and x.flac side by side
+            names = rel
+        for k in group:
+            ids[k] = Path(names[k]).as_posix()
+    if len(set(ids)) < len(ids):  # a disambiguated path equal to another file's stem
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise UserError(f"two AUDIO files would both get the id {dup!r}",
+                        hint="give a --manifest with explicit ids")
+    return ids
+
+
 def _items(args) -> list[dict]:
     if args.manifest and args.audio:
         raise UserError("give either --manifest or AUDIO files, not both")
     if args.manifest:
         items = read_transcribe_manifest(args.manifest)
     elif args.audio:
-        items = [{"id": Path(a).stem, "audio": a} for a in args.audio]
+        items = [{"id": uid, "audio": a} for uid, a in zip(audio_ids(args.audio), args.audio)]
     else:
         raise UserError("no input: give AUDIO files or --manifest FILE.jsonl")
     for item in items:  # fail before loading a model
@@ -119,24 +150,14 @@ def _items(args) -> list[dict]:
 
 @contextlib.contextmanager
 def _open_output(target: str) -> Iterator[TextIO]:
-    """stdout for '-', else a temporary file renamed into place only when everything worked."""
+    """stdout for '-', else a temporary file renamed into place only when everything worked
+    (checked beforehand by ``check_output``)."""
     if target == "-":
         yield sys.stdout
         sys.stdout.flush()
         return
-    out = Path(target)
-    if out.is_dir():
-        raise UserError(f"{out}: --output is a directory", hint="give a file name such as out.jsonl")
-    if not out.parent.exists():
-        raise UserError(f"{out.parent}: output folder does not exist")
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yield f
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(target) as f:
+        yield f
 
 
 def _line(f: TextIO, record: dict) -> None:
@@ -163,10 +184,12 @@ def _run_whisper(args, items: list[dict], out: TextIO) -> None:
 
 
 def decode_config(args):
-    from whisper_llada_jax.checkpoints.model_dir import read_decode_defaults
+    from whisper_llada_jax.checkpoints.model_dir import read_decode_defaults, read_model_config
+    from whisper_llada_jax.decoding.config import check_fits_model, validate
 
     given = {field: getattr(args, flag) for flag, field in _DECODE_FLAGS.items() if getattr(args, flag) is not None}
-    return dataclasses.replace(read_decode_defaults(args.model), batch_size=args.batch_size, **given)
+    cfg = validate(dataclasses.replace(read_decode_defaults(args.model), batch_size=args.batch_size, **given))
+    return check_fits_model(cfg, read_model_config(args.model))
 
 
 def _run_model(args, items: list[dict], out: TextIO) -> None:
@@ -194,7 +217,14 @@ def run(args) -> int:
             raise UserError(f"{', '.join(used)} only apply to --model (Whisper decodes greedily)")
     elif args.feature_padding:
         raise UserError("--feature-padding only applies to --whisper")
+    if args.output != "-":
+        check_output(args.output, [args.manifest, args.model, args.whisper, *args.audio], overwrite=args.overwrite,
+                     kind="file", flag="--output")
     items = _items(args)
+    # Batches are padded to a fixed shape: never past the inputs (--batch-size 100000 for two files).
+    args.batch_size = min(args.batch_size, len(items))
+    if args.model:
+        decode_config(args)  # a bad setting fails before any audio is read
     with _open_output(args.output) as out:
         if args.whisper:
             _run_whisper(args, items, out)

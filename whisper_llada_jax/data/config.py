@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from whisper_llada_jax import config as config_lib
+from whisper_llada_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,17 +32,17 @@ class DataConfig:
     read_threads: int = 4  # threads per worker reading records (I/O bound)
 
     def __post_init__(self):
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.max_response_len < 1:
-            raise ValueError(f"max_response_len must be >= 1, got {self.max_response_len}")
-        if self.num_workers < 0 or self.read_threads < 1:
-            raise ValueError("num_workers must be >= 0 and read_threads >= 1")
+        # ConfigError (not ValueError): DataConfig is also built directly from CLI flags
+        # (`evaluate --workers`), where a ValueError would be a traceback.
+        for name, low in (("batch_size", 1), ("max_response_len", 1), ("num_workers", 0),
+                          ("worker_buffer_size", 1), ("read_threads", 1)):
+            value = getattr(self, name)
+            if value < low:
+                raise ConfigError(f"{name} must be >= {low}, got {value}")
         if self.num_epochs is not None and self.num_epochs < 1:
-            raise ValueError(f"num_epochs must be >= 1 or null, got {self.num_epochs}")
-        if self.max_seconds <= 0:
-            raise ValueError(f"max_seconds must be > 0, got {self.max_seconds}")
-
+            raise ConfigError(f"num_epochs must be >= 1 or null, got {self.num_epochs}")
+        if not self.max_seconds > 0:
+            raise ConfigError(f"max_seconds must be > 0, got {self.max_seconds}")
 
 def load_data_config(source=None, overrides=()) -> DataConfig:
     """From a YAML path / name under configs/data/, a dict, or defaults, plus overrides."""

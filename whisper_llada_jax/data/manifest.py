@@ -53,7 +53,10 @@ def read_manifest(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: manifest does not exist", hint="give a .jsonl or .json manifest file")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:  # e.g. an audio file given as the manifest
+        raise DataError(f"{path}: cannot read the manifest ({e})", hint="give a .jsonl or .json manifest file") from None
     base = path.parent
     stripped = text.lstrip()
     if stripped.startswith("{") and '"annotation"' in stripped[:4096]:

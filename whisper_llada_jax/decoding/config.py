@@ -7,6 +7,7 @@ line. ``evaluate`` grids and the CLI build these; YAML files under ``configs/dec
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 from whisper_llada_jax import config as config_lib
@@ -81,8 +82,8 @@ def validate(cfg: DecodeConfig) -> DecodeConfig:
         if cfg.steps > cfg.gen_len:
             _fail("steps", f"{cfg.steps} exceeds gen_len {cfg.gen_len}",
                   "each step reveals at least one token; use steps <= gen_len")
-    if cfg.temperature < 0:
-        _fail("temperature", f"{cfg.temperature} is negative", "0 is greedy")
+    if not 0 <= cfg.temperature < math.inf:
+        _fail("temperature", f"{cfg.temperature} must be >= 0 and finite", "0 is greedy")
     if not 0.0 <= cfg.mask_ratio <= 1.0:
         _fail("mask_ratio", f"{cfg.mask_ratio} is outside [0, 1]", "the paper uses 0.3")
     if cfg.num_chunks < 1:
@@ -126,6 +127,27 @@ def validate(cfg: DecodeConfig) -> DecodeConfig:
         _fail("audio_margin_windows", f"{cfg.audio_margin_windows} is negative", "1 is the default")
     if cfg.batch_size < 1 or cfg.max_new_tokens < 1:
         _fail("batch_size", "batch_size and max_new_tokens must be positive", "e.g. 16 and 128")
+    return cfg
+
+
+def canvas_width(cfg: DecodeConfig) -> int:
+    """Response positions the decoder allocates (the edit-length canvas grows by its slots)."""
+    if cfg.decoder == "autoregressive":
+        return cfg.max_new_tokens
+    if cfg.edit_length:
+        return cfg.gen_len + int(cfg.gen_len * cfg.mask_ratio) * cfg.edit_insert_slots + cfg.edit_tail_slots
+    return cfg.gen_len
+
+
+def check_fits_model(cfg: DecodeConfig, model_cfg) -> DecodeConfig:
+    """Rejects a canvas that with the prompt and the audio exceeds the LLM's ``max_len``
+    (a huge ``gen_len`` would otherwise try to allocate its attention matrix)."""
+    prefix = len(model_cfg.tokens.prompt_ids) + model_cfg.audio_tokens
+    width = canvas_width(cfg)
+    if prefix + width > model_cfg.llm.max_len:
+        field = "max_new_tokens" if cfg.decoder == "autoregressive" else "gen_len"
+        _fail(field, f"a {width}-token canvas after the {prefix}-token prompt and audio exceeds the model's "
+              f"llm.max_len {model_cfg.llm.max_len}", f"use {field} <= {max(model_cfg.llm.max_len - prefix, 0)}")
     return cfg
 
 

@@ -17,8 +17,9 @@ from whisper_llada_jax.data.pipeline import SKIP_REASONS, decode_audio
 from whisper_llada_jax.data.sources import ListSource, RecordSource, parse_source
 from whisper_llada_jax.decoding.config import DecodeConfig
 from whisper_llada_jax.errors import AudioError, DataError
-from whisper_llada_jax.evaluation.evaluate import decode_dataset, evaluate
+from whisper_llada_jax.evaluation.evaluate import check_unique_ids, decode_dataset, evaluate, report_skipped
 from whisper_llada_jax.evaluation.wer import corpus_wer
+from whisper_llada_jax.outputs import atomic_file
 
 
 def whisper_first_pass(whisper_dir: str | Path, source: RecordSource, *, batch_size: int = 16,
@@ -32,6 +33,7 @@ def whisper_first_pass(whisper_dir: str | Path, source: RecordSource, *, batch_s
     rec = WhisperRecognizer.from_dir(whisper_dir)
     counts = {"seen": 0, "kept": 0, **{r: 0 for r in SKIP_REASONS}}
     out: list[dict] = []
+    skipped: list[dict] = []
     pending: list[tuple[dict, Any]] = []
     t0, audio_s = time.perf_counter(), 0.0
 
@@ -58,6 +60,7 @@ def whisper_first_pass(whisper_dir: str | Path, source: RecordSource, *, batch_s
             if strict:
                 raise DataError(message, hint="fix or remove the utterance, or drop --strict")
             counts[reason] += 1
+            skipped.append({"id": r["id"], "skip": reason, "message": message})
             continue
         counts["kept"] += 1
         audio_s += len(audio) / 16000
@@ -66,6 +69,7 @@ def whisper_first_pass(whisper_dir: str | Path, source: RecordSource, *, batch_s
             flush()
     if pending:
         flush()
+    report_skipped(counts, skipped, "first pass")
     seconds = time.perf_counter() - t0
     return out, {**counts, "seconds": seconds, "audio_s": audio_s}
 
@@ -83,6 +87,7 @@ def autoregressive_first_pass(model_dir: str | Path, source: RecordSource, *, ba
                        gen_len=max_new_tokens)
     t0 = time.perf_counter()
     run = decode_dataset(loaded, source, cfg, strict=strict)
+    report_skipped(run["counts"], run["skipped"], "first pass")
     by_id = {source[i]["id"]: i for i in range(len(source))}
     out = [{**source[by_id[r["id"]]], "first_pass": r["hypothesis"]} for r in run["rows"]]
     return out, {**run["counts"], "seconds": time.perf_counter() - t0, "audio_s": run["audio_s"]}
@@ -98,6 +103,8 @@ def run_cascade(first: str | Path, loaded: Any, data: str | RecordSource, config
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     source = parse_source(data) if isinstance(data, str) else data
+    check_unique_ids(source, data if isinstance(data, str) else repr(source))
+    batch_size = max(1, min(batch_size, len(source)))  # padded batches: never more rows than utterances
     for name, cfg in configs:
         if cfg.strategy == "none":
             raise DataError(f"decode config {name!r} does not deliberate (strategy: none)",
@@ -111,7 +118,7 @@ def run_cascade(first: str | Path, loaded: Any, data: str | RecordSource, config
     if not records:
         raise DataError(f"{data}: no usable utterance for the first pass", hint=f"skip counts: {stats}")
     fp_wer = corpus_wer([r["text"] for r in records], [r["first_pass"] for r in records])
-    with (out_dir / "first_pass.jsonl").open("w", encoding="utf-8") as f:
+    with atomic_file(out_dir / "first_pass.jsonl") as f:
         for r in records:
             f.write(json.dumps({"id": r["id"], "reference": r["text"], "first_pass": r["first_pass"]},
                                ensure_ascii=False) + "\n")

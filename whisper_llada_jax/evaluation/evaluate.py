@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,12 +26,13 @@ import numpy as np
 
 from whisper_llada_jax import config as config_lib
 from whisper_llada_jax.data.config import DataConfig
-from whisper_llada_jax.data.pipeline import build_eval_iterator
+from whisper_llada_jax.data.pipeline import SKIP_REASONS, build_eval_iterator
 from whisper_llada_jax.data.sources import RecordSource, parse_source
-from whisper_llada_jax.decoding.config import DecodeConfig, load_decode_config, validate
+from whisper_llada_jax.decoding.config import DecodeConfig, check_fits_model, load_decode_config, validate
 from whisper_llada_jax.errors import ConfigError, DataError
 from whisper_llada_jax.evaluation.tables import grid_table, results_table
 from whisper_llada_jax.evaluation.wer import corpus_wer
+from whisper_llada_jax.outputs import atomic_file, write_text
 
 GRIDS = {
     # name: (row field, col field, row title, col title)
@@ -61,6 +63,8 @@ def parse_decode_spec(spec: str, base: DecodeConfig | None = None) -> tuple[str,
     ``decoder=semi_ar,steps=64,block_length=32`` (of ``base``, e.g. a MODEL_DIR's defaults;
     DecodeConfig's when None), or ``NAME:overrides``."""
     spec = spec.strip()
+    if not spec:
+        raise ConfigError("empty --decode config", hint="a YAML path, a name under configs/decode/, or k=v,k=v")
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path.stem, load_decode_config(path)
@@ -111,17 +115,43 @@ def load_first_pass(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: first-pass file does not exist", hint="JSON lines with id and first_pass/hypothesis")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the first-pass file ({e})",
+                        hint="JSON lines with id and first_pass/hypothesis") from None
     out = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             e = json.loads(line)
             text = e["first_pass"] if "first_pass" in e else e["hypothesis"]
-            out[str(e["id"])] = str(text or "")
+            uid = str(e["id"])
         except (json.JSONDecodeError, KeyError, TypeError):
             raise DataError(f"{path}:{lineno}: expected a JSON object with id and first_pass (or hypothesis)") from None
+        if uid in out:
+            raise DataError(f"{path}:{lineno}: duplicate id {uid!r}", hint="one first pass per utterance")
+        out[uid] = str(text or "")
     return out
+
+
+def check_unique_ids(records, where) -> None:
+    """Refuses two utterances with one id (a list of records, or a source holding
+    ``records``): their hypotheses and scores could not be told apart."""
+    records = getattr(records, "records", records)
+    if not isinstance(records, list):
+        return  # tfds / synthetic: ids checked while decoding (decode_dataset)
+    seen: dict[str, object] = {}
+    for r in records:
+        if r["id"] in seen:
+            raise DataError(f"{where}: duplicate id {r['id']!r} ({_audio_name(seen[r['id']])} and "
+                            f"{_audio_name(r.get('audio'))})", hint="give every utterance its own id")
+        seen[r["id"]] = r.get("audio")
+
+
+def _audio_name(audio) -> str:
+    return audio if isinstance(audio, str) else "in-memory audio"
 
 
 def _safe(name: str) -> str:
@@ -135,12 +165,16 @@ def decode_dataset(loaded: Any, source: RecordSource, cfg: DecodeConfig, *, firs
 
     from whisper_llada_jax.decoding.api import run_decode
 
+    check_fits_model(validate(cfg), loaded.config)
     deliberating = cfg.strategy != "none"
-    dcfg = DataConfig(eval_source="", batch_size=cfg.batch_size, max_response_len=cfg.gen_len,
+    # batches are padded to a fixed shape: never more rows than utterances
+    rows_per_batch = max(1, min(cfg.batch_size, len(source)))
+    dcfg = DataConfig(eval_source="", batch_size=rows_per_batch, max_response_len=cfg.gen_len,
                       num_workers=num_workers, strict=strict)
     it = build_eval_iterator(dcfg, loaded.config, loaded.tokenizer, source=source)
     key = jax.random.key(seed)
     rows, decode_s, audio_s, compile_s = [], 0.0, 0.0, 0.0
+    seen: set[str] = set()
     for index, batch in enumerate(it):
         valid = batch["valid"].copy()
         fp = None
@@ -172,6 +206,9 @@ def decode_dataset(loaded: Any, source: RecordSource, cfg: DecodeConfig, *, firs
         for i, ok in enumerate(valid):
             if not ok:
                 continue
+            if batch["ids"][i] in seen:
+                raise DataError(f"{source!r}: duplicate id {batch['ids'][i]!r}", hint="give every utterance its own id")
+            seen.add(batch["ids"][i])
             live = bool(batch["valid"][i])
             row = {"id": batch["ids"][i], "reference": batch["text"][i],
                    "hypothesis": out[i]["hypothesis"] if live else "", "nfe": out[i]["nfe"] if live else 0}
@@ -180,7 +217,21 @@ def decode_dataset(loaded: Any, source: RecordSource, cfg: DecodeConfig, *, firs
             rows.append(row)
             audio_s += float(batch["audio_len"][i]) / 16000.0
     it.close()
-    return {"rows": rows, "decode_s": decode_s, "audio_s": audio_s, "compile_s": compile_s, "counts": it.counts}
+    return {"rows": rows, "decode_s": decode_s, "audio_s": audio_s, "compile_s": compile_s, "counts": it.counts,
+            "skipped": list(it.skipped)}
+
+
+def report_skipped(counts: dict, skipped: list[dict], what: str = "evaluation") -> None:
+    """One console line per skipped utterance (the reason, naming the file) and the totals,
+    so that a clip left out of a WER is never left out silently."""
+    for ex in skipped:
+        print(f"skipped {ex['id']} ({ex['skip']}): {ex['message']}", file=sys.stderr)
+    total = sum(counts.get(r, 0) for r in SKIP_REASONS)
+    if total:
+        listed = "" if total <= len(skipped) else f" (the first {len(skipped)} listed)"
+        reasons = ", ".join(f"{r} {counts[r]}" for r in SKIP_REASONS if counts.get(r))
+        print(f"{what}: skipped {total} of {counts.get('seen', total)} utterance(s){listed}: {reasons}; "
+              "--strict makes them errors", file=sys.stderr)
 
 
 def score(name: str, cfg: DecodeConfig, run: dict) -> dict:
@@ -208,8 +259,11 @@ def evaluate(loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str,
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: the output path is a file, not a folder", hint="give a folder name")
     (out_dir / "hypotheses").mkdir(parents=True, exist_ok=True)
     source = parse_source(data) if isinstance(data, str) else data
+    check_unique_ids(source, data if isinstance(data, str) else repr(source))
     cells = {}
     if grid:
         expanded = []
@@ -220,24 +274,26 @@ def evaluate(loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str,
         configs = expanded
     results = []
     bar = tqdm(configs, desc="evaluation", unit="config", disable=not progress)
-    for name, cfg in bar:
+    for index, (name, cfg) in enumerate(bar):
         bar.set_postfix_str(name[:40])
         run = decode_dataset(loaded, source, cfg, first_pass=first_pass, seed=seed, num_workers=num_workers,
                              strict=strict)
+        if index == 0:  # every config sees the same utterances: report the skipped ones once
+            report_skipped(run["counts"], run["skipped"])
         res = score(name, cfg, run)
         res["hypotheses"] = f"hypotheses/{_safe(name)}.jsonl"
         if name in cells:
             res["grid"] = cells[name]
-        with (out_dir / res["hypotheses"]).open("w", encoding="utf-8") as f:
+        with atomic_file(out_dir / res["hypotheses"]) as f:
             for r in run["rows"]:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
         results.append(res)
     doc = {"model": str(getattr(loaded, "path", "")), "data": data if isinstance(data, str) else repr(data),
            "grid": grid, "seed": seed, "results": results, **(extra or {})}
-    (out_dir / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    write_text(out_dir / "results.json", json.dumps(doc, indent=2) + "\n")
     md = [f"# Evaluation\n\nmodel `{doc['model']}`, data `{doc['data']}`\n", results_table(results)]
     if grid:
         row_key, col_key, rt, ct = GRIDS[grid]
         md += ["", f"## Grid: {grid} (WER %)", "", grid_table(results, row_key, col_key, rt, ct)]
-    (out_dir / "results.md").write_text("\n".join(md) + "\n")
+    write_text(out_dir / "results.md", "\n".join(md) + "\n")
     return doc
