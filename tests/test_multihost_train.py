@@ -52,14 +52,24 @@ def _worker(mode, workdir, tokenizer, pid, port):
             return original(self, batch)
 
         trainer_lib.Trainer._global = global_batch
-    gathered = []
-    original_gather = multihost_utils.process_allgather
+    from whisper_llada_jax.checkpoints import model_dir as model_dir_lib
 
-    def gather(x, *a, **kw):  # what the final MODEL_DIR writer gathers: one array per call
-        gathered.append(isinstance(x, jax.Array))
+    gathered, writing = [], []
+    original_gather, original_save = multihost_utils.process_allgather, model_dir_lib.save_model_dir
+
+    def gather(x, *a, **kw):  # what the final MODEL_DIR write gathers: one array per call
+        if writing:
+            gathered.append(isinstance(x, jax.Array))
         return original_gather(x, *a, **kw)
 
-    multihost_utils.process_allgather = gather
+    def save(*a, **kw):
+        writing.append(1)
+        try:
+            return original_save(*a, **kw)
+        finally:
+            writing.clear()
+
+    multihost_utils.process_allgather, model_dir_lib.save_model_dir = gather, save
     t = trainer_lib.Trainer(cfg)
     assert t.train_iter.get_state is not None  # the real per-host pipeline
     summary = t.run()
