@@ -224,7 +224,7 @@ def test_export_checkpoint_to_reference_pth_and_errors(run, capsys):
     assert sd and not list(root.glob(".best.pth.step*"))  # the temporary MODEL_DIR is gone
     for args, msg in [(["--step", "5"], "no step 5; kept steps: [2, 4, 6]"),
                       (["--step", "soon"], "--step 'soon': expected best, latest or a step number"),
-                      (["--step", "best", "optim.peak_lr=1"], "only mesh.* overrides apply")]:
+                      (["--step", "best", "optim.peak_lr=1"], "only mesh.* and distributed.* overrides apply")]:
         rc = main(["export", "--checkpoint", str(root / "run"), "--format", "model-dir", "--out",
                    str(root / "never"), *args])
         err = capsys.readouterr().err

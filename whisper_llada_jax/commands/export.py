@@ -27,7 +27,8 @@ The projector exists only in the reference-pth layout. reference-pth writes OUT/
 (or OUT itself when it ends in .pth).
 --checkpoint RUN_DIR is a `whisper-llada train` workdir: the step is restored (the Orbax state
 only, no data pipeline) onto the run's mesh (change it with mesh.KEY=VALUE arguments), and
-written one tensor at a time; no host holds the whole model. Run it on every host of a pod.
+written one tensor at a time; no host holds the whole model. Run it on every host of a pod
+(the processes find each other as in `train`, or from distributed.KEY=VALUE arguments).
 """
 
 FORMATS = ("model-dir", "hf", "peft", "reference-pth")
@@ -42,7 +43,8 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="with --checkpoint: the step with the lowest recorded checkpoint.best_metric, the "
                         "latest, or step N (default: latest)")
     p.add_argument("overrides", nargs="*", metavar="mesh.KEY=VALUE",
-                   help="with --checkpoint: the mesh to restore onto, when it differs from the run's")
+                   help="with --checkpoint: the mesh to restore onto, when it differs from the run's; "
+                        "distributed.KEY=VALUE for a multi-process set-up JAX does not detect")
     p.add_argument("--format", required=True, choices=FORMATS, help="output format (model-dir: with --checkpoint)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
     p.add_argument("--merge-lora", action="store_true", help="hf: fold the LoRA adapters into the weights")

@@ -87,8 +87,9 @@ class Run:
 
 
 def open_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> Run:
-    """Reads ``run_dir``'s recorded train + model config. ``overrides``: ``mesh.*=V`` only (the
-    mesh to restore onto when this machine differs from the training one)."""
+    """Reads ``run_dir``'s recorded train + model config. ``overrides``: ``mesh.*=V`` (the mesh
+    to restore onto when this machine differs from the training one) and ``distributed.*=V``
+    (multi-process set-up; by default detected from the environment like ``train``)."""
     from whisper_llada_jax.checkpoints.model_dir import read_model_config
     from whisper_llada_jax.training.config import load_train_config
 
@@ -97,10 +98,14 @@ def open_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> Run:
     if not (meta / TRAIN_FILE).is_file():
         raise CheckpointError(f"{run_dir}: not a training run ({RUN_META_DIR}/{TRAIN_FILE} is missing)",
                               hint="pass the workdir of a `whisper-llada train` run (it holds checkpoints/ and run/)")
-    bad = [o for o in overrides if not o.startswith("mesh.")]
+    bad = [o for o in overrides if not o.startswith(("mesh.", "distributed."))]
     if bad:
-        raise ConfigError(f"export --checkpoint: only mesh.* overrides apply, not {bad}")
-    cfg = load_train_config(meta / TRAIN_FILE, list(overrides))
+        raise ConfigError(f"export --checkpoint: only mesh.* and distributed.* overrides apply, not {bad}")
+    data = config_lib.read_yaml(meta / TRAIN_FILE)
+    # The recorded process id / count are host 0's: each host finds its own, as in training.
+    recorded = data.pop("distributed", None) or {}
+    data["distributed"] = {k: recorded[k] for k in ("cpu_collectives", "initialization_timeout") if k in recorded}
+    cfg = load_train_config(data, list(overrides))
     mcfg = read_model_config(meta)
     # the trainer's default; an explicit checkpoint.dir as given to the run
     ckdir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
@@ -148,6 +153,7 @@ def restore_variables(run: Run, step: str | int = "latest") -> tuple[int, dict]:
     from whisper_llada_jax.training.trainer import build_model, model_init_fn
 
     cfg = run.cfg
+    mesh_lib.initialize_distributed(cfg.distributed)
     ckpt = Checkpointer(run.checkpoint_dir, cfg.checkpoint, with_data=False, read_only=True)
     try:
         n = resolve_step(ckpt, step, cfg.checkpoint.best_metric)
