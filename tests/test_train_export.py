@@ -265,6 +265,7 @@ def test_validation_wer_logged_and_recorded_with_the_checkpoint(run):
     assert json.loads((root / "run" / "summary.json").read_text())["final_val_wer"] == pytest.approx(wer[6])
 
 
+@pytest.mark.slow  # compiles the decoder for one device (~15 s on 2 idle cores)
 def test_profile_traces_of_train_steps_and_evaluate(run, capsys):
     from whisper_llada_jax.cli import main
 

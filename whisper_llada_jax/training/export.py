@@ -41,20 +41,31 @@ def decode_defaults(cfg, data_cfg) -> dict | None:
 
 
 def write_run_metadata(workdir: str | Path, cfg, mcfg, tokenizer_json: str, decode: Mapping | None) -> Path:
-    """``<workdir>/run/`` (process 0 only; replaced atomically at every start of the run)."""
+    """``<workdir>/run/``, replaced atomically at every start of the run. Process 0 writes it;
+    a process that then cannot see it (a workdir on each host's local disk) writes its own copy,
+    so ``export --checkpoint`` finds it on every host."""
+    out = Path(workdir) / RUN_META_DIR
+    if jax.process_index() == 0:
+        _write_meta(out, cfg, mcfg, tokenizer_json, decode)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("whisper-llada run metadata")
+        if jax.process_index() != 0 and not (out / TRAIN_FILE).is_file():
+            _write_meta(out, cfg, mcfg, tokenizer_json, decode)
+    return out
+
+
+def _write_meta(out: Path, cfg, mcfg, tokenizer_json: str, decode: Mapping | None) -> None:
     from whisper_llada_jax.checkpoints.model_dir import CONFIG_FILE, DECODE_FILE, TOKENIZER_FILE
     from whisper_llada_jax.checkpoints.tensors import atomic_dir
 
-    out = Path(workdir) / RUN_META_DIR
-    if jax.process_index() != 0:
-        return out
     with atomic_dir(out) as tmp:
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config_lib.to_dict(mcfg), sort_keys=False))
         (tmp / TOKENIZER_FILE).write_text(tokenizer_json)
         (tmp / TRAIN_FILE).write_text(yaml.safe_dump(config_lib.to_dict(cfg), sort_keys=False))
         if decode:
             (tmp / DECODE_FILE).write_text(yaml.safe_dump(dict(decode), sort_keys=False))
-    return out
 
 
 def write_model_dir(out: str | Path, mcfg, variables: Mapping, tokenizer_json: str,

@@ -22,13 +22,13 @@ import numpy as np
 from whisper_llada_jax import config as config_lib
 from whisper_llada_jax.config import ModelConfig
 from whisper_llada_jax.errors import ConfigError, UserError
-from whisper_llada_jax.training import mesh as mesh_lib
 from whisper_llada_jax.training import export as export_lib
+from whisper_llada_jax.training import mesh as mesh_lib
 from whisper_llada_jax.training import step as step_lib
-from whisper_llada_jax.training.profiling import StepProfiler
 from whisper_llada_jax.training.batch import BatchLayout, batch_layout
 from whisper_llada_jax.training.checkpointing import Checkpointer
 from whisper_llada_jax.training.config import TrainConfig
+from whisper_llada_jax.training.profiling import StepProfiler
 from whisper_llada_jax.training.state import StateSetup, setup_state
 
 log = logging.getLogger("whisper_llada_jax.train")
@@ -100,12 +100,11 @@ def tokens_per_batch(mcfg: ModelConfig, batch: int, response_len: int) -> int:
 
 
 # --------------------------------------------------------------------------- start-up checks
-def validate(cfg: TrainConfig, data_cfg, num_devices: int, processes: int | None = None) -> BatchLayout:
+def validate(cfg: TrainConfig, data_cfg, num_devices: int) -> BatchLayout:
     """One clear error before anything compiles; returns the global batch's split."""
     ici, dcn = mesh_lib.resolve_mesh_shape(cfg.mesh, num_devices, mesh_lib.num_slices_of(jax.devices()))
     batch_ways = ici[0] * ici[1] * dcn[0] * dcn[1]
-    layout = batch_layout(data_cfg.batch_size, jax.process_count() if processes is None else processes,
-                          batch_ways, cfg.optim.grad_accum)
+    layout = batch_layout(data_cfg.batch_size, jax.process_count(), batch_ways, cfg.optim.grad_accum)
     if cfg.steps < 0 or cfg.log_interval < 1 or cfg.eval_interval < 0:
         raise ConfigError("steps / log_interval / eval_interval must be >= 0 / >= 1 / >= 0")
     validate_eval_and_profile(cfg)
