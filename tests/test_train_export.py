@@ -192,14 +192,15 @@ def _restored(t, step):
     return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(state.variables)}
 
 
-@pytest.mark.parametrize("step,want", [("best", 4), ("latest", 6), ("2", 2)])
-def test_export_checkpoint_step_to_model_dir(run, step, want, capsys):
+@pytest.mark.parametrize("step,want,mesh", [("best", 4, []), ("latest", 6, []),
+                                            ("2", 2, ["mesh.data=2", "mesh.fsdp=4"])])  # another mesh than the run's
+def test_export_checkpoint_step_to_model_dir(run, step, want, mesh, capsys):
     from whisper_llada_jax.cli import main
 
     root, t, *_ = run
     out = root / f"exported_{step}"
     assert main(["export", "--checkpoint", str(root / "run"), "--step", step, "--format", "model-dir",
-                 "--out", str(out)]) == 0
+                 "--out", str(out), *mesh]) == 0
     assert f"step {want}" in capsys.readouterr().out
     got, ref = _load(out), _restored(t, want)
     assert sorted(got) == sorted(ref) and got

@@ -25,8 +25,8 @@ hf without --merge-lora writes the base LLaDA plus the LoRA as a PEFT adapter in
 (PeftModel.from_pretrained(base, "OUT/adapter") in PyTorch).
 The projector exists only in the reference-pth layout. reference-pth writes OUT/checkpoint.pth
 (or OUT itself when it ends in .pth).
---checkpoint RUN_DIR is a `whisper-llada train` workdir: the step is restored (the Orbax state
-only, no data pipeline) onto the run's mesh (change it with mesh.KEY=VALUE arguments), and
+--checkpoint RUN_DIR is a `whisper-llada train` workdir: the step's parameters are restored (no
+optimiser moments, no data pipeline) onto the run's mesh (change it with mesh.KEY=VALUE arguments), and
 written one tensor at a time; no host holds the whole model. Run it on every host of a pod
 (the processes find each other as in `train`, or from distributed.KEY=VALUE arguments).
 """

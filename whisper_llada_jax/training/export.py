@@ -6,11 +6,11 @@ gathered on its own, written by process 0 and dropped before the next (peak host
 largest tensor, not the model).
 
 A run records what turns a checkpoint step back into a MODEL_DIR in ``<workdir>/run/`` (written
-at start-up by process 0): the model config with its token ids (``config.yaml``), the tokenizer,
-the decode defaults and the train config (``train.yaml``, for the model, the optimiser layout
-of the checkpointed state, the mesh rules and the checkpoint directory). Export restores only
-the ``state`` item of an Orbax step onto the abstract sharded state: no data pipeline, no
-initialiser run.
+at start-up): the model config with its token ids (``config.yaml``), the tokenizer, the decode
+defaults and the train config (``train.yaml``, for the model, the trainable / frozen split of
+the checkpointed state, the mesh rules and the checkpoint directory). Export restores only the
+parameters of an Orbax step's ``state`` item onto their abstract shardings: no optimiser
+moments, no data pipeline, no initialiser run.
 """
 
 from __future__ import annotations
@@ -157,8 +157,12 @@ def resolve_step(ckpt, spec: str | int, metric: str) -> int:
 
 def restore_variables(run: Run, step: str | int = "latest") -> tuple[int, dict]:
     """(step, variables) of ``run`` at ``step``, sharded on the run's mesh (``mesh.*``
-    overridable), restored without the data iterator."""
+    overridable). Only the parameters are read (Orbax partial restore of the ``state`` item's
+    ``trainable`` and ``frozen`` subtrees): no optimiser moments, no data iterator."""
+    import orbax.checkpoint as ocp
+
     from whisper_llada_jax.training import mesh as mesh_lib
+    from whisper_llada_jax.training import optim
     from whisper_llada_jax.training.checkpointing import Checkpointer
     from whisper_llada_jax.training.state import abstract_setup
     from whisper_llada_jax.training.trainer import build_model, model_init_fn
@@ -168,16 +172,25 @@ def restore_variables(run: Run, step: str | int = "latest") -> tuple[int, dict]:
     ckpt = Checkpointer(run.checkpoint_dir, cfg.checkpoint, with_data=False, read_only=True)
     try:
         n = resolve_step(ckpt, step, cfg.checkpoint.best_metric)
-        model, _ = build_model(cfg, run.mcfg)
-        mesh = mesh_lib.make_mesh(cfg.mesh)
-        # The state's structure (trainable / frozen split, optimiser moments) follows the run's
-        # optimiser config; the initialiser is only traced.
-        setup = abstract_setup(model_init_fn(model, run.mcfg, 0), mesh, mesh_lib.rules(cfg.mesh), cfg.optim)
-        with jax.set_mesh(mesh):
-            state = ckpt.restore(n, setup.abstract)
     finally:
         ckpt.close()
-    return n, state.variables
+    model, _ = build_model(cfg, run.mcfg)
+    mesh = mesh_lib.make_mesh(cfg.mesh)
+    # The trainable / frozen split follows the run's optimiser config; the initialiser is only traced.
+    setup = abstract_setup(model_init_fn(model, run.mcfg, 0), mesh, mesh_lib.rules(cfg.mesh), cfg.optim)
+    item = {"trainable": setup.abstract.trainable, "frozen": setup.abstract.frozen}
+    manager = ocp.CheckpointManager(ckpt.directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+    try:
+        with jax.set_mesh(mesh):
+            out = manager.restore(n, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True)))
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        raise CheckpointError(f"{ckpt.directory}/{n}: cannot restore ({str(e)[:300]})",
+                              hint="was it written by another model or optimiser config?") from None
+    finally:
+        manager.close()
+    state = out["state"]
+    return n, optim.merge(state["trainable"], state["frozen"])
 
 
 def export_model_dir(run_dir: str | Path, step: str | int, out: str | Path, overrides: Sequence[str] = ()
