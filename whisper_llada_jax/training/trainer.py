@@ -119,10 +119,6 @@ def validate_eval_and_profile(cfg: TrainConfig) -> None:
                           "must be >= 0 / >= 1")
     if cfg.checkpoint.best_metric == "val_wer" and not cfg.eval.wer_every:
         raise ConfigError("checkpoint.best_metric: val_wer needs validation WER", hint="set eval.wer_every=N")
-    if cfg.checkpoint.best_metric == "val_loss" and cfg.checkpoint.keep_best and not cfg.eval_interval \
-            and cfg.eval.wer_every:
-        raise ConfigError("checkpoint.best_metric: val_loss, but eval_interval is 0 (only WER is measured)",
-                          hint="set checkpoint.best_metric=val_wer or eval_interval=N")
     if cfg.profile_steps:
         check_steps(cfg.profile_steps)
 
