@@ -89,6 +89,16 @@ def test_bad_eval_and_profile_fields_fail_at_start():
             validate_eval_and_profile(load_train_config("tiny", over))
 
 
+def test_train_profile_steps_flag(capsys):
+    from whisper_llada_jax.cli import build_parser, main
+    from whisper_llada_jax.commands.train import config_from_args
+
+    args = build_parser().parse_args(["train", "--config", "tiny", "--profile-steps", "10:15"])
+    assert config_from_args(args).profile_steps == (10, 15)
+    assert main(["train", "--config", "tiny", "--profile-steps", "15"]) == 2
+    assert "--profile-steps '15': expected START:STOP" in capsys.readouterr().err
+
+
 def test_wer_validator_scores_the_subset_without_padding_rows(tmp_path, monkeypatch):
     """The first eval.wer_utterances utterances, padding rows of the last batch excluded."""
     from whisper_llada_jax.decoding import api
