@@ -155,10 +155,30 @@ def test_sigterm_saves_then_resume_is_exact(setup):
     proc = _spawn("sigterm", work, tok)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "preempted: saved step 3" in proc.stdout
+    # the saved step is also a MODEL_DIR, written after the save committed
+    assert f"MODEL_DIR: {work / 'model-latest'} (the latest step; preempted)" in proc.stdout
+    assert not (work / "model").exists()
+    _check_model_dir_is_step(work / "model-latest", work / "checkpoints", 3, setup[3])
     summary, got = _resume(work, tok)
     assert summary.start_step == 3
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
+
+
+def _check_model_dir_is_step(model_dir, ckdir, step, t):
+    import jax
+
+    from whisper_llada_jax.checkpoints.model_dir import load_model_dir
+    from whisper_llada_jax.training.checkpointing import Checkpointer
+    from whisper_llada_jax.training.config import CheckpointConfig
+
+    ck = Checkpointer(ckdir, CheckpointConfig(), with_data=False, read_only=True)
+    want = jax.tree_util.tree_leaves_with_path(ck.restore(step, t.setup.abstract).variables)
+    ck.close()
+    got = dict(jax.tree_util.tree_leaves_with_path(load_model_dir(model_dir).variables))
+    assert len(got) == len(want)
+    for k, v in want:
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(v), err_msg=jax.tree_util.keystr(k))
 
 
 def test_restore_onto_a_smaller_mesh(setup):

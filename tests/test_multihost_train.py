@@ -1,5 +1,7 @@
 """Two processes x 4 CPU devices (jax.distributed, gloo collectives) train, are killed after a
-checkpoint, restart, resume, and end bit-identical to an uninterrupted two-process run.
+checkpoint, restart, resume, and end bit-identical to an uninterrupted two-process run. The
+global batch (``data.batch_size=8``) is split 4 per host, and the final MODEL_DIR is written
+one leaf at a time (never a whole-tree all-gather).
 
 Each process runs this file as a script: ``python THIS MODE WORKDIR TOKENIZER PROCESS_ID PORT``.
 """
@@ -34,7 +36,7 @@ def _worker(mode, workdir, tokenizer, pid, port):
     from whisper_llada_jax.training.config import load_train_config
 
     cfg = load_train_config("tiny", [
-        f"workdir={workdir}", f"tokenizer={tokenizer}", f"steps={STEPS}", "data.batch_size=4",
+        f"workdir={workdir}", f"tokenizer={tokenizer}", f"steps={STEPS}", "data.batch_size=8",
         "checkpoint.save_interval_steps=2", "eval_interval=0", "progress_bar=false", "log_interval=1",
         "memory_report=false", f"distributed.coordinator_address=localhost:{port}",
         "distributed.num_processes=2", f"distributed.process_id={pid}", "distributed.cpu_collectives=gloo",
@@ -51,8 +53,30 @@ def _worker(mode, workdir, tokenizer, pid, port):
             return original(self, batch)
 
         trainer_lib.Trainer._global = global_batch
+    from whisper_llada_jax.checkpoints import model_dir as model_dir_lib
+
+    gathered, writing = [], []
+    original_gather, original_save = multihost_utils.process_allgather, model_dir_lib.save_model_dir
+
+    def gather(x, *a, **kw):  # what the final MODEL_DIR write gathers: one array per call
+        if writing:
+            gathered.append(isinstance(x, jax.Array))
+        return original_gather(x, *a, **kw)
+
+    def save(*a, **kw):
+        writing.append(1)
+        try:
+            return original_save(*a, **kw)
+        finally:
+            writing.clear()
+
+    multihost_utils.process_allgather, model_dir_lib.save_model_dir = gather, save
     t = trainer_lib.Trainer(cfg)
+    assert t.train_iter.get_state is not None  # the real per-host pipeline
     summary = t.run()
+    multihost_utils.process_allgather = original_gather
+    with open(os.path.join(workdir, f"gathers{pid}.txt"), "w") as f:
+        f.write(f"{len(gathered)} {all(gathered)}")
     params = multihost_utils.process_allgather(t.state.trainable, tiled=True)
     t.close()
     if pid == 0:
@@ -83,6 +107,11 @@ def test_two_processes_resume_after_kill_equal_uninterrupted(tmp_path):
 
     rcs, outs = _launch("straight", tmp_path / "straight", tok)
     assert rcs == [0, 0], outs[0][1][-3000:]
+    assert "global batch 8 = 2 host(s) x 4 per host = 8 data-parallel device(s) x 1 per device" in outs[0][0]
+    for pid in (0, 1):  # the tiny model's MODEL_DIR has 40+ leaves, each gathered on its own
+        n, leaves_only = (tmp_path / "straight" / f"gathers{pid}.txt").read_text().split()
+        assert int(n) > 10 and leaves_only == "True"
+    assert (tmp_path / "straight" / "model" / "params.safetensors").is_file()
     rcs, outs = _launch("killed", tmp_path / "resumed", tok)
     assert rcs == [-signal.SIGKILL] * 2, outs[0][1][-3000:]
     assert not (tmp_path / "resumed" / "params.npz").exists()

@@ -43,6 +43,8 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed_arg, default=0, help="RNG seed for random remasking / masking")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="feature-extraction worker processes")
     p.add_argument("--strict", action="store_true", help="fail on unreadable / too long / empty utterances")
+    p.add_argument("--profile", metavar="DIR",
+                   help="write a JAX profiler trace of the evaluation into DIR (TensorBoard profile tab / Perfetto)")
 
 
 def limited(source, limit: int | None):
@@ -71,9 +73,14 @@ def run(args: argparse.Namespace) -> int:
     configs = [parse_decode_spec(s, base) for s in args.decode] or [("default", base)]
     first_pass = load_first_pass(args.first_pass) if args.first_pass else None
     source = limited(parse_source(args.data), args.limit)
+    from whisper_llada_jax.training.profiling import trace
+
     loaded = load_model_dir(args.model)
-    doc = evaluate(loaded, source, configs, args.out, first_pass=first_pass, grid=args.grid, seed=args.seed,
-                   num_workers=args.workers, strict=args.strict, extra={"data": args.data})
+    with trace(args.profile):
+        doc = evaluate(loaded, source, configs, args.out, first_pass=first_pass, grid=args.grid, seed=args.seed,
+                       num_workers=args.workers, strict=args.strict, extra={"data": args.data})
+    if args.profile:
+        print(f"profiler trace in {args.profile} (tensorboard --logdir {args.profile}, or ui.perfetto.dev)")
     print((Path(args.out) / "results.md").read_text())
     print(f"wrote {Path(args.out) / 'results.json'} ({len(doc['results'])} configs)")
     return 0

@@ -1,4 +1,5 @@
-"""``whisper-llada export``: MODEL_DIR -> Hugging Face LLaDA, a PEFT adapter, or the published .pth."""
+"""``whisper-llada export``: a MODEL_DIR or a training run's checkpoint step -> a MODEL_DIR,
+Hugging Face LLaDA, a PEFT adapter, or the published .pth."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import shutil
 from pathlib import Path
 
 NAME = "export"
-HELP = "export a MODEL_DIR to PyTorch formats: hf (LLaDA), peft (LoRA adapter), reference-pth"
+HELP = "export a MODEL_DIR or a checkpoint step: model-dir, hf (LLaDA), peft (LoRA adapter), reference-pth"
 EXAMPLES = """examples:
   # the trained projector + LoRA in the published layout, loadable by the PyTorch system
   whisper-llada export --model runs/paper/model --format reference-pth --out export/pth
@@ -15,15 +16,23 @@ EXAMPLES = """examples:
   whisper-llada export --model runs/paper/model --format hf --merge-lora --out export/llada_merged
   # only the LoRA adapter (adapter_model.safetensors + adapter_config.json)
   whisper-llada export --model runs/paper/model --format peft --out export/adapter
+  # a training run's best checkpoint (lowest recorded validation metric) as a MODEL_DIR
+  whisper-llada export --checkpoint runs/paper --step best --format model-dir --out models/paper_best
+  # a given step straight to the published layout
+  whisper-llada export --checkpoint runs/paper --step 40000 --format reference-pth --out export/step40k.pth
 
 hf without --merge-lora writes the base LLaDA plus the LoRA as a PEFT adapter in OUT/adapter
 (PeftModel.from_pretrained(base, "OUT/adapter") in PyTorch).
 The projector exists only in the reference-pth layout. reference-pth writes OUT/checkpoint.pth
 (or OUT itself when it ends in .pth). An existing OUT (or .pth) is refused unless --overwrite
-is given; OUT may never be, contain or lie inside the MODEL_DIR.
+is given; OUT may never be, contain or lie inside the MODEL_DIR or RUN_DIR.
+--checkpoint RUN_DIR is a `whisper-llada train` workdir: the step's parameters are restored (no
+optimiser moments, no data pipeline) onto the run's mesh (change it with mesh.KEY=VALUE arguments), and
+written one tensor at a time; no host holds the whole model. Run it on every host of a pod
+(the processes find each other as in `train`, or from distributed.KEY=VALUE arguments).
 """
 
-FORMATS = ("hf", "peft", "reference-pth")
+FORMATS = ("model-dir", "hf", "peft", "reference-pth")
 ADAPTER_DIR = "adapter"
 # What each folder format writes: --overwrite replaces a folder holding only these.
 WRITES = {"hf": ("config.json", "model*.safetensors", "model.safetensors.index.json", "tokenizer.json",
@@ -32,8 +41,16 @@ WRITES = {"hf": ("config.json", "model*.safetensors", "model.safetensors.index.j
 
 
 def register(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="MODEL_DIR", help="the MODEL_DIR to export")
-    p.add_argument("--format", required=True, choices=FORMATS, help="output format")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", metavar="MODEL_DIR", help="the MODEL_DIR to export")
+    src.add_argument("--checkpoint", metavar="RUN_DIR", help="a training run's workdir: export one of its checkpoint steps")
+    p.add_argument("--step", default=None, metavar="best|latest|N",
+                   help="with --checkpoint: the step with the lowest recorded checkpoint.best_metric, the "
+                        "latest, or step N (default: latest)")
+    p.add_argument("overrides", nargs="*", metavar="mesh.KEY=VALUE",
+                   help="with --checkpoint: the mesh to restore onto, when it differs from the run's; "
+                        "distributed.KEY=VALUE for a multi-process set-up JAX does not detect")
+    p.add_argument("--format", required=True, choices=FORMATS, help="output format (model-dir: with --checkpoint)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically; new or empty)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing export at --out (a folder holding other files is still refused)")
@@ -48,20 +65,72 @@ def pth_path(out: str | Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from whisper_llada_jax.checkpoints.model_dir import load_model_dir
+    from whisper_llada_jax.errors import UserError
+
+    check_out(args)
+    if args.checkpoint:
+        return _run_from_checkpoint(args)
+    if args.step is not None:
+        raise UserError("--step applies to --checkpoint RUN_DIR only", hint="drop --step, or export from the run")
+    if args.format == "model-dir":
+        raise UserError("--format model-dir exports a checkpoint step: use --checkpoint RUN_DIR",
+                        hint=f"{args.model} is a MODEL_DIR already")
+    if args.overrides:
+        raise UserError(f"{args.overrides}: mesh overrides apply to --checkpoint only")
+    return _export(args, load_model_dir(args.model))
+
+
+def check_out(args: argparse.Namespace) -> None:
+    """Refuses an --out that would clobber something, before anything is loaded."""
+    from whisper_llada_jax.checkpoints.model_dir import FILES
+    from whisper_llada_jax.outputs import check_output
+
+    source = args.model or args.checkpoint
+    if args.format == "reference-pth":
+        check_output(pth_path(args.out), [source], overwrite=args.overwrite, kind="file")
+    else:
+        writes = FILES if args.format == "model-dir" else WRITES[args.format]
+        check_output(args.out, [source], overwrite=args.overwrite, replaces=writes)
+
+
+def _run_from_checkpoint(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import jax
+
+    from whisper_llada_jax.checkpoints.model_dir import load_model_dir
+    from whisper_llada_jax.training.export import export_model_dir
+
+    step_spec = args.step or "latest"
+    if args.format == "model-dir":
+        step, out = export_model_dir(args.checkpoint, step_spec, args.out, args.overrides)
+        if jax.process_index() == 0:
+            print(f"wrote {out}: MODEL_DIR of {args.checkpoint} step {step}")
+        return 0
+    # Other formats: the step as a temporary MODEL_DIR beside OUT (streamed from the shards),
+    # then exported from there by process 0 like any MODEL_DIR.
+    parent = Path(args.out).absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=parent, prefix=f".{Path(args.out).name}.step") as tmp:
+        step, model_dir = export_model_dir(args.checkpoint, step_spec, Path(tmp) / "model", args.overrides)
+        if jax.process_index() == 0:
+            print(f"{args.checkpoint} step {step}:")
+            _export(args, load_model_dir(model_dir))
+    return 0
+
+
+def _export(args: argparse.Namespace, loaded) -> int:
     import jax.numpy as jnp
 
     from whisper_llada_jax.checkpoints.llada_hf import export_llada_hf
-    from whisper_llada_jax.checkpoints.model_dir import TOKENIZER_FILE, load_model_dir
+    from whisper_llada_jax.checkpoints.model_dir import TOKENIZER_FILE
     from whisper_llada_jax.checkpoints.peft import export_peft
     from whisper_llada_jax.checkpoints.reference_pth import export_reference_pth
     from whisper_llada_jax.errors import UserError
-    from whisper_llada_jax.outputs import atomic_dir, check_output
+    from whisper_llada_jax.outputs import atomic_dir
 
-    if args.format == "reference-pth":
-        check_output(pth_path(args.out), [args.model], overwrite=args.overwrite, kind="file")
-    else:
-        check_output(args.out, [args.model], overwrite=args.overwrite, replaces=WRITES[args.format])
-    loaded = load_model_dir(args.model)
+    source = args.model or args.checkpoint
     cfg, variables = loaded.config, loaded.variables
     lora = variables.get("lora", {}).get("llm")
     if args.merge_lora and args.format != "hf":
@@ -81,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {out}: {what}; the projector is only in --format reference-pth")
     elif args.format == "peft":
         if not lora:
-            raise UserError(f"{args.model}: has no LoRA adapters (lora.enabled is false)", hint="use --format hf")
+            raise UserError(f"{source}: has no LoRA adapters (lora.enabled is false)", hint="use --format hf")
         out = export_peft(lora, cfg.lora, args.out, dtype=None if args.dtype is None else jnp.dtype(args.dtype))
         print(f"wrote {out}: PEFT LoRA adapter (rank {cfg.lora.rank}, targets {list(cfg.lora.targets)})")
     else:

@@ -11,6 +11,8 @@ EXAMPLES = """examples:
   whisper-llada train --config configs/train/paper.yaml data.train_source=librispeech:/data/LibriSpeech \\
       mesh.fsdp=8 checkpoint.dir=gs://bucket/run1
   # every field of the config can be overridden as key.sub=value (see configs/train/paper.yaml)
+  # a profiler trace of steps 11..15 in runs/tiny/profile (TensorBoard profile tab / Perfetto)
+  whisper-llada train --config tiny workdir=runs/tiny --profile-steps 10:15
 """
 
 
@@ -20,6 +22,8 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coordinator", default=None, help="multi-host: host:port of process 0")
     p.add_argument("--num-processes", type=int, default=None, help="multi-host: number of processes")
     p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
+    p.add_argument("--profile-steps", default=None, metavar="START:STOP",
+                   help="JAX profiler trace of steps START+1..STOP into WORKDIR/profile (sets profile_steps)")
 
 
 def config_from_args(args):
@@ -32,6 +36,11 @@ def config_from_args(args):
         extra.append(f"distributed.num_processes={args.num_processes}")
     if args.process_id is not None:
         extra.append(f"distributed.process_id={args.process_id}")
+    if args.profile_steps:
+        from whisper_llada_jax.training.profiling import parse_steps
+
+        start, stop = parse_steps(args.profile_steps)
+        extra.append(f"profile_steps=[{start},{stop}]")
     return load_train_config(args.config, [*args.overrides, *extra])
 
 

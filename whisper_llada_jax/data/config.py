@@ -17,7 +17,9 @@ class DataConfig:
     # ---- where the utterances come from (see data/sources.py for the spec syntax)
     train_source: str = "synthetic:n=64,seed=0"
     eval_source: str = "synthetic:n=16,seed=1"
-    # ---- batching (per host): every batch has exactly these shapes, the last one is padded
+    # ---- batching: every batch has exactly these shapes, the last one is padded. In a train
+    # config batch_size is the GLOBAL batch (all hosts); each host's pipeline builds
+    # batch_size / hosts rows (``for_hosts``). A pipeline built directly takes it as is.
     batch_size: int = 8
     max_response_len: int = 128  # response tokens, right-padded with eos (gen_len)
     # ---- filtering: longer clips, empty transcripts and unreadable audio are skipped + counted
@@ -43,6 +45,14 @@ class DataConfig:
             raise ConfigError(f"num_epochs must be >= 1 or null, got {self.num_epochs}")
         if not self.max_seconds > 0:
             raise ConfigError(f"max_seconds must be > 0, got {self.max_seconds}")
+
+    def for_hosts(self, hosts: int) -> "DataConfig":
+        """This config with ``batch_size`` the per-host share of a global batch over ``hosts``
+        processes (the split is checked by ``training.batch.batch_layout``)."""
+        if hosts < 1 or self.batch_size % hosts:
+            raise ConfigError(f"batch_size {self.batch_size} does not split over {hosts} hosts")
+        return dataclasses.replace(self, batch_size=self.batch_size // hosts)
+
 
 def load_data_config(source=None, overrides=()) -> DataConfig:
     """From a YAML path / name under configs/data/, a dict, or defaults, plus overrides."""

@@ -89,6 +89,7 @@ def compile_for_topology(cfg, topology: str, num_slices: int = 1) -> CompileRepo
 
     from whisper_llada_jax.training import mesh as mesh_lib
     from whisper_llada_jax.training import step as step_lib
+    from whisper_llada_jax.training.batch import batch_layout
     from whisper_llada_jax.training.state import abstract_setup
     from whisper_llada_jax.training.trainer import build_model, load_data_config, model_init_fn
 
@@ -100,13 +101,10 @@ def compile_for_topology(cfg, topology: str, num_slices: int = 1) -> CompileRepo
     mesh = mesh_lib.make_mesh(cfg.mesh, devices)
     rules = mesh_lib.rules(cfg.mesh)
     r = data_cfg.max_response_len
-    # data.batch_size is per host; a TPU host drives 4 chips
+    # data.batch_size is the global batch; a TPU host drives 4 chips
     hosts = max(1, len(devices) // 4)
-    global_batch = data_cfg.batch_size * hosts
-    batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
-    if global_batch % batch_ways:
-        raise ConfigError(f"data.batch_size: global batch {global_batch} ({hosts} hosts) does not split over "
-                          f"data x fsdp = {batch_ways}")
+    global_batch = batch_layout(data_cfg.batch_size, hosts, mesh.shape["data"] * mesh.shape["fsdp"],
+                                cfg.optim.grad_accum).global_batch
     w = mcfg.whisper
     shapes = {"features": ((global_batch, w.n_mels, w.input_frames), np.float32),
               "response_ids": ((global_batch, r), np.int32), "response_len": ((global_batch,), np.int32),

@@ -3,7 +3,8 @@ the Grain data iterator, so a restart continues exactly where the run stopped.
 
 - Saves are asynchronous; Orbax writes into a temporary directory and renames it only once
   every process has finished, so a crash mid-save never leaves a half-written latest step.
-- Retention: the last ``max_to_keep`` steps, plus the best by validation loss.
+- Retention: the last ``max_to_keep`` steps, plus the best by ``checkpoint.best_metric``
+  (validation loss or WER, recorded with each step that was evaluated).
 - Restoring takes an abstract state whose leaves carry the *new* shardings, so a checkpoint
   written on one mesh restores onto another (8 devices -> 4, a different fsdp/tensor split).
 - Preemption: SIGTERM sets a flag that the train loop checks (single process); with several
@@ -23,6 +24,7 @@ the Grain data iterator, so a restart continues exactly where the run stopped.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import threading
@@ -98,24 +100,36 @@ class _SealingManager(ocp.CheckpointManager):
         self.seal(step)
 
 
-class Checkpointer:
-    """One run's checkpoint directory: ``<dir>/<step>/{state,data}``."""
+METRICS = ("val_loss", "val_wer")  # both lower-is-better
 
-    def __init__(self, directory: str | Path, cfg: CheckpointConfig, *, with_data: bool = True):
+
+class Checkpointer:
+    """One run's checkpoint directory: ``<dir>/<step>/{state,data}``.
+
+    ``read_only``: for reading a run that may still be training (``export --checkpoint``):
+    nothing is created, cleaned up or deleted.
+    """
+
+    def __init__(self, directory: str | Path, cfg: CheckpointConfig, *, with_data: bool = True,
+                 read_only: bool = False):
         self.directory = Path(directory).absolute()
         self.cfg = cfg
         self.with_data = with_data
+        metric = cfg.best_metric
+        # A step evaluated for the other metric only never counts as best.
+        score = lambda m: m.get(metric, math.inf)  # noqa: E731
         keep = [cm.LatestN(cfg.max_to_keep)]
         if cfg.keep_best:
-            keep.append(cm.BestN(get_metric_fn=lambda m: m[VAL_METRIC], reverse=True, n=1,
-                                 keep_checkpoints_without_metrics=False))
+            keep.append(cm.BestN(get_metric_fn=score, reverse=True, n=1, keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=cfg.save_interval_steps,
+            save_interval_steps=0 if read_only else cfg.save_interval_steps,
             preservation_policy=cm.AnyPreservationPolicy(keep),
-            best_fn=(lambda m: m[VAL_METRIC]) if cfg.keep_best else None,  # also makes Orbax write metrics
+            best_fn=score if cfg.keep_best else None,  # also makes Orbax write metrics
             best_mode="min",
             enable_async_checkpointing=cfg.async_save,
-            cleanup_tmp_directories=True,  # leftovers of a save killed half-way
+            cleanup_tmp_directories=not read_only,  # leftovers of a save killed half-way
+            read_only=read_only,
+            create=not read_only,
         )
         handlers = {"state": ocp.StandardCheckpointHandler()}
         if with_data:
@@ -132,22 +146,30 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def best_step(self) -> int | None:
-        """The kept step with the lowest validation loss (None if none was recorded)."""
-        scored = [(m[VAL_METRIC], s) for s in self.all_steps()
-                  if (m := self.manager.metrics(s)) and VAL_METRIC in m]
+    def best_step(self, metric: str | None = None) -> int | None:
+        """The kept step with the lowest recorded ``metric`` (default ``checkpoint.best_metric``;
+        ties: the earliest step); None if no kept step recorded it."""
+        metric = metric or self.cfg.best_metric
+        scored = [(float(m[metric]), s) for s in self.all_steps()
+                  if (m := self.manager.metrics(s)) and m.get(metric) is not None]
         return min(scored)[1] if scored else None
+
+    def metrics(self, step: int) -> dict:
+        return dict(self.manager.metrics(step) or {})
 
     def should_save(self, step: int) -> bool:
         return self.manager.should_save(step)
 
     # ------------------------------------------------------------------ save / restore
     def save(self, step: int, state: Any, data_iter: Any = None, *, val_loss: float | None = None,
-             force: bool = False) -> bool:
+             metrics: dict | None = None, force: bool = False) -> bool:
+        """``metrics``: {"val_loss": .., "val_wer": ..} measured at this step (``val_loss`` is
+        shorthand for the first)."""
         args = {"state": ocp.args.StandardSave(state)}
         if self.with_data:
             args["data"] = grain.checkpoint.CheckpointSave(data_iter)
-        metrics = {VAL_METRIC: float(val_loss)} if val_loss is not None else None
+        metrics = {k: float(v) for k, v in {VAL_METRIC: val_loss, **(metrics or {})}.items() if v is not None}
+        metrics = metrics or None
         return self.manager.save(step, args=ocp.args.Composite(**args), metrics=metrics, force=force)
 
     def restore(self, step: int | None, abstract_state: Any, data_iter: Any = None) -> Any:

@@ -62,12 +62,26 @@ class CheckpointConfig:
     async_save: bool = True
     save_on_preemption: bool = True  # SIGTERM: save the current step, then exit
     restore: bool = True  # resume from the latest checkpoint in `dir` if there is one
+    # What "best" means (kept checkpoint, `export --step best`): the lowest validation loss, or
+    # the lowest validation WER (needs eval.wer_every > 0).
+    best_metric: Literal["val_loss", "val_wer"] = "val_loss"
 
     def __post_init__(self):
         if self.save_interval_steps < 1:
             raise ValueError(f"save_interval_steps must be >= 1, got {self.save_interval_steps}")
         if self.max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1, got {self.max_to_keep}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Validation WER during training: decode a dev subset with the fused decoder."""
+
+    wer_every: int = 0  # steps between WER evaluations (and at the end); 0: off
+    wer_utterances: int = 32  # the first N utterances of data.eval_source
+    # Decode config: a name under configs/decode/, a YAML path or inline k=v,k=v; empty: the
+    # defaults the final MODEL_DIR will carry (batch_size is the eval batch).
+    decode: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +111,7 @@ class TrainConfig:
     optim: OptimConfig = OptimConfig()
     mesh: MeshConfig = MeshConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    eval: EvalConfig = EvalConfig()
     distributed: DistributedConfig = DistributedConfig()
     workdir: str = "runs/default"  # logs, TensorBoard events, checkpoints, final MODEL_DIR
     output_dir: str | None = None  # final MODEL_DIR (default <workdir>/model)
@@ -107,6 +122,9 @@ class TrainConfig:
     seed: int = 0
     progress_bar: bool = True
     memory_report: bool = True  # compiled.memory_analysis() at start-up
+    # [START, STOP]: a JAX profiler trace of train steps START+1..STOP into <workdir>/profile
+    # (TensorBoard's profile tab / Perfetto); []: none
+    profile_steps: tuple[int, ...] = ()
 
     def __post_init__(self):
         # steps=0 would write an untrained MODEL_DIR; resuming a finished run is steps=<same>.

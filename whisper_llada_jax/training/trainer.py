@@ -22,11 +22,14 @@ import numpy as np
 from whisper_llada_jax import config as config_lib
 from whisper_llada_jax.config import ModelConfig
 from whisper_llada_jax.errors import ConfigError, UserError
+from whisper_llada_jax.training import export as export_lib
 from whisper_llada_jax.training import mesh as mesh_lib
 from whisper_llada_jax.training import step as step_lib
+from whisper_llada_jax.training.batch import BatchLayout, batch_layout
 from whisper_llada_jax.training.checkpointing import Checkpointer
 from whisper_llada_jax.training.config import TrainConfig
 from whisper_llada_jax.training.imports import import_before_threads, summary_writer_class
+from whisper_llada_jax.training.profiling import StepProfiler
 from whisper_llada_jax.training.state import StateSetup, setup_state
 from whisper_llada_jax.training.workdir_lock import WorkdirLock
 
@@ -99,18 +102,14 @@ def tokens_per_batch(mcfg: ModelConfig, batch: int, response_len: int) -> int:
 
 
 # --------------------------------------------------------------------------- start-up checks
-def validate(cfg: TrainConfig, data_cfg, num_devices: int) -> None:
-    """One clear error before anything compiles."""
+def validate(cfg: TrainConfig, data_cfg, num_devices: int) -> BatchLayout:
+    """One clear error before anything compiles; returns the global batch's split."""
     ici, dcn = mesh_lib.resolve_mesh_shape(cfg.mesh, num_devices, mesh_lib.num_slices_of(jax.devices()))
     batch_ways = ici[0] * ici[1] * dcn[0] * dcn[1]
-    global_batch = data_cfg.batch_size * jax.process_count()
-    if global_batch % batch_ways:
-        raise ConfigError(f"data.batch_size: the global batch {global_batch} does not split over "
-                          f"data x fsdp = {batch_ways} devices", hint="make it a multiple of data x fsdp")
-    if cfg.optim.grad_accum < 1 or (global_batch // batch_ways) % cfg.optim.grad_accum:
-        raise ConfigError(f"optim.grad_accum={cfg.optim.grad_accum} does not divide the per-device "
-                          f"batch {global_batch // batch_ways}")
+    layout = batch_layout(data_cfg.batch_size, jax.process_count(), batch_ways, cfg.optim.grad_accum)
     check_output_paths(cfg)  # the counts (steps, intervals) are checked where the config is read
+    validate_eval_and_profile(cfg)
+    return layout
 
 
 def check_output_paths(cfg: TrainConfig) -> None:
@@ -118,6 +117,18 @@ def check_output_paths(cfg: TrainConfig) -> None:
     for field, path in (("workdir", cfg.workdir), ("output_dir", cfg.output_dir), ("checkpoint.dir", cfg.checkpoint.dir)):
         if path and "://" not in path and Path(path).exists() and not Path(path).is_dir():
             raise ConfigError(f"{field}: {path} is a file, not a folder", hint=f"set {field} to a folder path")
+
+
+def validate_eval_and_profile(cfg: TrainConfig) -> None:
+    from whisper_llada_jax.training.profiling import check_steps
+
+    if cfg.eval.wer_every < 0 or cfg.eval.wer_utterances < 1:
+        raise ConfigError(f"eval.wer_every={cfg.eval.wer_every} / eval.wer_utterances={cfg.eval.wer_utterances} "
+                          "must be >= 0 / >= 1")
+    if cfg.checkpoint.best_metric == "val_wer" and not cfg.eval.wer_every:
+        raise ConfigError("checkpoint.best_metric: val_wer needs validation WER", hint="set eval.wer_every=N")
+    if cfg.profile_steps:
+        check_steps(cfg.profile_steps)
 
 
 def load_data_config(cfg: TrainConfig):
@@ -152,15 +163,23 @@ class Summary:
     tokens_per_second: float
     checkpoint_dir: str
     model_dir: str | None
+    preempted: bool = False
+    final_val_wer: float | None = None
+    best_val_wer: float | None = None
 
     def lines(self) -> str:
-        out = [f"trained steps {self.start_step}..{self.steps} in {self.seconds:.1f} s "
-               f"({self.tokens_per_second:,.0f} tokens/s)", f"final train loss {self.final_loss:.4f}"]
+        if self.steps == self.start_step:
+            out = [f"no steps trained (resumed at step {self.start_step})"]
+        else:
+            out = [f"trained steps {self.start_step}..{self.steps} in {self.seconds:.1f} s "
+                   f"({self.tokens_per_second:,.0f} tokens/s)", f"final train loss {self.final_loss:.4f}"]
         if self.final_val_loss is not None:
             out.append(f"validation loss {self.final_val_loss:.4f} (best {self.best_val_loss:.4f})")
+        if self.final_val_wer is not None:
+            out.append(f"validation WER {100 * self.final_val_wer:.2f} % (best {100 * self.best_val_wer:.2f} %)")
         out.append(f"checkpoints: {self.checkpoint_dir}")
         if self.model_dir:
-            out.append(f"MODEL_DIR: {self.model_dir}")
+            out.append(f"MODEL_DIR: {self.model_dir}" + (" (the latest step; preempted)" if self.preempted else ""))
         return "\n".join(out)
 
 
@@ -179,7 +198,9 @@ class Trainer:
         self.is_main = jax.process_index() == 0
         self.data_cfg = load_data_config(cfg)
         self.mcfg = model_config(cfg)
-        validate(cfg, self.data_cfg, jax.device_count())
+        self.batch = validate(cfg, self.data_cfg, jax.device_count())
+        if self.is_main:
+            self.print(self.batch.line())
         import_before_threads(self.mcfg.whisper.n_mels)
         # One trainer per workdir, taken before anything touches the checkpoints.
         self.lock = WorkdirLock(cfg.workdir, jax.process_index(), print_fn=print_fn).acquire()
@@ -202,6 +223,9 @@ class Trainer:
             self.mcfg = dataclasses.replace(self.mcfg, tokens=self.tokenizer.token_config(self.mcfg.tokens.prompt_text))
         self.model, _ = build_model(cfg, self.mcfg)
         r = self.data_cfg.max_response_len
+        self.decode_defaults = export_lib.decode_defaults(cfg, self.data_cfg)
+        if self._tokenizer_json() is not None:  # what `export --checkpoint` needs besides a step
+            export_lib.write_run_metadata(self.workdir, cfg, self.mcfg, self._tokenizer_json(), self.decode_defaults)
         with jax.set_mesh(self.mesh):
             variables = None
             if cfg.init_from:
@@ -214,18 +238,26 @@ class Trainer:
         self._eval_batches = eval_batches or (lambda: self._pipeline("eval"))
         ckdir = cfg.checkpoint.dir or str(self.workdir / "checkpoints")
         self.ckpt = Checkpointer(ckdir, cfg.checkpoint, with_data=hasattr(self.train_iter, "get_state"))
-        example = step_lib.device_batch(synthetic_batch(self.mcfg, self.data_cfg.batch_size * jax.process_count(), r))
+        example = step_lib.device_batch(synthetic_batch(self.mcfg, self.batch.global_batch, r))
         self.global_example = example
         train_fn = step_lib.make_train_step(self.model, cfg, self.mcfg, self.setup.tx)
         self.train_step = step_lib.jit_train_step(train_fn, self.setup, self.mesh, example, self.rules)
         self.eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(self.model, cfg, self.mcfg),
                                                 self.setup, self.mesh, example, self.rules)
-        self.tokens_per_step = tokens_per_batch(self.mcfg, self.data_cfg.batch_size * jax.process_count(), r)
+        self.tokens_per_step = tokens_per_batch(self.mcfg, self.batch.global_batch, r)
+        self.wer = None
+        if cfg.eval.wer_every:
+            if self.tokenizer is None:
+                raise ConfigError("eval.wer_every: validation WER needs the tokenizer",
+                                  hint="set tokenizer=PATH or init_from=MODEL_DIR")
+            from whisper_llada_jax.training.validation import WerValidator
+
+            self.wer = WerValidator(cfg, self.data_cfg, self.mcfg, self.model, self.tokenizer, self.decode_defaults)
 
     def _pipeline(self, split: str):
         from whisper_llada_jax.data.pipeline import build_iterator
 
-        return build_iterator(self.data_cfg, self.mcfg, self.tokenizer, split=split,
+        return build_iterator(self.data_cfg.for_hosts(jax.process_count()), self.mcfg, self.tokenizer, split=split,
                               shard_index=jax.process_index(), shard_count=jax.process_count(),
                               seed=self.cfg.seed)
 
@@ -281,17 +313,23 @@ class Trainer:
         compiled = self.compile()
         writer = self._writer()
         bar = self._bar(start)
+        profiler = StepProfiler(cfg.profile_steps, self.workdir / "profile", self.print)
+        preempted = False
         pending: list[tuple[int, dict]] = []
         last_loss, val_loss, best_val = float("nan"), None, None
+        val_wer, best_wer = None, None
         t_start, t_mark, step_mark = time.perf_counter(), time.perf_counter(), start
         step = start
         try:
             while step < cfg.steps:
                 batch = next(self.train_iter)
+                profiler.before_step(step)
                 state, metrics = compiled(state, self._global(batch))
                 step += 1
+                profiler.after_step(step, state)
                 pending.append((step, metrics))
                 last = step == cfg.steps
+                measured: dict[str, float] = {}  # validation metrics of this step (checkpoint metadata)
                 if step % cfg.log_interval == 0 or last:
                     self._check_finite(state, step)
                     now = time.perf_counter()
@@ -319,18 +357,30 @@ class Trainer:
                         writer.add_scalar("val/loss", val_loss, step)
                     if self.is_main:
                         self.print(f"step {step} validation loss {val_loss:.4f}")
+                    measured["val_loss"] = val_loss
+                if self.wer is not None and (step % cfg.eval.wer_every == 0 or last):
+                    with jax.set_mesh(self.mesh):
+                        w = self.wer(state.variables, cfg.seed)
+                    val_wer = w.wer
+                    best_wer = val_wer if best_wer is None else min(best_wer, val_wer)
+                    if writer:
+                        writer.add_scalar("val/wer", val_wer, step)
+                    if self.is_main:
+                        self.print(f"step {step} validation WER {100 * val_wer:.2f} % ({w.errors} errors / "
+                                   f"{w.ref_words} words)")
+                    measured["val_wer"] = val_wer
                 preempted = self.ckpt.preempted(step)
                 if step % cfg.checkpoint.save_interval_steps == 0 or last or preempted:
                     self._check_finite(state, step)  # never checkpoint a diverged state
                     self.ckpt.save(step, state, self.train_iter if self.ckpt.with_data else None,
-                                   val_loss=val_loss if (cfg.eval_interval and step % cfg.eval_interval == 0) or last
-                                   else None, force=True)
+                                   metrics=measured, force=True)
                 if preempted:
                     self.ckpt.wait()
                     if self.is_main:
                         self.print(f"preempted: saved step {step} to {self.ckpt.directory}; exiting")
                     break
         finally:
+            profiler.finish()
             self.ckpt.wait()
             if bar is not None:
                 bar.close()
@@ -338,12 +388,22 @@ class Trainer:
                 writer.close()
         seconds = time.perf_counter() - t_start
         model_dir = None
-        if step >= cfg.steps and self.tokenizer is not None and hasattr(self.tokenizer, "json"):
-            model_dir = self._write_model_dir(state)
+        preempted = preempted and step < cfg.steps
+        # A restart of a finished run trains nothing: its MODEL_DIR stays as written (it is
+        # written again only if the first run was killed before writing it).
+        finished_before = step == start and step >= cfg.steps
+        out_dir = Path(self.cfg.output_dir or self.workdir / "model")
+        if finished_before and self.is_main:
+            self.print(f"the run already reached step {start} (steps={cfg.steps}); nothing to train")
+        if ((step >= cfg.steps and not (finished_before and out_dir.is_dir())) or preempted) \
+                and self._tokenizer_json() is not None:
+            # preempted: the step just saved, as <workdir>/model-latest (written after the save
+            # committed, atomically: a kill mid-write loses only this copy)
+            model_dir = self._write_model_dir(state, self.workdir / "model-latest" if preempted else None)
         self.state = state
         summary = Summary(step, start, last_loss, val_loss, best_val, seconds,
                           self.tokens_per_step * (step - start) / max(seconds, 1e-9),
-                          str(self.ckpt.directory), model_dir)
+                          str(self.ckpt.directory), model_dir, preempted, val_wer, best_wer)
         if self.is_main:
             self.print(summary.lines())
             (self.workdir / "summary.json").parent.mkdir(parents=True, exist_ok=True)
@@ -362,22 +422,15 @@ class Trainer:
 
         return tqdm(total=self.cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
 
-    def _write_model_dir(self, state) -> str:
-        from jax.experimental import multihost_utils
+    def _tokenizer_json(self) -> str | None:
+        return getattr(self.tokenizer, "json", None)
 
-        from whisper_llada_jax.checkpoints.model_dir import save_model_dir
-
-        out = self.cfg.output_dir or str(self.workdir / "model")
-        variables = state.variables
-        if jax.process_count() > 1:
-            variables = multihost_utils.process_allgather(variables, tiled=True)
-        # A model trained on its whole canvas decodes on exactly that canvas by default.
-        r = self.data_cfg.max_response_len
-        decode = ({"gen_len": r, "block_length": r, "steps": r}
-                  if self.cfg.loss_span == "canvas" and self.cfg.objective != "autoregressive" else None)
-        if self.is_main:
-            save_model_dir(out, self.mcfg, jax.device_get(variables), self.tokenizer.json, decode=decode)
-        return out
+    def _write_model_dir(self, state, out: Path | None = None) -> str:
+        """The MODEL_DIR of ``state``, streamed leaf by leaf from the shards (no host gathers
+        the model)."""
+        out = out or self.cfg.output_dir or str(self.workdir / "model")
+        export_lib.write_model_dir(out, self.mcfg, state.variables, self._tokenizer_json(), self.decode_defaults)
+        return str(out)
 
     def close(self) -> None:
         try:
