@@ -21,18 +21,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from whisper_llada_jax.decoding import autoregressive, deliberation, diffusion
+from whisper_llada_jax.decoding import autoregressive, deliberation, diffusion, length_prior
 from whisper_llada_jax.decoding.backbone import Backbone, Prefix, full_forward
 from whisper_llada_jax.decoding.config import DecodeConfig, validate
 from whisper_llada_jax.errors import DataError, DecodeConfigError
 
 
 class DecodeOutput(NamedTuple):
-    """``tokens (B, R)`` response canvases, ``length (B,)`` valid slots, ``nfe (B,)``."""
+    """``tokens (B, R)`` response canvases, ``length (B,)`` valid slots, ``nfe (B,)``, and
+    ``llm_tokens (B,)`` the LLM query positions the row's forward passes processed (diffusion
+    decoding only; None elsewhere): a machine-independent cost next to ``nfe``."""
 
     tokens: np.ndarray
     length: np.ndarray
     nfe: np.ndarray
+    llm_tokens: np.ndarray | None = None
 
 
 # ----------------------------------------------------------------------------- conditioning
@@ -72,11 +75,14 @@ def _rows(inputs: Any) -> int:
 
 
 # ----------------------------------------------------------------------------- programs
-@functools.partial(jax.jit, static_argnames=("bb", "cond", "plan", "gen_len", "buckets"))
-def _diffusion_program(variables, inputs, spb, rng, row_ids, live, *, bb, cond, plan, gen_len, buckets):
-    """``spb`` (steps per block) is traced: every step count shares one compiled program."""
+@functools.partial(jax.jit, static_argnames=("bb", "cond", "plan", "gen_len", "buckets", "prior"))
+def _diffusion_program(variables, inputs, spb, rng, row_ids, live, *, bb, cond, plan, gen_len, buckets, prior=None):
+    """``spb`` (steps per block) is traced: every step count shares one compiled program.
+    Returns ``(canvas, nfe, llm_tokens)``."""
     prefix = cond(bb, variables, inputs)
     b = row_ids.shape[0]
+    if prior is not None:
+        return length_prior.decode(bb, variables, prefix, gen_len, rng, row_ids, live, prior)
 
     def run(size: int, extra):
         if plan.block >= gen_len:  # one block: the bucket is the block, steps scale with it
@@ -84,10 +90,10 @@ def _diffusion_program(variables, inputs, spb, rng, row_ids, live, *, bb, cond, 
         else:  # semi-AR: fewer blocks of the same length and steps
             p, steps = dataclasses.replace(plan, num_segments=size // plan.block), spb
         x = jnp.full((b, size), plan.mask_id, jnp.int32)
-        out, nfe = diffusion.denoise(bb, variables, prefix, x, jnp.full((b,), size, jnp.int32),
-                                     jnp.full((b,), steps, jnp.int32), rng, row_ids, live, p)
+        out, nfe, toks = diffusion.denoise(bb, variables, prefix, x, jnp.full((b,), size, jnp.int32),
+                                           jnp.full((b,), steps, jnp.int32), rng, row_ids, live, p, count_tokens=True)
         out = jnp.concatenate([out, jnp.full((b, gen_len - size), plan.eos_id, jnp.int32)], axis=1)
-        return out, nfe + extra
+        return out, nfe + extra, toks + extra * (prefix.embeds.shape[1] + gen_len)
 
     if not buckets:
         return run(gen_len, 0)
@@ -146,12 +152,17 @@ def diffusion_decode(model: Any, variables: Any, inputs: Any, cfg: DecodeConfig,
                           block_window=cfg.cache == "dual", eos_rule=True,
                           threshold=cfg.threshold, remasking=cfg.remasking, temperature=float(cfg.temperature),
                           cache=cfg.cache, mask_id=tok.mask, eos_id=tok.eos)
+    prior = None
+    if cfg.length_prior:
+        prior = length_prior.LengthPriorPlan(threshold=cfg.threshold, query_slots=cfg.query_slots,
+                                             length_margin=cfg.length_margin, temperature=float(cfg.temperature),
+                                             mask_id=tok.mask, eos_id=tok.eos)
     ids, lv = _ids_and_live(b, row_ids, live)
     spb = jnp.asarray(cfg.steps // cfg.num_blocks, jnp.int32)
-    out, nfe = _diffusion_program(variables, inputs, spb, rng, ids, lv, bb=backbone_of(model),
-                                  cond=_cond(cfg, audio_tokens), plan=plan, gen_len=cfg.gen_len,
-                                  buckets=tuple(sorted(cfg.length_buckets)))
-    return DecodeOutput(np.asarray(out), np.full((b,), cfg.gen_len, np.int32), np.asarray(nfe))
+    out, nfe, toks = _diffusion_program(variables, inputs, spb, rng, ids, lv, bb=backbone_of(model),
+                                        cond=_cond(cfg, audio_tokens), plan=plan, gen_len=cfg.gen_len,
+                                        buckets=tuple(sorted(cfg.length_buckets)), prior=prior)
+    return DecodeOutput(np.asarray(out), np.full((b,), cfg.gen_len, np.int32), np.asarray(nfe), np.asarray(toks))
 
 
 def pad_first_pass(first_pass: list[list[int]], width: int, pad_id: int, where: list[str] | None = None):
