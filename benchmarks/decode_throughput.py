@@ -141,6 +141,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer utterances / training steps / rounds (smoke test)")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds per side, sides alternated (median reported)")
     ap.add_argument("--json", type=Path, help="also write one JSON object per measured row to this file")
+    ap.add_argument("--counts", type=Path, help="write per-utterance exact_nfe / fast_nfe / length (tokens before "
+                    "eos) for benchmarks/gpu_decode_paper.py --counts")
+    ap.add_argument("--counts-mode", default="length_prior_t0.7_q4", help="the fast mode whose forwards --counts takes")
     ap.add_argument("--write", action="store_true",
                     help="update docs/benchmarks.md (refused when the machine was loaded beyond its cores)")
     ap.add_argument("--write-loaded", action="store_true",
@@ -212,6 +215,13 @@ def main():
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
         print(f"wrote {args.json}")
+    if args.counts:
+        ex_tok, ex_nfe, _ = results[("exact_diffusion", 16)]
+        fast_nfe = results[(args.counts_mode, 16)][1]
+        length = [len(api.response_tokens(r, GEN, TOK)) for r in ex_tok]
+        args.counts.write_text(json.dumps([{"exact_nfe": int(a), "fast_nfe": int(f), "length": n}
+                                           for a, f, n in zip(ex_nfe, fast_nfe, length)]) + "\n")
+        print(f"wrote {args.counts}")
     if args.write or args.write_loaded:
         if not monitor.clean and not args.write_loaded:
             print(f"NOT writing docs/benchmarks.md: {monitor.summary()}; rerun on a quiet machine "

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.model}/decode.yaml decodes with decoder {base.decoder} / strategy {base.strategy}",
                         hint="tune searches diffusion decoding from an all-masked canvas")
     source = limited(parse_source(args.data), args.limit)
-    loaded = load_model_dir(args.model)
+    loaded = load_model_dir(args.model, for_decoding=True)
     decode_fn = tune.dataset_decoder(loaded, source, seed=args.seed, num_workers=args.workers)
     try:
         thresholds = [float(t) for t in args.thresholds.split(",") if t.strip()]

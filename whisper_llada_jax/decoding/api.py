@@ -311,7 +311,7 @@ def transcribe_files(model_dir: str, items: Iterable[dict], cfg: DecodeConfig, b
     from whisper_llada_jax.checkpoints.model_dir import load_model_dir
 
     validate(cfg)
-    loaded = load_model_dir(model_dir)
+    loaded = load_model_dir(model_dir, for_decoding=True)
     wcfg = loaded.config.whisper
     n_samples = wcfg.input_frames * 160
     bs = batch_size or cfg.batch_size
