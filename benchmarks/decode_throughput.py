@@ -7,11 +7,17 @@ prefix vectors standing in for ``[prompt | audio]`` (4 prompt + 48 audio vectors
 the first 8-20 carry the utterance and the rest are one shared "silence" vector, like the
 projector output over the zero padding of a short clip), each paired with 6-22 tokens padded
 with eos to 32 slots. Then, in one run on the same machine: the PyTorch reference loop (batch 1,
-full forward per step) and every JAX mode at batch 1 and 16, as utterances/s, forward passes
-per utterance, ratios to the PyTorch loop, share of utterances identical to the exact mode, and
-token WER against the memorised targets. The trimmed audio span is simulated on this bare LLM
-by cutting the silence tail of the prefix at the batch's longest real span + 4 vectors, rounded
-up to 8 (the composite does the same from ``audio_len`` in whole projector windows).
+full forward per step) and every JAX mode at batch 1 and 16. Every side is warmed up first
+(compiles every shape it uses), then timed over several rounds with the sides alternated; the
+table gives the median utterances/s with its range, forward passes and LLM tokens (query
+positions through the transformer) per utterance, the share of utterances identical to the
+exact mode and token WER against the memorised targets, and checks the issue-13 targets. The
+load is sampled every round: a run with more load or runnable jobs than cores is flagged
+INVALID and does not update docs/benchmarks.md. ``--json FILE`` writes one object per row
+(mode, batch, forwards_per_utt, llm_tokens_per_utt, utt_per_s, identical, wer_change, ...);
+``--counts FILE`` the per-utterance counts benchmarks/gpu_decode_paper.py takes. The trimmed
+audio span is simulated on this bare LLM by cutting the silence tail of the prefix at the
+batch's longest real span + 4 vectors, rounded up to 8 (the composite does the same from ``audio_len`` in whole projector windows).
 """
 
 from __future__ import annotations
