@@ -108,6 +108,8 @@ def main(argv=None):
     ap.add_argument("--query-slots", type=int, default=8)
     ap.add_argument("--scan", action="store_true", help="decoders with the scanned layer stack")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per row (median)")
+    ap.add_argument("--time-budget", type=float, default=390.0, metavar="S",
+                    help="start no new batch size after this many seconds (keeps a lent GPU call short)")
     args = ap.parse_args(argv)
     cfg = dataclasses.replace(TINY if args.tiny else PAPER, scan_layers=args.scan)
     tok = TokenConfig(bos=1, eos=2, pad=2, mask=3, start_header=4, end_header=5, eot=6) if args.tiny else TokenConfig()
@@ -122,10 +124,15 @@ def main(argv=None):
     probe = forward_probe(dataclasses.replace(cfg, scan_layers=True), 1, 32, 4 if args.tiny else 16)
     print(f"probe B=1 T=32: scanned {probe[True]:.2f} ms/forward, unrolled {probe[False]:.2f}", flush=True)
 
-    rows = []
+    rows, skipped = [], []
     model, v = init(cfg)
+    ar_cfg = dataclasses.replace(cfg, causal=True, n_kv_heads=max(1, cfg.n_heads // 4))
+    ar_model, ar_v = init(ar_cfg)
     rs = np.random.RandomState(0)
-    for b in sizes:
+    for b in sizes:  # every mode at one batch size before the next, so a cut run stays comparable
+        if time.perf_counter() - t_start > args.time_budget:
+            skipped.append(b)
+            continue
         need = batches(counts, b)
         emb = jnp.asarray(rs.normal(size=(b, prompt + audio, cfg.d_model)) * 0.02, jnp.bfloat16)
         pre = Prefix(emb, jnp.ones(emb.shape[:2], bool))
@@ -142,21 +149,12 @@ def main(argv=None):
         n_lp = int(out.nfe.max())
         t_later = max(0.0, (t_lp - t_first) / max(1, n_lp - 1))
         t_fast = t_first + (need["fast_nfe"] - 1) * t_later
-        rows += [("exact diffusion (steps = measured forwards)", b, steps, t_exact),
-                 (f"length prior, {args.query_slots} query slots", b, need["fast_nfe"], t_fast)]
-        print(rows[-2], rows[-1], f"(later forward {1e3 * t_later:.2f} ms from {n_lp} forwards)", flush=True)
-    del v
-
-    ar_cfg = dataclasses.replace(cfg, causal=True, n_kv_heads=max(1, cfg.n_heads // 4))
-    ar_model, ar_v = init(ar_cfg)
-    for b in sizes:
-        need = batches(counts, b)
-        emb = jnp.asarray(rs.normal(size=(b, prompt + audio, cfg.d_model)) * 0.02, jnp.bfloat16)
-        pre = Prefix(emb, jnp.ones(emb.shape[:2], bool))
         c = DecodeConfig(decoder="autoregressive", max_new_tokens=need["length"] + 1)
         t_ar = timed(lambda: api.autoregressive_decode(ar_model, ar_v, pre, c, tokens=tok).tokens, args.repeats)
-        rows.append(("autoregressive baseline (greedy, K/V cache)", b, need["length"] + 1, t_ar))
-        print(rows[-1], flush=True)
+        rows += [("exact diffusion (steps = measured forwards)", b, steps, t_exact),
+                 (f"length prior, {args.query_slots} query slots", b, need["fast_nfe"], t_fast),
+                 ("autoregressive baseline (greedy, K/V cache)", b, need["length"] + 1, t_ar)]
+        print(*rows[-3:], f"(later forward {1e3 * t_later:.2f} ms from {n_lp} forwards)", flush=True)
 
     print(f"\n{jax.devices()[0].device_kind}, {'tiny shape' if args.tiny else '8B shapes'}, bf16 random weights, "
           f"prefix {prompt}+{audio}, {gen} slots, {'scanned' if args.scan else 'unrolled'} layers, "
@@ -165,6 +163,8 @@ def main(argv=None):
     print("| decoder | batch | forwards (or tokens) per batch | s / utterance | utt/s |\n|---|---|---|---|---|")
     for name, b, n, t in rows:
         print(f"| {name} | {b} | {n} | {t / b:.4f} | {b / t:.1f} |")
+    if skipped:
+        print(f"\nnot measured (time budget {args.time_budget:.0f} s spent): batch {skipped}")
     return rows
 
 
