@@ -23,7 +23,6 @@ def _logits(cfg, variables, emb, ids):
 
 
 def test_scanned_lora_model_unrolled_and_merged_at_load(tmp_path):
-    jax.config.update("jax_default_matmul_precision", "highest")
     cfg = load_model_config("tiny")
     cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, scan_layers=True, n_layers=2),
                               lora=dataclasses.replace(cfg.lora, enabled=True))
