@@ -1,20 +1,40 @@
-"""Paper-size decoding on one GPU: the PyTorch reference loop vs the fused JAX decoders.
+"""Paper-size decoding on one GPU: exact diffusion, the length-prior fast mode and the
+autoregressive baseline, with a trained model's forward counts and lengths.
 
-    python benchmarks/gpu_decode_paper.py            # LLaDA-8B shape, random bf16 weights
-    python benchmarks/gpu_decode_paper.py --tiny     # a small shape, to check the script on CPU
+    python benchmarks/gpu_decode_paper.py                      # LLaDA-8B / LLaMA-8B shapes, bf16 (< 8 min)
+    python benchmarks/gpu_decode_paper.py --counts counts.json # per-utterance counts measured on your model
+    python benchmarks/gpu_decode_paper.py --tiny               # a tiny shape on CPU: checks the script
 
-LLaDA-8B-shaped LLM with random bf16 weights on both sides (not the same weights: copying 16 GB
-would eat the time budget; timing does not depend on the values), prefix = 20 prompt vectors +
-352 audio vectors (the projector output for 30 s; the encoder is 13 ms of it, SPEC section 10),
-128 response slots. Random weights never reach the 0.9 threshold and never emit eos, so every
-mode decodes the whole canvas: worst-case step counts. Prints a Markdown table; about 4
-minutes on one H100 / H200 (most of it compiling the 8B programs).
+Random bf16 weights never emit eos and never clear a threshold, so decoding them end to end
+would always run the worst case. Instead every mode runs with the **per-utterance forward counts
+and lengths of a trained model** (``--counts FILE``: a JSON list of ``{"exact_nfe", "fast_nfe",
+"length"}`` per utterance, e.g. from ``benchmarks/decode_throughput.py --counts``; the default
+is the demo model's means quoted in issue 13: 9 exact forwards, 3 length-prior forwards, 27
+response tokens). A batch of B utterances takes B consecutive entries and runs in lock step,
+so it costs its longest row:
+
+- **exact diffusion**: the real fused program with ``steps = max exact_nfe`` of the batch (one
+  block, so exactly that many full forwards over ``[prompt | audio | 128 slots]``);
+- **length prior** (threshold + query window, docs/decoding.md): its first forward is a full
+  forward (timed as exact diffusion with one step); each later forward runs ``query_slots``
+  slots against the cache, timed from a run of the real program at threshold 1.0 (one slot
+  revealed per forward, so it runs about 128 + 128 / query_slots forwards): per-utterance time
+  = first + (max fast_nfe - 1) x later;
+- **autoregressive baseline** (LLaMA-8B shape: causal, 8 KV heads, the same engine: fused
+  attention, in-place K/V writes, logits for the last slot only): the real program with
+  ``max_new_tokens = max length + 1`` of the batch (random weights never stop early);
+- a **single-forward probe** inside a ``while_loop``: scanned vs unrolled layer stack (the
+  fixed per-forward cost the issue's cost model attributes ~9 ms to).
+
+Decoders run the unrolled layer stack (``--scan`` for the scanned one). Prints a Markdown table
+(seconds per utterance and utterances/s per batch size) for docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -22,105 +42,130 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
 from flax import linen as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.decode_torch_reference import reference_decode  # noqa: E402
-from tests.reference_torch.llada import LLaDAReference  # noqa: E402
 from whisper_llada_jax.config import LLMConfig, TokenConfig  # noqa: E402
 from whisper_llada_jax.decoding import api  # noqa: E402
 from whisper_llada_jax.decoding.backbone import Prefix  # noqa: E402
 from whisper_llada_jax.decoding.config import DecodeConfig  # noqa: E402
 from whisper_llada_jax.models.llada import LLaDA  # noqa: E402
 
-PAPER = LLMConfig(dtype="bfloat16", param_dtype="bfloat16", scan_layers=True)  # defaults: LLaDA-8B
-TINY = dataclasses.replace(PAPER, vocab_size=512, d_model=128, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=32,
-                           mlp_hidden=256)
-TOK = TokenConfig()
-TINY_TOK = TokenConfig(bos=1, eos=2, pad=2, mask=3, start_header=4, end_header=5, eot=6)
+PAPER = LLMConfig(dtype="bfloat16", param_dtype="bfloat16", scan_layers=False)  # defaults: LLaDA-8B
+TINY = dataclasses.replace(PAPER, vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=16,
+                           mlp_hidden=128)
+DEFAULT_COUNTS = [{"exact_nfe": 9, "fast_nfe": 3, "length": 27}]  # issue 13, the demo model's means
 
 
-def jax_model(cfg: LLMConfig):
+def init(cfg: LLMConfig):
     model = LLaDA(cfg)  # weights created on the device under jit, never on the host
-    init = jax.jit(lambda k: nn.unbox(model.init(k, jnp.zeros((1, 4), jnp.int32))))
-    return model, init(jax.random.key(0))
+    return model, jax.jit(lambda k: nn.unbox(model.init(k, jnp.zeros((1, 4), jnp.int32))))(jax.random.key(0))
 
 
-def torch_model(cfg: LLMConfig, device: str):
-    torch.set_default_dtype(torch.bfloat16 if device == "cuda" else torch.float32)  # CPU bf16 matmuls crawl
-    with torch.device(device):
-        m = LLaDAReference(vocab=cfg.vocab_size, d=cfg.d_model, layers=cfg.n_layers, heads=cfg.n_heads,
-                           kv_heads=cfg.n_kv_heads, hidden=cfg.mlp_hidden, theta=cfg.rope_theta, eps=cfg.norm_eps)
-        for p in m.parameters():
-            torch.nn.init.normal_(p, std=0.02)
-    torch.set_default_dtype(torch.float32)
-    return m.eval()
+def timed(fn, repeats: int) -> float:
+    """Median seconds of ``fn()`` (results fetched to the host) after one warm-up call."""
+    jax.block_until_ready(fn())
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
 
 
-def main():
+def forward_probe(cfg: LLMConfig, b: int, t: int, n: int) -> dict[bool, float]:
+    """ms per forward of ``n`` chained forwards in one while_loop, scanned and unrolled."""
+    out = {}
+    for scan in (True, False):
+        c = dataclasses.replace(cfg, scan_layers=scan)
+        model, params = init(c)
+
+        @jax.jit
+        def loop(p, x0):
+            def body(carry):
+                i, x = carry
+                h = model.apply(p, embeds=x, return_hidden=True).hidden
+                return i + 1, x + 1e-3 * h.astype(x.dtype)  # each forward feeds the next: nothing hoisted
+            return jax.lax.while_loop(lambda carry: carry[0] < n, body, (0, x0))[1]
+
+        x0 = jnp.zeros((b, t, c.d_model), jnp.bfloat16)
+        out[scan] = 1e3 * timed(lambda: loop(params, x0), 1) / n
+        del params
+    return out
+
+
+def batches(counts: list[dict], b: int) -> dict:
+    """The lock-step cost drivers of one batch of ``b`` consecutive utterances (cycled)."""
+    rows = [counts[i % len(counts)] for i in range(b)]
+    return {k: max(int(r[k]) for r in rows) for k in ("exact_nfe", "fast_nfe", "length")}
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--torch-utts", type=int, default=2)
-    args = ap.parse_args()
-    global TOK
-    cfg = TINY if args.tiny else PAPER
-    TOK = TINY_TOK if args.tiny else TOK
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    prompt, audio, gen = (20, 352, 128) if not args.tiny else (4, 16, 128)
+    ap.add_argument("--tiny", "--dry-run", dest="tiny", action="store_true", help="tiny shapes (CPU check)")
+    ap.add_argument("--counts", type=Path, help="JSON list of {exact_nfe, fast_nfe, length} per utterance")
+    ap.add_argument("--batches", default="1,16,64")
+    ap.add_argument("--query-slots", type=int, default=8)
+    ap.add_argument("--scan", action="store_true", help="decoders with the scanned layer stack")
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls per row (median)")
+    ap.add_argument("--time-budget", type=float, default=390.0, metavar="S",
+                    help="start no new batch size after this many seconds (keeps a lent GPU call short)")
+    args = ap.parse_args(argv)
+    cfg = dataclasses.replace(TINY if args.tiny else PAPER, scan_layers=args.scan)
+    tok = TokenConfig(bos=1, eos=2, pad=2, mask=3, start_header=4, end_header=5, eot=6) if args.tiny else TokenConfig()
+    prompt, audio, gen = (4, 16, 32) if args.tiny else (20, 352, 128)
+    counts = json.loads(args.counts.read_text()) if args.counts else DEFAULT_COUNTS
+    sizes = [int(b) for b in args.batches.split(",")]
+    t_start = time.perf_counter()
+    print(f"{jax.devices()[0].device_kind}; counts: {len(counts)} utterances, means "
+          + ", ".join(f"{k} {np.mean([c[k] for c in counts]):.1f}" for k in ("exact_nfe", "fast_nfe", "length")),
+          flush=True)
+
+    probe = forward_probe(dataclasses.replace(cfg, scan_layers=True), 1, 32, 4 if args.tiny else 16)
+    print(f"probe B=1 T=32: scanned {probe[True]:.2f} ms/forward, unrolled {probe[False]:.2f}", flush=True)
+
+    rows, skipped = [], []
+    model, v = init(cfg)
+    ar_cfg = dataclasses.replace(cfg, causal=True, n_kv_heads=max(1, cfg.n_heads // 4))
+    ar_model, ar_v = init(ar_cfg)
     rs = np.random.RandomState(0)
-    emb = (rs.normal(size=(16, prompt + audio, cfg.d_model)) * 0.02).astype(np.float32)
-    rows = []
+    for b in sizes:  # every mode at one batch size before the next, so a cut run stays comparable
+        if time.perf_counter() - t_start > args.time_budget:
+            skipped.append(b)
+            continue
+        need = batches(counts, b)
+        emb = jnp.asarray(rs.normal(size=(b, prompt + audio, cfg.d_model)) * 0.02, jnp.bfloat16)
+        pre = Prefix(emb, jnp.ones(emb.shape[:2], bool))
+        exact = DecodeConfig(gen_len=gen, steps=gen, block_length=gen)
 
-    tm = torch_model(cfg, device)
-    t_emb = torch.from_numpy(emb).to(device=device, dtype=next(tm.parameters()).dtype)
-    for steps in (64, 32):
-        kw = dict(gen_len=gen, steps=steps, block_length=gen, mask_id=TOK.mask, eos_id=TOK.eos)
-        with torch.device(device):
-            reference_decode(tm, t_emb[:1], **dict(kw, steps=2, gen_len=4, block_length=4))  # warm-up
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            for i in range(args.torch_utts):
-                reference_decode(tm, t_emb[i:i + 1], **kw)
-            if device == "cuda":
-                torch.cuda.synchronize()
-        rows.append((f"PyTorch reference loop, steps {steps}", 1, (time.perf_counter() - t) / args.torch_utts))
-        print(rows[-1], flush=True)
-    del tm, t_emb
-    if device == "cuda":
-        torch.cuda.empty_cache()
+        def run(c):
+            return api.diffusion_decode(model, v, pre, c, jax.random.key(0), tokens=tok).tokens
+        steps = min(gen, need["exact_nfe"])
+        t_exact = timed(lambda: run(dataclasses.replace(exact, steps=steps)), args.repeats)
+        t_first = timed(lambda: run(dataclasses.replace(exact, steps=1)), args.repeats)
+        lp = dataclasses.replace(exact, threshold=1.0, length_prior=True, query_slots=args.query_slots)
+        out = api.diffusion_decode(model, v, pre, lp, jax.random.key(0), tokens=tok)
+        t_lp = timed(lambda: run(lp), 1)
+        n_lp = int(out.nfe.max())
+        t_later = max(0.0, (t_lp - t_first) / max(1, n_lp - 1))
+        t_fast = t_first + (need["fast_nfe"] - 1) * t_later
+        c = DecodeConfig(decoder="autoregressive", max_new_tokens=need["length"] + 1)
+        t_ar = timed(lambda: api.autoregressive_decode(ar_model, ar_v, pre, c, tokens=tok).tokens, args.repeats)
+        rows += [("exact diffusion (steps = measured forwards)", b, steps, t_exact),
+                 (f"length prior, {args.query_slots} query slots", b, need["fast_nfe"], t_fast),
+                 ("autoregressive baseline (greedy, K/V cache)", b, need["length"] + 1, t_ar)]
+        print(*rows[-3:], f"(later forward {1e3 * t_later:.2f} ms from {n_lp} forwards)", flush=True)
 
-    model, v = jax_model(cfg)
-    trimmed = prompt + audio // 4  # ~7.5 s of audio: 22 of 88 windows (+ margin)
-    modes = [
-        ("JAX exact diffusion, steps 64", DecodeConfig(gen_len=gen, steps=64, block_length=gen), None),
-        ("JAX exact diffusion, steps 32", DecodeConfig(gen_len=gen, steps=32, block_length=gen), None),
-        ("JAX exact semi-AR blocks of 32, steps 64", DecodeConfig(decoder="semi_ar", gen_len=gen, steps=64,
-                                                                  block_length=32), None),
-        (f"JAX semi-AR 32 + dual cache, steps 64, trimmed audio ({audio // 4} of {audio})",
-         DecodeConfig(decoder="semi_ar", gen_len=gen, steps=64, block_length=32, cache="dual"), trimmed),
-    ]
-    for name, dcfg, keep in modes:
-        for b in (1, 16):
-            e = emb[:b, :keep] if keep else emb[:b]
-            pre = Prefix(jnp.asarray(e, jnp.bfloat16), jnp.ones(e.shape[:2], bool))
-            run = lambda c: api.diffusion_decode(model, v, pre, c, jax.random.key(0), tokens=TOK)  # noqa: E731
-            # Compile with one step per block: steps are traced, so the timed call reuses it.
-            run(dataclasses.replace(dcfg, steps=dcfg.num_blocks))
-            t = time.perf_counter()
-            out = run(dcfg)
-            rows.append((name, b, (time.perf_counter() - t) / b, float(out.nfe.mean())))
-            print(rows[-1], flush=True)
-
-    base = {r[0].split(", steps ")[1]: r[2] for r in rows[:2]}
-    print(f"\n{jax.devices()[0].device_kind}, {'tiny shape' if args.tiny else 'LLaDA-8B shape'}, bf16, random weights, "
-          f"prefix {prompt}+{audio}, {gen} slots\n")
-    print("| decoder | batch | s / utterance | vs PyTorch loop (same steps) |\n|---|---|---|---|")
-    for r in rows:
-        steps = r[0].split("steps ")[-1].split(",")[0] if "steps" in r[0] else "64"
-        ref = base.get(steps, base["64"])
-        print(f"| {r[0]} | {r[1]} | {r[2]:.3f} | {ref / r[2]:.1f}x |")
+    print(f"\n{jax.devices()[0].device_kind}, {'tiny shape' if args.tiny else '8B shapes'}, bf16 random weights, "
+          f"prefix {prompt}+{audio}, {gen} slots, {'scanned' if args.scan else 'unrolled'} layers, "
+          f"{time.perf_counter() - t_start:.0f} s in all\n")
+    print(f"Single forward in a while_loop, B=1, T=32: scanned {probe[True]:.2f} ms, unrolled {probe[False]:.2f} ms.\n")
+    print("| decoder | batch | forwards (or tokens) per batch | s / utterance | utt/s |\n|---|---|---|---|---|")
+    for name, b, n, t in rows:
+        print(f"| {name} | {b} | {n} | {t / b:.4f} | {b / t:.1f} |")
+    if skipped:
+        print(f"\nnot measured (time budget {args.time_budget:.0f} s spent): batch {skipped}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ def test_composite_run_decode_full_and_trimmed_audio(composite):
 
     trimmed = DecodeConfig(**{**cfg.__dict__, "audio_span": "trimmed", "audio_margin_windows": 1})
     n_tok = api.trimmed_audio_tokens(batch["audio_len"], composite.config, 1)
-    # 1.1 s = 55 encoder frames = 4 windows of 17, + 1 margin, rounded up to a quarter of 11 (3)
+    # 1.1 s = 55 encoder frames = 4 windows of 17, + 1 margin, rounded up to an eighth of 11 (2)
     assert n_tok == 6 * composite.config.projector.num_queries < composite.config.audio_tokens
     rows_t = api.run_decode(composite, batch, trimmed, jax.random.key(0))
     m, v = composite.model, composite.variables
@@ -152,3 +152,33 @@ def test_composite_text_only_deliberation(composite):
     # one confidence forward + min(steps, int(n * 0.5)) steps; unmasked tokens are kept
     assert [r["nfe"] for r in rows] == [1 + 2, 1 + 3]
     assert [len(r["tokens"]) <= n for r, n in zip(rows, (4, 6))] == [True, True]
+
+
+def test_transcribe_files_sorts_batches_by_length_and_keeps_input_order(tmp_path, monkeypatch):
+    """Clips of similar length share a batch (a batch runs until its longest row ends); the
+    output comes back in input order with each clip's own result."""
+    import soundfile
+
+    from whisper_llada_jax.checkpoints import model_dir
+
+    secs = [2.0, 0.3, 1.5, 0.4, 2.2, 0.2]
+    items = []
+    for i, s in enumerate(secs):
+        path = tmp_path / f"c{i}.wav"
+        soundfile.write(path, np.zeros(int(16000 * s), np.float32), 16000)
+        items.append({"id": f"c{i}", "audio": str(path)})
+    cfg = load_model_config("tiny")
+    loaded = type("L", (), {"config": cfg})()
+    monkeypatch.setattr(model_dir, "load_model_dir", lambda path, **kw: loaded)
+    seen = []
+
+    def fake_run_decode(_, batch, dcfg, rng):
+        seen.append([(i, int(n)) for i, n, ok in zip(batch["ids"], batch["audio_len"], batch["valid"]) if ok])
+        return [{"hypothesis": f"h{i}", "tokens": [], "nfe": int(n)} for i, n in zip(batch["ids"], batch["audio_len"])]
+
+    monkeypatch.setattr(api, "run_decode", fake_run_decode)
+    out = list(api.transcribe_files("unused", items, DecodeConfig(), batch_size=2))
+    assert [r["id"] for r in out] == [it["id"] for it in items]
+    assert [r["hypothesis"] for r in out] == [f"hc{i}" for i in range(len(secs))]
+    assert [r["nfe"] for r in out] == [int(16000 * s) for s in secs]
+    assert [[i for i, _ in b] for b in seen] == [["c5", "c1"], ["c3", "c2"], ["c0", "c4"]]

@@ -55,6 +55,8 @@ def test_fast_mode_report(overfit):
         "cache dual": (DecodeConfig(**BASE, cache="dual"), prefix),
         "length buckets 8": (DecodeConfig(**BASE, length_buckets=(8,)), prefix),
         "trimmed audio (+1 window)": (DecodeConfig(**BASE), trimmed),
+        "length prior 0.7 (diffusion)": (DecodeConfig(gen_len=GEN, steps=GEN, block_length=GEN, threshold=0.7,
+                                                      length_prior=True, query_slots=4), prefix),
     }
     report = {"exact": (1.0, _wer(refs, exact_hyp), float(exact.nfe.mean()))}
     outs = {"exact": exact}

@@ -216,8 +216,11 @@ def load_variables(path: str | Path, config: ModelConfig, *, mesh: jax.sharding.
 
 
 def load_model_dir(path: str | Path, mesh: jax.sharding.Mesh | None = None, rules: Sequence | None = None, *,
-                   overrides: Sequence[str] = ()) -> LoadedModel:
-    """Reads MODEL_DIR ``path``: config, tokenizer and variables (sharded on ``mesh`` if given)."""
+                   overrides: Sequence[str] = (), for_decoding: bool = False) -> LoadedModel:
+    """Reads MODEL_DIR ``path``: config, tokenizer and variables (sharded on ``mesh`` if given).
+
+    ``for_decoding``: the layer stack unrolled (a scanned model is switched at load) and LoRA
+    merged into the kernels (models/inference_layout.py); for decoding, not for training."""
     from whisper_llada_jax.models.composite import WhisperLLaDA
     from whisper_llada_jax.text.llada_tokenizer import LLaDATokenizer
 
@@ -236,5 +239,9 @@ def load_model_dir(path: str | Path, mesh: jax.sharding.Mesh | None = None, rule
             first_pass = json.loads((path / FIRST_PASS_FILE).read_text())["whisper"]
         except (ValueError, KeyError, TypeError):
             raise CheckpointError(f"{path / FIRST_PASS_FILE}: expected {{\"whisper\": DIR}}") from None
+    if for_decoding:
+        from whisper_llada_jax.models.inference_layout import for_decoding as layout
+
+        config, variables = layout(config, variables)
     return LoadedModel(config, WhisperLLaDA(config), variables, tokenizer, path, first_pass,
                        _read_decode_file(path))

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from whisper_llada_jax.decoding import autoregressive, deliberation, diffusion
+from whisper_llada_jax.decoding import autoregressive, deliberation, diffusion, length_prior
 from whisper_llada_jax.decoding.backbone import Backbone, Prefix, full_forward
 from whisper_llada_jax.decoding.config import DecodeConfig, validate
 from whisper_llada_jax.errors import DataError, DecodeConfigError
@@ -29,11 +29,14 @@ from whisper_llada_jax.text.first_pass import first_pass_ids
 
 
 class DecodeOutput(NamedTuple):
-    """``tokens (B, R)`` response canvases, ``length (B,)`` valid slots, ``nfe (B,)``."""
+    """``tokens (B, R)`` response canvases, ``length (B,)`` valid slots, ``nfe (B,)``, and
+    ``llm_tokens (B,)`` the LLM query positions the row's forward passes processed (diffusion
+    decoding only; None elsewhere): a machine-independent cost next to ``nfe``."""
 
     tokens: np.ndarray
     length: np.ndarray
     nfe: np.ndarray
+    llm_tokens: np.ndarray | None = None
 
 
 # ----------------------------------------------------------------------------- conditioning
@@ -73,11 +76,14 @@ def _rows(inputs: Any) -> int:
 
 
 # ----------------------------------------------------------------------------- programs
-@functools.partial(jax.jit, static_argnames=("bb", "cond", "plan", "gen_len", "buckets"))
-def _diffusion_program(variables, inputs, spb, rng, row_ids, live, *, bb, cond, plan, gen_len, buckets):
-    """``spb`` (steps per block) is traced: every step count shares one compiled program."""
+@functools.partial(jax.jit, static_argnames=("bb", "cond", "plan", "gen_len", "buckets", "prior"))
+def _diffusion_program(variables, inputs, spb, rng, row_ids, live, *, bb, cond, plan, gen_len, buckets, prior=None):
+    """``spb`` (steps per block) is traced: every step count shares one compiled program.
+    Returns ``(canvas, nfe, llm_tokens)``."""
     prefix = cond(bb, variables, inputs)
     b = row_ids.shape[0]
+    if prior is not None:
+        return length_prior.decode(bb, variables, prefix, gen_len, rng, row_ids, live, prior)
 
     def run(size: int, extra):
         if plan.block >= gen_len:  # one block: the bucket is the block, steps scale with it
@@ -85,10 +91,10 @@ def _diffusion_program(variables, inputs, spb, rng, row_ids, live, *, bb, cond, 
         else:  # semi-AR: fewer blocks of the same length and steps
             p, steps = dataclasses.replace(plan, num_segments=size // plan.block), spb
         x = jnp.full((b, size), plan.mask_id, jnp.int32)
-        out, nfe = diffusion.denoise(bb, variables, prefix, x, jnp.full((b,), size, jnp.int32),
-                                     jnp.full((b,), steps, jnp.int32), rng, row_ids, live, p)
+        out, nfe, toks = diffusion.denoise(bb, variables, prefix, x, jnp.full((b,), size, jnp.int32),
+                                           jnp.full((b,), steps, jnp.int32), rng, row_ids, live, p, count_tokens=True)
         out = jnp.concatenate([out, jnp.full((b, gen_len - size), plan.eos_id, jnp.int32)], axis=1)
-        return out, nfe + extra
+        return out, nfe + extra, toks + extra * (prefix.embeds.shape[1] + gen_len)
 
     if not buckets:
         return run(gen_len, 0)
@@ -147,12 +153,17 @@ def diffusion_decode(model: Any, variables: Any, inputs: Any, cfg: DecodeConfig,
                           block_window=cfg.cache == "dual", eos_rule=True,
                           threshold=cfg.threshold, remasking=cfg.remasking, temperature=float(cfg.temperature),
                           cache=cfg.cache, mask_id=tok.mask, eos_id=tok.eos)
+    prior = None
+    if cfg.length_prior:
+        prior = length_prior.LengthPriorPlan(threshold=cfg.threshold, query_slots=cfg.query_slots,
+                                             length_margin=cfg.length_margin, temperature=float(cfg.temperature),
+                                             mask_id=tok.mask, eos_id=tok.eos)
     ids, lv = _ids_and_live(b, row_ids, live)
     spb = jnp.asarray(cfg.steps // cfg.num_blocks, jnp.int32)
-    out, nfe = _diffusion_program(variables, inputs, spb, rng, ids, lv, bb=backbone_of(model),
-                                  cond=_cond(cfg, audio_tokens), plan=plan, gen_len=cfg.gen_len,
-                                  buckets=tuple(sorted(cfg.length_buckets)))
-    return DecodeOutput(np.asarray(out), np.full((b,), cfg.gen_len, np.int32), np.asarray(nfe))
+    out, nfe, toks = _diffusion_program(variables, inputs, spb, rng, ids, lv, bb=backbone_of(model),
+                                        cond=_cond(cfg, audio_tokens), plan=plan, gen_len=cfg.gen_len,
+                                        buckets=tuple(sorted(cfg.length_buckets)), prior=prior)
+    return DecodeOutput(np.asarray(out), np.full((b,), cfg.gen_len, np.int32), np.asarray(nfe), np.asarray(toks))
 
 
 def pad_first_pass(first_pass: list[list[int]], width: int, pad_id: int, where: list[str] | None = None):
@@ -240,16 +251,20 @@ def response_tokens(row: np.ndarray, length: int, tokens: Any) -> list[int]:
     return [int(t) for t in row[:length] if int(t) not in drop]
 
 
+SORT_WINDOW = 8  # transcribe_files sorts clips by length within this many batches
+TRIM_BUCKETS = 8  # trimmed audio spans: finer than quarters of 30 s, still a small fixed set of shapes
+
+
 def trimmed_audio_tokens(audio_len: np.ndarray, model_cfg: Any, margin_windows: int) -> int:
     """Audio vectors kept by ``audio_span="trimmed"``: the projector windows covering the
-    longest real clip of the batch plus a margin, rounded up to a quarter of all windows so at
-    most four sizes ever compile."""
+    longest real clip of the batch plus a margin, rounded up to a multiple of an eighth of all
+    windows (11 of the 88, 3.75 s, at paper size), so at most ``TRIM_BUCKETS`` sizes ever compile."""
     hop, stride = 160 * 2, model_cfg.projector.stride  # one encoder frame = 2 mel hops
     frames = np.ceil(np.asarray(audio_len, np.float64) / hop)
     need = int(np.ceil(frames.max() / stride)) + margin_windows if len(frames) else 1
     total = model_cfg.num_windows
-    quarter = max(1, math.ceil(total / 4))
-    windows = min(total, math.ceil(max(need, 1) / quarter) * quarter)
+    bucket = max(1, math.ceil(total / TRIM_BUCKETS))
+    windows = min(total, math.ceil(max(need, 1) / bucket) * bucket)
     return windows * model_cfg.projector.num_queries
 
 
@@ -309,29 +324,41 @@ def transcribe_files(model_dir: str, items: Iterable[dict], cfg: DecodeConfig, b
     from whisper_llada_jax.checkpoints.model_dir import load_model_dir
 
     validate(cfg)
-    loaded = load_model_dir(model_dir)
+    loaded = load_model_dir(model_dir, for_decoding=True)
     wcfg = loaded.config.whisper
     n_samples = wcfg.input_frames * 160
     bs = batch_size or cfg.batch_size
     items = list(items)
     rng = jax.random.key(seed)
-    for start in range(0, len(items), bs):
-        chunk = items[start:start + bs]
+    # Batches run in lock step until their longest row ends: decode clips of similar length
+    # together. Sorting happens within windows of SORT_WINDOW batches (memory stays bounded and
+    # results keep streaming); each window's results come out in input order.
+    window = bs * SORT_WINDOW
+    for w0 in range(0, len(items), window):
+        group = items[w0:w0 + window]
         audio = []
-        for it in chunk:
+        for it in group:
             a = load_audio(it["audio"])
             check_duration(a, it["audio"], max_seconds=n_samples / 16000)
             audio.append(a)
-        pad = bs - len(chunk)  # fixed batch shape: pad the last batch with silent rows
-        feats = log_mel_numpy(audio + [np.zeros(160, np.float32)] * pad, n_mels=wcfg.n_mels, n_samples=n_samples)
-        batch = {"features": feats, "audio_len": np.array([len(a) for a in audio] + [160] * pad, np.int32),
-                 "valid": np.array([True] * len(chunk) + [False] * pad), "ids": [it["id"] for it in chunk]
-                 + [f"__pad{i}" for i in range(pad)]}
-        if cfg.strategy != "none":
-            batch["first_pass"] = [it.get("first_pass", "") for it in chunk] + [""] * pad
-        rows = run_decode(loaded, batch, cfg, rng)
-        for it, row in zip(chunk, rows):
-            rec = {"id": it["id"], "hypothesis": row["hypothesis"], "reference": it.get("text"), "nfe": row["nfe"]}
-            if "first_pass" in it:
-                rec["first_pass"] = it["first_pass"]
-            yield rec
+        order = sorted(range(len(group)), key=lambda i: len(audio[i]))
+        done: dict[int, dict] = {}
+        for start in range(0, len(order), bs):
+            idx = order[start:start + bs]
+            chunk = [group[i] for i in idx]
+            clips = [audio[i] for i in idx]
+            pad = bs - len(chunk)  # fixed batch shape: pad the last batch with silent rows
+            feats = log_mel_numpy(clips + [np.zeros(160, np.float32)] * pad, n_mels=wcfg.n_mels, n_samples=n_samples)
+            batch = {"features": feats, "audio_len": np.array([len(a) for a in clips] + [160] * pad, np.int32),
+                     "valid": np.array([True] * len(chunk) + [False] * pad), "ids": [it["id"] for it in chunk]
+                     + [f"__pad{i}" for i in range(pad)]}
+            if cfg.strategy != "none":
+                batch["first_pass"] = [it.get("first_pass", "") for it in chunk] + [""] * pad
+            rows = run_decode(loaded, batch, cfg, rng)
+            for i, it, row in zip(idx, chunk, rows):
+                rec = {"id": it["id"], "hypothesis": row["hypothesis"], "reference": it.get("text"), "nfe": row["nfe"]}
+                if "first_pass" in it:
+                    rec["first_pass"] = it["first_pass"]
+                done[i] = rec
+        for i in range(len(group)):
+            yield done[i]

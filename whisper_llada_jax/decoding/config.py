@@ -46,6 +46,10 @@ class DecodeConfig:
     edit_tail_slots: int = 4  # (d) masked slots appended after the first pass
     audio_span: Literal["full", "trimmed"] = "full"  # (e) keep only windows covering real audio
     audio_margin_windows: int = 1
+    # (f) length prior: one full forward estimates the length, then only masked slots are queried
+    length_prior: bool = False
+    query_slots: int = 8  # (f) query positions per forward after the first
+    length_margin: int = 2  # (f) slots kept after the last non-eos argmax of the first forward
     # ---- batching
     batch_size: int = 16
     max_new_tokens: int = 128  # autoregressive baseline
@@ -125,6 +129,19 @@ def validate(cfg: DecodeConfig) -> DecodeConfig:
                       f"e.g. [{cfg.gen_len // 4}, {cfg.gen_len // 2}]")
     if cfg.audio_margin_windows < 0:
         _fail("audio_margin_windows", f"{cfg.audio_margin_windows} is negative", "1 is the default")
+    if cfg.length_prior:
+        if cfg.decoder != "diffusion" or cfg.strategy != "none":
+            _fail("length_prior", f"needs decoder diffusion and strategy none, not {cfg.decoder} / {cfg.strategy}",
+                  "set decoder: diffusion (the length prior decodes one block of the estimated length)")
+        if cfg.threshold is None:
+            _fail("length_prior", "needs a threshold (it reveals by confidence, not by a fixed schedule)",
+                  "set threshold, e.g. 0.7")
+        if cfg.cache != "none" or cfg.length_buckets or cfg.remasking != "low_confidence":
+            _fail("length_prior", "brings its own cache and length; not with cache / length_buckets / random remasking",
+                  "set cache: none, length_buckets: [] and remasking: low_confidence")
+    if cfg.query_slots < 1 or cfg.length_margin < 0:
+        _fail("query_slots", f"query_slots {cfg.query_slots} must be >= 1 and length_margin {cfg.length_margin} >= 0",
+              "the defaults are 8 and 2")
     if cfg.batch_size < 1 or cfg.max_new_tokens < 1:
         _fail("batch_size", "batch_size and max_new_tokens must be positive", "e.g. 16 and 128")
     return cfg

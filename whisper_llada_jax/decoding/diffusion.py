@@ -57,6 +57,7 @@ class Carry(NamedTuple):
     eos_seen: jax.Array  # (B,)
     nfe: jax.Array  # (B,) forward passes this row took part in (also its RNG step index)
     cache: Any  # K/V buffer of the cache fast modes (None otherwise)
+    tokens: jax.Array  # (B,) LLM query positions this row's forward passes processed
 
 
 def segment_bounds(plan: Plan, c: jax.Array, length: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -125,8 +126,9 @@ def _init_cache(bb: Backbone, variables, plan: Plan, prefix: Prefix, x, resp_val
 
 def denoise(bb: Backbone, variables: Any, prefix: Prefix, x: jax.Array, length: jax.Array,
             row_steps: jax.Array, rng: jax.Array, row_ids: jax.Array, live: jax.Array,
-            plan: Plan) -> tuple[jax.Array, jax.Array]:
-    """Runs the fused loop; returns the final canvas ``(B, R)`` and forward passes ``(B,)``.
+            plan: Plan, *, count_tokens: bool = False) -> tuple[jax.Array, ...]:
+    """Runs the fused loop; returns the final canvas ``(B, R)`` and forward passes ``(B,)``
+    (and, with ``count_tokens``, the LLM query positions processed per row ``(B,)``).
 
     x: initial canvas (mask ids where to decode); length: valid response length per row;
     row_steps: steps per segment per row; live: False for padding rows of a batch.
@@ -195,7 +197,14 @@ def denoise(bb: Backbone, variables: Any, prefix: Prefix, x: jax.Array, length: 
         c = jnp.where(advance, s.c + 1, s.c)
         done = s.done | (fin & eos_seen) | (no_mask & plan.eos_rule) | (advance & (c >= plan.num_segments))
         return Carry(s.t + 1, c, jnp.where(advance, 0, s.i + 1), x, m, done, eos_seen,
-                     s.nfe + active.astype(jnp.int32), cache)
+                     s.nfe + active.astype(jnp.int32), cache, s.tokens + active * queries(s.i))
+
+    def queries(i):
+        """Query positions one forward runs: all of them, or only the response / block on a cache hit."""
+        full = prefix.embeds.shape[1] + r
+        if plan.cache == "none":
+            return full
+        return jnp.where(i == 0, full, plan.block if plan.block_window else r)
 
     def seg_len(c):
         start, end = segment_bounds(plan, c, length)
@@ -206,6 +215,6 @@ def denoise(bb: Backbone, variables: Any, prefix: Prefix, x: jax.Array, length: 
 
     init = Carry(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), x,
                  jnp.zeros((b,), jnp.int32), ~live, jnp.zeros((b,), bool), jnp.zeros((b,), jnp.int32),
-                 _init_cache(bb, variables, plan, prefix, x, resp_valid))
+                 _init_cache(bb, variables, plan, prefix, x, resp_valid), jnp.zeros((b,), jnp.int32))
     out = jax.lax.while_loop(cond, body, init)
-    return out.x, out.nfe
+    return (out.x, out.nfe, out.tokens) if count_tokens else (out.x, out.nfe)

@@ -58,9 +58,11 @@ def sample_tokens(logits: jax.Array, temperature: float, gumbel_u: jax.Array | N
 
 
 def token_probability(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-    """softmax(logits)[token] in fp32, ``(B, S)``."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return jnp.exp(jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0])
+    """softmax(logits)[token] in fp32, ``(B, S)``: ``exp(logit[token] - logsumexp(logits))``, one
+    fused max / sum-of-exp reduction over the vocabulary instead of a full log-softmax array."""
+    logits = logits.astype(jnp.float32)
+    picked = jnp.take_along_axis(logits, tokens[..., None], axis=-1)[..., 0]
+    return jnp.exp(picked - jax.nn.logsumexp(logits, axis=-1))
 
 
 def ranks(scores: jax.Array) -> jax.Array:

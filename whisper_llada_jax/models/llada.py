@@ -16,6 +16,7 @@ keys and values, ``(layers, B, S, kv_heads, head_dim)``, to be written into such
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -83,21 +84,27 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
+def attention_implementation() -> str | None:
+    """``jax.nn.dot_product_attention``'s implementation: XLA (``None``) unless
+    ``WHISPER_LLADA_ATTENTION=cudnn`` asks for the cuDNN fused kernel (GPU, bf16 / fp16 only),
+    read when a program is traced."""
+    impl = os.environ.get("WHISPER_LLADA_ATTENTION", "xla").lower()
+    if impl not in ("xla", "cudnn"):
+        raise ValueError(f"WHISPER_LLADA_ATTENTION={impl!r}: use xla or cudnn")
+    return None if impl == "xla" else impl
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """Grouped-query attention with an fp32 softmax.
+    """Grouped-query attention with an fp32 softmax, through ``jax.nn.dot_product_attention``.
 
     ``q (B, S, H, D)``, ``k, v (B, T, KV, D)`` (query head ``h`` uses KV head ``h // (H/KV)``,
     as HF's ``repeat_kv``), ``mask`` broadcastable to ``(B, S, T)`` (True = may attend).
     """
     b, s, h, d = q.shape
-    kvh = k.shape[2]
-    q = q.reshape(b, s, kvh, h // kvh, d)
-    scores = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (1.0 / jnp.sqrt(jnp.float32(d)))
     if mask is not None:
-        scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgst,btkd->bskgd", probs, v)
+        mask = jnp.broadcast_to(mask, (b, s, k.shape[1]))[:, None]  # (B, 1, S, T)
+    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
+                                       implementation=attention_implementation())
     return out.reshape(b, s, h * d)
 
 
