@@ -226,3 +226,37 @@ def test_autoregressive_logits_predict_the_first_response_token():
 
     shifted, full, p = run(v, jnp.asarray(batch["response_ids"]), jnp.asarray(batch["features"]))
     np.testing.assert_allclose(shifted, full[:, p - 1:p - 1 + R], atol=1e-5)  # from the last prefix position on
+
+
+def test_paper_configs_use_the_reference_recipe():
+    from whisper_llada_jax.config import load_model_config
+    from whisper_llada_jax.data.config import DataConfig
+    from whisper_llada_jax.training.config import load_train_config
+    from whisper_llada_jax import config as config_lib
+
+    cfg = load_train_config("paper")
+    assert (cfg.loss_span, cfg.group_size, cfg.loss_norm, cfg.objective) == ("group_longest", 4, "group_mean",
+                                                                               "diffusion")
+    assert (cfg.substitution_rate, cfg.loss_positions, cfg.audio_drop_rate, cfg.audio_span) == (0.0, "masked", 0.0,
+                                                                                                  "full")
+    assert cfg.t_eps == 0.0 and cfg.optim.clip_norm is None and cfg.optim.decay_steps == cfg.steps == 360000
+    data = config_lib.from_dict(DataConfig, cfg.data, "data")
+    assert data.max_seconds is None and data.long_transcripts == "skip"
+    model = load_model_config(cfg.model)
+    assert model.projector.dropout == 0.1 and model.precision == "configured"
+
+
+def test_reference_precision_sets_the_published_inference_dtypes():
+    from whisper_llada_jax.config import load_model_config
+
+    paper = load_model_config("paper", ["precision=reference"])
+    assert (paper.whisper.dtype, paper.projector.dtype, paper.llm.dtype) == ("float32", "float32", "float16")
+    assert paper.llm.param_dtype == "bfloat16"  # storage unchanged: weights are cast at use
+    cfg = dataclasses.replace(CFG, precision="reference")
+    batch = _batch([2, 3])
+    model = WhisperLLaDA(cfg)
+    ids, feats = jnp.asarray(batch["response_ids"][:, :4]), jnp.asarray(batch["features"])
+    v = jax.jit(model.init)(jax.random.PRNGKey(0), ids, features=feats)
+    audio = jax.jit(lambda v, f: model.apply(v, f, method="encode_audio"))(v, feats)
+    logits = jax.jit(lambda v, i, f: model.apply(v, i, features=f))(v, ids, feats)
+    assert audio.dtype == jnp.float32 and logits.dtype == jnp.float16
