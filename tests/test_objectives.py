@@ -186,8 +186,8 @@ def test_substitution_vocabulary_excludes_special_ids():
     assert objectives.vocab_range(TokenConfig(), 126464) == (0, 126080)  # LLaDA: specials on top
     tiny = load_model_config("tiny")
     lo, hi = objectives.vocab_range(tiny.tokens, tiny.llm.vocab_size)
-    special = {tiny.tokens.bos, tiny.tokens.eos, tiny.tokens.mask, tiny.tokens.eot, *tiny.tokens.prompt_ids}
-    assert (lo, hi) == (12, 128) and not special & set(range(lo, hi))
+    special = {tiny.tokens.bos, tiny.tokens.eos, tiny.tokens.mask, tiny.tokens.start_header, tiny.tokens.eot}
+    assert (lo, hi) == (7, 128) and not special & set(range(lo, hi))  # specials first: 1..6
     assert objectives.vocab_range(tiny.tokens, 128, (7, 100)) == (7, 100)
     with pytest.raises(ValueError, match="empty"):
         objectives.vocab_range(tiny.tokens, 128, (50, 200))

@@ -67,8 +67,9 @@ def response_mask(response_len: jax.Array, valid: jax.Array, length: int, span: 
 def vocab_range(tokens, vocab_size: int, explicit: tuple[int, ...] = ()) -> tuple[int, int]:
     """``[low, high)`` ids that count as real vocabulary for substitution noise: ``explicit``
     when given, else the ids below the lowest special id when the specials sit at the top of
-    the vocabulary (LLaDA: 0..126079), or above the highest special (and prompt) id when they
-    sit at the bottom (the small demo / test tokenizers)."""
+    the vocabulary (LLaDA: 0..126079), or above the highest special id when they sit at the
+    bottom (the small demo / test tokenizers; ``vocab_size`` may then exceed the tokenizer's,
+    so give ``explicit`` there)."""
     if explicit:
         lo, hi = explicit
     else:
@@ -77,7 +78,7 @@ def vocab_range(tokens, vocab_size: int, explicit: tuple[int, ...] = ()) -> tupl
         if min(special) >= vocab_size // 2:
             lo, hi = 0, min(special)
         else:
-            lo, hi = max((*special, *tokens.prompt_ids)) + 1, vocab_size
+            lo, hi = max(special) + 1, vocab_size
     if not 0 <= lo < hi <= vocab_size:
         raise ValueError(f"substitution vocabulary [{lo}, {hi}) is empty or outside [0, {vocab_size})")
     return int(lo), int(hi)
