@@ -191,3 +191,21 @@ def test_substitution_vocabulary_excludes_special_ids():
     assert objectives.vocab_range(tiny.tokens, 128, (7, 100)) == (7, 100)
     with pytest.raises(ValueError, match="empty"):
         objectives.vocab_range(tiny.tokens, 128, (50, 200))
+
+
+@pytest.mark.parametrize("norm", ["group_mean", "token_mean"])
+def test_inv_t_weighting_averages_rows_per_normalisation(norm):
+    rng = np.random.default_rng(6)
+    span = np.array([5, 3, 4, 0])
+    scored = (rng.random((4, 5)) < 0.5) & (np.arange(5) < span[:, None])  # masked slots lie in the span
+    valid = np.array([True, True, True, False])
+    t = np.array([0.2, 0.5, 0.9, 0.4], np.float32)
+    ce = rng.random((4, 5))
+    w = np.asarray(objectives.token_weights(jnp.asarray(scored), jnp.asarray(valid), norm, group_size=2,
+                                            span_len=jnp.asarray(span), t=jnp.asarray(t)))
+    per_row = (ce * scored).sum(1) / t / np.maximum(span, 1)
+    if norm == "token_mean":
+        want = per_row[:3].mean()  # rows with a span
+    else:
+        want = (per_row[:2].mean() + per_row[2]) / 2  # group 1 holds one row with a span
+    np.testing.assert_allclose((ce * w).sum(), want, rtol=1e-5)
