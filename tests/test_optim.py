@@ -29,9 +29,14 @@ def test_reference_schedule():
     lr = optim.schedule(OptimConfig())
     np.testing.assert_allclose(float(lr(0)), 1e-6, rtol=1e-5)
     np.testing.assert_allclose(float(lr(1500)), (1e-6 + 3e-5) / 2, rtol=1e-5)
-    np.testing.assert_allclose(float(lr(3000)), 3e-5, rtol=1e-5)
-    np.testing.assert_allclose(float(lr(3000 + 180000)), (3e-5 + 1e-5) / 2, rtol=1e-4)
-    np.testing.assert_allclose(float(lr(3000 + 360000)), 1e-5, rtol=1e-5)
+    # the cosine phase counts from step 0 (the reference's scheduler): it ends at 360000, and at
+    # the end of warmup it is already at cos(pi * 3000 / 360000), not at the peak
+    cosine = lambda s: 1e-5 + (3e-5 - 1e-5) * 0.5 * (1 + np.cos(np.pi * s / 360000))  # noqa: E731
+    for step in (3000, 3001, 180000, 359999):
+        np.testing.assert_allclose(float(lr(step)), cosine(step), rtol=1e-5)
+    assert float(lr(3000)) < 3e-5 * (1 - 5e-5)
+    np.testing.assert_allclose(float(lr(2999)), 1e-6 + (3e-5 - 1e-6) * 2999 / 3000, rtol=1e-5)
+    np.testing.assert_allclose(float(lr(360000)), 1e-5, rtol=1e-5)
     np.testing.assert_allclose(float(lr(10**7)), 1e-5, rtol=1e-5)
 
 

@@ -85,7 +85,8 @@ def test_bad_utterances_are_counted_and_skipped(tmp_path):
     # the batch count is fixed from the share size (6 -> 2), so every host steps alike
     assert len(batches) == 2 and not batches[1]["valid"].any()
     assert _valid_ids(batches) == ["good1", "good2"]
-    assert it.counts == {"seen": 6, "kept": 2, "truncated": 0, "too_long": 1, "empty_transcript": 1, "unreadable": 2}
+    assert it.counts == {"seen": 6, "kept": 2, "truncated": 0, "cut_transcripts": 0, "too_long": 1,
+                         "empty_transcript": 1, "unreadable": 2, "too_many_tokens": 0}
     assert {s["id"]: s["skip"] for s in it.skipped} == {"missing": "unreadable", "corrupt": "unreadable",
                                                           "empty": "empty_transcript", "long": "too_long"}
 
@@ -129,7 +130,8 @@ def test_restored_iterator_continues_exactly(tmp_path):
         assert a["ids"] == b["ids"]
         np.testing.assert_array_equal(a["features"], b["features"])
         np.testing.assert_array_equal(a["response_ids"], b["response_ids"])
-    assert fresh.counts == {"seen": 30, "kept": 30, "truncated": 0, "too_long": 0, "empty_transcript": 0, "unreadable": 0}
+    assert fresh.counts == {"seen": 30, "kept": 30, "truncated": 0, "cut_transcripts": 0, "too_long": 0,
+                            "empty_transcript": 0, "unreadable": 0, "too_many_tokens": 0}
 
 
 def test_data_config_yaml_is_strict(tmp_path):

@@ -123,3 +123,19 @@ def test_dropout_only_in_training():
     plain, evaluation, train_a, train_b = run(v, x, jax.random.key(0))
     np.testing.assert_array_equal(evaluation, plain)  # deterministic: dropout is off
     assert np.abs(np.asarray(train_a - plain)).max() > 1e-2 and np.abs(np.asarray(train_a - train_b)).max() > 1e-2
+
+
+def test_linear_proj_takes_pytorch_default_linear_init():
+    """The reference's ``linear_proj`` is a plain ``nn.Linear(768, d)``: weight and bias
+    U(+-1/sqrt(768)); the BERT part stays normal(0, 0.02) with zero biases."""
+    cfg = dataclasses.replace(SMALL, hidden=768, heads=12, intermediate=64, layers=1)
+    x = jnp.zeros((1, 10, 8), jnp.float32)
+    v = nn.unbox(jax.jit(WindowQFormer(cfg, 512).init)(jax.random.key(0), x))["params"]
+    bound = 768**-0.5
+    for leaf in (v["linear_proj"]["kernel"], v["linear_proj"]["bias"]):
+        leaf = np.asarray(leaf)
+        assert np.abs(leaf).max() <= bound and np.abs(leaf).max() > 0.98 * bound
+        np.testing.assert_allclose(leaf.std(), bound / np.sqrt(3), rtol=0.05)  # uniform, not normal
+    query = np.asarray(v["bert"]["layer_0"]["attention"]["self"]["query"]["kernel"])
+    np.testing.assert_allclose(query.std(), 0.02, rtol=0.05)
+    assert not np.asarray(v["bert"]["layer_0"]["attention"]["self"]["query"]["bias"]).any()

@@ -213,6 +213,16 @@ class ModelConfig:
     llm: LLMConfig = LLMConfig()
     lora: LoRAConfig = LoRAConfig()
     tokens: TokenConfig = TokenConfig()
+    # "reference": the published inference's dtypes (SPEC section 8), Whisper and the projector
+    # computing in fp32 and LLaDA in fp16, replacing the three compute dtypes above; token-for-token
+    # agreement with a published run needs them. "configured": the dtype fields as given.
+    precision: Literal["configured", "reference"] = "configured"
+
+    def __post_init__(self):
+        if self.precision == "reference":
+            object.__setattr__(self, "whisper", dataclasses.replace(self.whisper, dtype="float32"))
+            object.__setattr__(self, "projector", dataclasses.replace(self.projector, dtype="float32"))
+            object.__setattr__(self, "llm", dataclasses.replace(self.llm, dtype="float16"))
 
     def __post_init__(self):
         if self.whisper.encoder_frames < self.projector.window:

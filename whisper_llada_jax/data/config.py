@@ -7,6 +7,7 @@ Loaded strictly like every other config (``config.load``, kind ``data``, files u
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from whisper_llada_jax import config as config_lib
 from whisper_llada_jax.errors import ConfigError
@@ -22,8 +23,13 @@ class DataConfig:
     # batch_size / hosts rows (``for_hosts``). A pipeline built directly takes it as is.
     batch_size: int = 8
     max_response_len: int = 128  # response tokens, right-padded with eos (gen_len)
+    # A transcript longer than max_response_len: cut to it (truncate) or skipped + counted
+    # (skip; the reference never cuts a target, so the paper config skips and counts).
+    long_transcripts: Literal["truncate", "skip"] = "truncate"
     # ---- filtering: longer clips, empty transcripts and unreadable audio are skipped + counted
-    max_seconds: float = 30.0
+    # null: no limit, a clip longer than the model window is cut to it and kept with its whole
+    # transcript (the reference).
+    max_seconds: float | None = 30.0
     strict: bool = False  # raise DataError naming the file instead of skipping
     # ---- order
     shuffle: bool = True  # training split only; eval is always in order
@@ -43,7 +49,7 @@ class DataConfig:
                 raise ConfigError(f"{name} must be >= {low}, got {value}")
         if self.num_epochs is not None and self.num_epochs < 1:
             raise ConfigError(f"num_epochs must be >= 1 or null, got {self.num_epochs}")
-        if not self.max_seconds > 0:
+        if self.max_seconds is not None and not self.max_seconds > 0:
             raise ConfigError(f"max_seconds must be > 0, got {self.max_seconds}")
 
     def for_hosts(self, hosts: int) -> "DataConfig":

@@ -15,13 +15,13 @@ Grain gives exact per-host sharding, a global shuffle and a small JSON iterator 
 Orbax saves beside the train state (``grain.checkpoint.CheckpointHandler``); feature
 extraction is NumPy, which tf.data could only run under ``py_function`` and the GIL.
 
-Bad utterances (longer than ``max_seconds``, empty transcript, unreadable audio) never crash
-an epoch: the worker returns a small marker instead of features; the main process counts it
+Bad utterances (longer than ``max_seconds`` when set, empty transcript, unreadable audio, a
+transcript longer than the canvas with ``long_transcripts: skip``) never crash an epoch: the worker returns a small marker instead of features; the main process counts it
 (``iterator.counts``, part of the saved state) or, with ``strict``, raises ``DataError``
 naming the file. Skipping happens after ``mp_prefetch``, so the output does not depend on
 the worker count. A clip longer than the model's audio window (``whisper.input_frames``; the
-full 30 s for the paper model) but within ``max_seconds`` is cut to the window and counted as
-``truncated``.
+full 30 s for the paper model) but within ``max_seconds`` (``null``: any length, the reference)
+is cut to the window, keeps its whole transcript and is counted as ``truncated``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from whisper_llada_jax.data.config import DataConfig
 from whisper_llada_jax.data.sources import RecordSource, parse_source
 from whisper_llada_jax.errors import AudioError, DataError
 
-SKIP_REASONS = ("too_long", "empty_transcript", "unreadable")
+SKIP_REASONS = ("too_long", "empty_transcript", "unreadable", "too_many_tokens")
 
 
 def decode_audio(audio: Any, sample_rate: int = SAMPLE_RATE, where: str = "audio") -> np.ndarray:
@@ -74,7 +74,7 @@ class Preprocess(grain.transforms.Map):
 
     n_mels: int
     n_samples: int
-    max_seconds: float
+    max_seconds: float | None
 
     def map(self, rec: dict) -> dict:
         where = rec["audio"] if isinstance(rec["audio"], str) else rec["id"]
@@ -87,10 +87,10 @@ class Preprocess(grain.transforms.Map):
         except AudioError as e:
             return {**base, "skip": "unreadable", "message": str(e)}
         seconds = len(audio) / SAMPLE_RATE
-        if seconds > self.max_seconds:
+        if self.max_seconds is not None and seconds > self.max_seconds:
             return {**base, "skip": "too_long",
                     "message": f"{where}: audio is {seconds:.1f} s, longer than {self.max_seconds:g} s"}
-        out = {"id": rec["id"], "text": text, "audio_len": np.int32(min(len(audio), self.n_samples)),
+        out = {"id": rec["id"], "where": str(where), "text": text, "audio_len": np.int32(min(len(audio), self.n_samples)),
                "truncated": len(audio) > self.n_samples,
                "features": log_mel_numpy(audio, self.n_mels, self.n_samples)[0]}
         if rec.get("first_pass") is not None:
@@ -108,15 +108,19 @@ class BatchIterator(grain.DatasetIterator):
     def __init__(self, parent: grain.DatasetIterator, cfg: "_BatchSpec"):
         super().__init__(parent)
         self._cfg = cfg
-        self._counts = {"seen": 0, "kept": 0, "truncated": 0, **{r: 0 for r in SKIP_REASONS}}
+        self._counts = self._zero_counts()
         self._batches = 0
         self._exhausted = False
         self.skipped: list[dict] = []  # the first 100 markers of this run, for logs
 
+    @staticmethod
+    def _zero_counts() -> dict[str, int]:
+        return {"seen": 0, "kept": 0, "truncated": 0, "cut_transcripts": 0, **{r: 0 for r in SKIP_REASONS}}
+
     @property
     def counts(self) -> dict[str, int]:
-        """Utterances seen / kept / truncated to the model window / skipped per reason (since
-        the start, across restores)."""
+        """Utterances seen / kept / truncated to the model window / with a transcript cut to the
+        canvas / skipped per reason (since the start, across restores)."""
         return dict(self._counts)
 
     def _next_kept(self) -> dict | None:
@@ -126,6 +130,8 @@ class BatchIterator(grain.DatasetIterator):
             except StopIteration:
                 return None
             self._counts["seen"] += 1
+            if "skip" not in ex:
+                ex = self._tokenise(ex)
             if "skip" in ex:
                 if self._cfg.strict:
                     raise DataError(ex["message"], hint="fix or remove the utterance, or set strict: false to skip it")
@@ -135,7 +141,19 @@ class BatchIterator(grain.DatasetIterator):
                 continue
             self._counts["kept"] += 1
             self._counts["truncated"] += int(ex["truncated"])
+            self._counts["cut_transcripts"] += int(ex["cut_transcript"])
             return ex
+
+    def _tokenise(self, ex: dict) -> dict:
+        """Adds the target ids; a transcript longer than the canvas is cut (``truncate``) or
+        becomes a ``too_many_tokens`` skip marker (``skip``)."""
+        tokens = list(self._cfg.tokenizer.encode(ex["text"]))
+        r = self._cfg.max_response_len
+        if len(tokens) > r and self._cfg.long_transcripts == "skip":
+            return {"id": ex["id"], "where": ex["where"], "skip": "too_many_tokens",
+                    "message": f"{ex['where']}: transcript is {len(tokens)} tokens, more than "
+                               f"max_response_len {r}"}
+        return {**ex, "tokens": tokens[:r], "cut_transcript": len(tokens) > r}
 
     def __next__(self) -> dict:
         rows = []
@@ -156,7 +174,7 @@ class BatchIterator(grain.DatasetIterator):
 
     def set_state(self, state: dict) -> None:
         self._parent.set_state(state["parent"])
-        self._counts = {k: int(v) for k, v in state["counts"].items()}
+        self._counts = {**self._zero_counts(), **{k: int(v) for k, v in state["counts"].items()}}
         self._batches = int(state["batches"])
         self._exhausted = bool(state["exhausted"])
 
@@ -169,6 +187,7 @@ class _BatchSpec:
     frames: int
     eos: int
     strict: bool
+    long_transcripts: str  # "truncate" | "skip"
     tokenizer: Any
     num_batches: int | None  # eval: pad with empty batches up to this (same on every host)
 
@@ -181,7 +200,7 @@ class _BatchSpec:
         valid = np.zeros((b,), bool)
         ids, texts, first = [""] * b, [""] * b, [""] * b
         for i, ex in enumerate(rows):
-            tokens = list(self.tokenizer.encode(ex["text"]))[:r]
+            tokens = ex["tokens"]
             features[i], audio_len[i], valid[i] = ex["features"], ex["audio_len"], True
             response_ids[i, :len(tokens)] = tokens
             response_len[i] = len(tokens)
@@ -257,7 +276,7 @@ def build_iterator(data_cfg: DataConfig, model_cfg, tokenizer, *, split: str = "
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=data_cfg.num_workers, per_worker_buffer_size=data_cfg.worker_buffer_size))
     spec = _BatchSpec(data_cfg.batch_size, data_cfg.max_response_len, w.n_mels, w.input_frames,
-                      model_cfg.tokens.eos, data_cfg.strict, tokenizer, num_batches)
+                      model_cfg.tokens.eos, data_cfg.strict, data_cfg.long_transcripts, tokenizer, num_batches)
     return iter(BatchIterDataset(it_ds, spec))
 
 

@@ -84,11 +84,15 @@ class WhisperLLaDA(nn.Module):
 
     def __call__(self, response_ids: jax.Array, *, features: jax.Array | None = None,
                  encoder_out: jax.Array | None = None, audio_embeds: jax.Array | None = None,
-                 text_only: bool = False, deterministic: bool = True) -> jax.Array:
+                 text_only: bool = False, deterministic: bool = True, attention_mask: jax.Array | None = None,
+                 positions: jax.Array | None = None, shift: bool = False) -> jax.Array:
         """Response logits ``(B, R, vocab)`` for ``response_ids (B, R)`` (masked or not).
 
         Audio from ``features``, ``encoder_out`` or precomputed ``audio_embeds`` (exactly one),
-        or none with ``text_only``. Logits are computed for the response positions only.
+        or none with ``text_only``. Logits are computed for the response positions only;
+        ``shift`` (causal models) returns them one position earlier, so ``logits[:, i]`` predicts
+        ``response_ids[:, i]`` (the first from the last prefix position). ``attention_mask`` /
+        ``positions`` ``(B, P + R)`` go to the LLM (training hides slots and audio with them).
         """
         b = response_ids.shape[0]
         audio = None
@@ -97,8 +101,10 @@ class WhisperLLaDA(nn.Module):
                 features, encoder_out=encoder_out, deterministic=deterministic)
         prefix = self.prefix_embeds(audio, b)
         x = jnp.concatenate([prefix, self.embed(response_ids)], axis=1)
-        hidden = self.llm(embeds=x, return_hidden=True, deterministic=deterministic).hidden
-        return self.llm.head(hidden[:, prefix.shape[1]:])
+        hidden = self.llm(embeds=x, positions=positions, attention_mask=attention_mask, return_hidden=True,
+                          deterministic=deterministic).hidden
+        start = prefix.shape[1] - int(shift)
+        return self.llm.head(hidden[:, start:start + response_ids.shape[1]])
 
     def llm_forward(self, **kwargs) -> LLMOutput:
         """The LLM's own ``__call__`` (decoders: ``apply(..., method="llm_forward")``)."""

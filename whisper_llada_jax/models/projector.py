@@ -40,14 +40,24 @@ def split_windows(x: jax.Array, window: int, stride: int) -> jax.Array:
     return x[:, idx]
 
 
-def _dense(features: int, axes: Sequence[str], cfg: ProjectorConfig, name: str) -> nn.Dense:
-    init = nn.initializers.normal(cfg.init_std)
+def torch_linear_init(fan_in: int) -> nn.initializers.Initializer:
+    """PyTorch's default ``nn.Linear`` init for weight and bias alike: kaiming-uniform with
+    a = sqrt(5) is U(+-1/sqrt(fan_in)), and the bias uses the same bound."""
+    bound = fan_in**-0.5
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def _dense(features: int, axes: Sequence[str], cfg: ProjectorConfig, name: str,
+           init: nn.initializers.Initializer | None = None, bias_init: nn.initializers.Initializer | None = None
+           ) -> nn.Dense:
+    init = nn.initializers.normal(cfg.init_std) if init is None else init
+    bias_init = nn.initializers.zeros_init() if bias_init is None else bias_init
     return nn.Dense(
         features,
         dtype=_DTYPES[cfg.dtype],
         param_dtype=_DTYPES[cfg.param_dtype],
         kernel_init=nn.with_logical_partitioning(init, tuple(axes)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
+        bias_init=nn.with_logical_partitioning(bias_init, (axes[1],)),
         name=name,
     )
 
@@ -179,7 +189,9 @@ class WindowQFormer(nn.Module):
         )
         queries = jnp.broadcast_to(queries.astype(dtype), (b * w, cfg.num_queries, cfg.hidden))
         h = _QFormerBert(cfg, name="bert")(queries, windows, deterministic)
-        out = _dense(self.out_dim, ("embed_unsharded", "embed"), cfg, "linear_proj")(h)
+        # linear_proj is a plain torch nn.Linear in the reference (SPEC section 3): its default init.
+        torch_init = torch_linear_init(cfg.hidden)
+        out = _dense(self.out_dim, ("embed_unsharded", "embed"), cfg, "linear_proj", torch_init, torch_init)(h)
         out = out.reshape(b, w * cfg.num_queries, self.out_dim)
         return nn.with_logical_constraint(out, ("act_batch", "act_length", "act_embed"))
 

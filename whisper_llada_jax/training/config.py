@@ -23,7 +23,7 @@ class OptimConfig:
     peak_lr: float = 3e-5
     end_lr: float = 1e-5
     warmup_steps: int = 3000
-    decay_steps: int = 360000  # 120 x 3000 cosine steps after warmup
+    decay_steps: int = 360000  # the cosine ends here (120 x 3000), its phase counted from step 0
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
@@ -104,10 +104,25 @@ class TrainConfig:
     data: dict = dataclasses.field(default_factory=dict)  # data.config.DataConfig fields (train + eval sources)
     objective: Objective = "diffusion"
     t_eps: float = 0.0  # diffusion: mask ratio t = eps + (1 - eps) * U(0, 1)
-    # Response positions the loss covers: up to the batch's longest response (the reference),
-    # or the whole canvas (data.max_response_len, eos-padded) so every position decoding will
-    # fill has been trained, which a model trained from scratch needs.
-    loss_span: Literal["batch_longest", "canvas"] = "batch_longest"
+    # Response slots that exist for a row (seen by attention and scored): up to the longest
+    # transcript of its group of `group_size` rows (the reference: one GPU's batch of 4), of the
+    # whole batch, or the whole canvas (data.max_response_len, eos-padded) so every slot decoding
+    # will fill has been trained, which a model decoded on a fixed canvas needs.
+    loss_span: Literal["group_longest", "batch_longest", "canvas"] = "group_longest"
+    group_size: int = 4  # rows per group: consecutive rows of the global batch (one reference GPU)
+    # group_mean: each group's own mean over its scored tokens, averaged over groups (the
+    # reference under DDP); token_mean: one mean over every scored token of the global batch.
+    loss_norm: Literal["group_mean", "token_mean"] = "group_mean"
+    # Denoising (not in the reference): after masking, this share of the unmasked span slots gets
+    # a random id from substitution_range ([low, high); empty: derived from the special ids).
+    substitution_rate: float = 0.0
+    substitution_range: tuple[int, ...] = ()
+    loss_positions: Literal["masked", "all"] = "masked"  # all: CE over every span slot
+    audio_drop_rate: float = 0.0  # share of rows trained without audio (text-only ablation in one model)
+    # Audio vectors each row sees: all (the reference), the windows covering the clip plus
+    # audio_margin_windows (true_length), or a uniform number between that and all (random).
+    audio_span: Literal["full", "true_length", "random"] = "full"
+    audio_margin_windows: int = 1
     optim: OptimConfig = OptimConfig()
     mesh: MeshConfig = MeshConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
@@ -135,6 +150,21 @@ class TrainConfig:
                              f"{self.log_interval}, {self.eval_interval}, {self.eval_batches}")
         if not self.workdir:
             raise ValueError("workdir must be a folder path, got an empty string")
+
+    def __post_init__(self):
+        if self.group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+        for name in ("substitution_rate", "audio_drop_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if len(self.substitution_range) not in (0, 2):
+            raise ValueError(f"substitution_range must be [low, high] or [], got {list(self.substitution_range)}")
+        if self.audio_margin_windows < 0:
+            raise ValueError(f"audio_margin_windows must be >= 0, got {self.audio_margin_windows}")
+        if self.objective == "autoregressive" and (self.substitution_rate or self.loss_positions != "masked"
+                                                   or self.audio_drop_rate or self.audio_span != "full"):
+            raise ValueError("objective autoregressive scores every response token and sees the whole audio: "
+                             "substitution_rate, loss_positions, audio_drop_rate and audio_span are diffusion options")
 
 
 def load_train_config(source: Any = None, overrides=()) -> TrainConfig:

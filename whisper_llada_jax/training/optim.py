@@ -54,11 +54,17 @@ def merge(trainable: Mapping, frozen: Mapping) -> dict:
 
 
 def schedule(cfg: OptimConfig) -> optax.Schedule:
-    """Linear warmup init_lr -> peak_lr, then cosine peak_lr -> end_lr over decay_steps."""
+    """Linear warmup init_lr -> peak_lr over warmup_steps; from then on the cosine peak_lr ->
+    end_lr, whose phase counts from step 0 (the reference's scheduler): it reaches end_lr at
+    step decay_steps and holds it, and at the end of warmup it has already left peak_lr a little."""
     warmup = optax.linear_schedule(cfg.init_lr, cfg.peak_lr, max(cfg.warmup_steps, 1))
     cosine = optax.cosine_decay_schedule(cfg.peak_lr, max(cfg.decay_steps, 1),
                                          alpha=cfg.end_lr / cfg.peak_lr if cfg.peak_lr else 0.0)
-    return optax.join_schedules([warmup, cosine], [cfg.warmup_steps])
+
+    def lr(step):
+        return jnp.where(step < cfg.warmup_steps, warmup(step), cosine(step))
+
+    return lr
 
 
 def decay_mask(trainable: Mapping, logical_axes: Mapping | None = None) -> dict:
