@@ -53,9 +53,10 @@ def test_paper_config_batch_is_global_on_every_target():
 
 def test_data_config_for_hosts():
     from whisper_llada_jax.data.config import DataConfig
+    from whisper_llada_jax.errors import ConfigError
 
     assert DataConfig(batch_size=32).for_hosts(8).batch_size == 4
-    with pytest.raises(ValueError, match="does not split over 3 hosts"):
+    with pytest.raises(ConfigError, match="does not split over 3 hosts"):
         DataConfig(batch_size=32).for_hosts(3)
 
 
@@ -241,7 +242,8 @@ def test_export_checkpoint_to_reference_pth_and_errors(run, capsys):
         err = capsys.readouterr().err
         assert rc == 2 and msg in err, err
     assert not (root / "never").exists()
-    rc = main(["export", "--checkpoint", str(root), "--format", "model-dir", "--out", str(root / "never")])
+    rc = main(["export", "--checkpoint", str(root / "run" / "checkpoints"), "--format", "model-dir",
+               "--out", str(root / "never")])
     assert rc == 2 and "not a training run" in capsys.readouterr().err
 
 

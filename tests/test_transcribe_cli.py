@@ -148,15 +148,15 @@ def test_model_branch_builds_decode_config_and_writes_nfe(tmp_path, capsys, monk
     assert cli.main(argv) == 0
     want = dataclasses.replace(DecodeConfig(), decoder="semi_ar", steps=32, block_length=32, gen_len=64,
                                remasking="random", temperature=0.5, threshold=0.9, cache="dual",
-                               audio_span="trimmed", batch_size=4)
-    assert seen["cfg"] == want and seen["batch_size"] == 4 and seen["model_dir"] == str(tmp_path)
+                               audio_span="trimmed", batch_size=2)  # capped at the 2 inputs
+    assert seen["cfg"] == want and seen["batch_size"] == 2 and seen["model_dir"] == str(tmp_path)
     assert [it["id"] for it in seen["items"]] == [m["id"] for m in MANIFEST[:2]]
     rows = _lines(capsys.readouterr().out)
     assert rows == [{"id": m["id"], "audio": str(CLIPS / m["audio"]), "hypothesis": f"hyp {i}",
                      "reference": m["text"], "nfe": 10 + i} for i, m in enumerate(MANIFEST[:2])]
-    # Unset flags keep DecodeConfig's defaults.
+    # Unset flags keep DecodeConfig's defaults (the batch capped at the one input).
     assert cli.main(["transcribe", "--model", str(tmp_path), str(CLIPS / MANIFEST[0]["audio"])]) == 0
-    assert seen["cfg"] == dataclasses.replace(DecodeConfig(), batch_size=16)
+    assert seen["cfg"] == dataclasses.replace(DecodeConfig(), batch_size=1)
     capsys.readouterr()
 
 

@@ -223,8 +223,6 @@ class ModelConfig:
             object.__setattr__(self, "whisper", dataclasses.replace(self.whisper, dtype="float32"))
             object.__setattr__(self, "projector", dataclasses.replace(self.projector, dtype="float32"))
             object.__setattr__(self, "llm", dataclasses.replace(self.llm, dtype="float16"))
-
-    def __post_init__(self):
         if self.whisper.encoder_frames < self.projector.window:
             raise ConfigError(f"projector.window: {self.projector.window} frames exceed the "
                               f"{self.whisper.encoder_frames} encoder frames (whisper.input_frames "

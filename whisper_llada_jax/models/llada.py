@@ -103,9 +103,14 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) 
     b, s, h, d = q.shape
     if mask is not None:
         mask = jnp.broadcast_to(mask, (b, s, k.shape[1]))[:, None]  # (B, 1, S, T)
+    dtype = q.dtype
+    if dtype == jnp.float16 and jax.default_backend() == "cpu":
+        # XLA's CPU dot has no fp16 x fp16 -> fp32 kernel (what the fused attention asks for):
+        # compute in fp32 there, the same softmax precision, fp16 out.
+        q = q.astype(jnp.float32)
     out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
                                        implementation=attention_implementation())
-    return out.reshape(b, s, h * d)
+    return out.astype(dtype).reshape(b, s, h * d)
 
 
 class Block(nn.Module):

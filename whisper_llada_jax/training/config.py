@@ -150,8 +150,6 @@ class TrainConfig:
                              f"{self.log_interval}, {self.eval_interval}, {self.eval_batches}")
         if not self.workdir:
             raise ValueError("workdir must be a folder path, got an empty string")
-
-    def __post_init__(self):
         if self.group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
         for name in ("substitution_rate", "audio_drop_rate"):
