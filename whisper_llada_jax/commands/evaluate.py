@@ -52,6 +52,7 @@ def limited(source, limit: int | None):
 
 
 def run(args: argparse.Namespace) -> int:
+    from whisper_llada_jax import backend
     from whisper_llada_jax.checkpoints.model_dir import load_model_dir, read_decode_defaults
     from whisper_llada_jax.data.sources import parse_source
     from whisper_llada_jax.evaluation.evaluate import evaluate, load_first_pass, parse_decode_spec
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     configs = [parse_decode_spec(s, base) for s in args.decode] or [("default", base)]
     first_pass = load_first_pass(args.first_pass) if args.first_pass else None
     source = limited(parse_source(args.data), args.limit)
+    backend.announce("evaluate")
     loaded = load_model_dir(args.model)
     doc = evaluate(loaded, source, configs, args.out, first_pass=first_pass, grid=args.grid, seed=args.seed,
                    num_workers=args.workers, strict=args.strict, extra={"data": args.data})
