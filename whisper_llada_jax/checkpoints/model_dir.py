@@ -71,7 +71,13 @@ def _gather_to_process_0(arr) -> np.ndarray | None:
             return np.asarray(full) if jax.process_index() == 0 else None
         whole = _replicate(arr, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
         return np.asarray(whole.addressable_data(0)) if jax.process_index() == 0 else None
-    return np.asarray(jax.device_get(arr)) if jax.process_index() == 0 else None
+    if jax.process_index() != 0:
+        return None
+    if isinstance(arr, jax.Array):
+        # A jax.Array keeps the host copy it once made (for its lifetime): fetch from a
+        # throwaway device copy so the variables, still alive, do not pile up host copies.
+        return np.asarray(jax.numpy.copy(arr))
+    return np.asarray(arr)
 
 
 def _identity(x):

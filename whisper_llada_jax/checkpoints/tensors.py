@@ -213,6 +213,7 @@ def write_safetensors_streaming(specs: Sequence[tuple[str, np.dtype, tuple[int, 
                 raise CheckpointError(f"{path}: tensor {key!r} is {arr.dtype}{arr.shape}, announced {dtype}{tuple(shape)}")
             # A byte view, not tobytes(): the largest tensor is never copied twice on the host.
             f.write(np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data)
+            del arr  # before the next tensor is fetched: one on the host at a time
         f.flush()
         os.fsync(f.fileno())
     with safe_open(str(path), framework="np") as check:  # the library validates header and size
@@ -494,9 +495,14 @@ def import_params(source: TensorSource, rules: Iterable[Rule], abstract: Mapping
 
         def cb(index, got=got, target=target):
             index, shape = tuple(index), tuple(target.shape)
-            parts = [read(key, rule, layer_shape, index if None in got else index[1:], block, target.dtype)
-                     for key, rule, layer_shape, block in _blocks(got, source, shape, index)]
-            return parts[0] if None in got else np.stack(parts)
+            blocks = _blocks(got, source, shape, index)
+            if None in got:
+                return read(*blocks[0][:3], index, blocks[0][3], target.dtype)
+            # a scanned leaf: fill the shard layer by layer (no list of layers, then a stacked copy)
+            out = np.empty([len(range(*sl.indices(n))) for sl, n in zip(index, shape)], target.dtype)
+            for j, (key, rule, layer_shape, block) in enumerate(blocks):
+                out[j] = read(key, rule, layer_shape, index[1:], block, target.dtype)
+            return out
 
         sharding = shard_flat.get(leaf) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
         out[leaf] = jax.make_array_from_callback(target.shape, sharding, cb)
