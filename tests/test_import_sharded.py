@@ -1,9 +1,11 @@
 """Import straight onto a mesh: each device reads only its block of every tensor (counted on a
 tiny model through the safetensors slice reader, and computed from shapes for the paper
 config), the sharded import equals the one-device import, and the MODEL_DIR it writes is the
-same file."""
+same file. The start of sharded inference: `evaluate` with mesh.* overrides places the model
+with the training rules and decodes the same tokens as one device."""
 
 import dataclasses
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -151,3 +153,41 @@ def test_import_command_onto_a_mesh_writes_the_same_model_dir(ckpts, tmp_path, c
     assert cli.main([*common[:-4], "--config", "tiny", "--out", str(tmp_path / "fresh"), "mesh.fsdp=-1", "mesh.data=1"]) == 0
     assert cli.main([*common, "--out", str(tmp_path / "bad"), "steps=3"]) == 2
     assert "only mesh.* and distributed.* are taken here" in capsys.readouterr().err
+
+
+def test_decoding_a_model_placed_on_a_mesh_gives_the_single_device_tokens(ckpts, tmp_path, capsys):
+    from whisper_llada_jax.checkpoints.model_dir import load_model_dir, save_model_dir
+    from whisper_llada_jax.decoding.api import diffusion_decode
+    from whisper_llada_jax.decoding.config import DecodeConfig
+
+    whisper, llada, pth = ckpts
+    model = tmp_path / "imported"
+    assert cli.main(["import", "--whisper", str(whisper), "--llada", str(llada), "--projector-checkpoint", str(pth),
+                     "--config", "tiny", "--out", str(model)]) == 0
+    # larger random LLM weights than the reference's init, so the canvases hold many ids
+    loaded = load_model_dir(model)
+    rng = np.random.default_rng(1)
+    loud = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(x.dtype), loaded.variables)
+    model = tmp_path / "loud"
+    save_model_dir(model, loaded.config, loud, loaded.tokenizer.json)
+    mesh = make_mesh(MESH)
+    one, placed = load_model_dir(model), load_model_dir(model, mesh, rules(MESH))
+    q = flatten(placed.variables["params"])["llm/blocks_0/q_proj/kernel"]
+    assert len(q.sharding.device_set) == 8 and q.addressable_shards[0].data.size == q.size // 4
+    feats = np.random.default_rng(0).normal(size=(4, CFG.whisper.n_mels, CFG.whisper.input_frames)).astype(np.float32)
+    cfg = DecodeConfig(gen_len=8, steps=8, batch_size=4)
+    outs = [diffusion_decode(m.model, m.variables, {"features": feats}, cfg, jax.random.key(0), tokens=m.config.tokens)
+            for m in (one, placed)]
+    assert len(set(outs[0].tokens.ravel().tolist())) > 2  # a canvas of several ids, not all eos
+    np.testing.assert_array_equal(outs[1].tokens, outs[0].tokens)
+    np.testing.assert_array_equal(outs[1].length, outs[0].length)
+    # the command: same hypotheses file, the mesh printed nowhere else but taken
+    data = "manifest:" + str(Path(__file__).parent / "data" / "clips" / "manifest.jsonl")
+    common = ["evaluate", "--model", str(model), "--data", data, "--limit", "4", "--decode", "gen_len=8,steps=8,batch_size=4"]
+    assert cli.main([*common, "--out", str(tmp_path / "one")]) == 0
+    assert cli.main([*common, "--out", str(tmp_path / "mesh"), "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]) == 0
+    assert "evaluate: backend cpu, 8 devices" in capsys.readouterr().out
+    (hyp,) = (tmp_path / "one" / "hypotheses").glob("*.jsonl")
+    assert (tmp_path / "mesh" / "hypotheses" / hyp.name).read_text() == hyp.read_text()
+    assert cli.main([*common, "--out", str(tmp_path / "big"), "mesh.data=1", "mesh.fsdp=16"]) == 2
+    assert "pip install 'whisper-llada-jax[tpu]'" in capsys.readouterr().err

@@ -37,6 +37,9 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="RNG seed for random remasking / masking")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="feature-extraction worker processes")
     p.add_argument("--strict", action="store_true", help="fail on unreadable / too long / empty utterances")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="mesh.* overrides as for `train` (e.g. mesh.fsdp=4 mesh.tensor=2): the model is placed "
+                        "on this host's devices with the training rules (default: one device)")
 
 
 def limited(source, limit: int | None):
@@ -51,6 +54,25 @@ def limited(source, limit: int | None):
     return ListSource([source[i] for i in range(min(limit, len(source)))], name=f"{source!r}[:{limit}]")
 
 
+def inference_mesh(overrides, command: str):
+    """(mesh, rules) for placing a model from ``mesh.*`` overrides, or (None, None): one device.
+    The mesh spans this host's devices; one process only for now."""
+    import jax
+
+    from whisper_llada_jax import backend
+    from whisper_llada_jax.errors import UserError
+    from whisper_llada_jax.training import mesh as mesh_lib
+
+    mesh_cfg, _ = mesh_lib.placement_from_overrides(overrides, command)
+    if mesh_cfg is None:
+        return None, None
+    if jax.process_count() > 1:
+        raise UserError(f"{command}: sharded inference runs in one process (this host's devices) for now",
+                        hint="run it on one host, or on each host with its own share of the data")
+    backend.refuse_cpu_for_large_mesh(mesh_cfg, command)
+    return mesh_lib.make_mesh(mesh_cfg, jax.local_devices()), mesh_lib.rules(mesh_cfg)
+
+
 def run(args: argparse.Namespace) -> int:
     from whisper_llada_jax import backend
     from whisper_llada_jax.checkpoints.model_dir import load_model_dir, read_decode_defaults
@@ -61,8 +83,9 @@ def run(args: argparse.Namespace) -> int:
     configs = [parse_decode_spec(s, base) for s in args.decode] or [("default", base)]
     first_pass = load_first_pass(args.first_pass) if args.first_pass else None
     source = limited(parse_source(args.data), args.limit)
+    mesh, rules = inference_mesh(args.overrides, "evaluate")
     backend.announce("evaluate")
-    loaded = load_model_dir(args.model)
+    loaded = load_model_dir(args.model, mesh, rules)
     doc = evaluate(loaded, source, configs, args.out, first_pass=first_pass, grid=args.grid, seed=args.seed,
                    num_workers=args.workers, strict=args.strict, extra={"data": args.data})
     print((Path(args.out) / "results.md").read_text())

@@ -110,22 +110,6 @@ def fresh_projector_and_lora(config, seed: int):
     return proj, lora
 
 
-def placement_from_overrides(overrides):
-    """(MeshConfig, DistributedConfig) from ``mesh.*`` / ``distributed.*`` overrides; None for
-    the mesh when none are given (one device)."""
-    from whisper_llada_jax import config as config_lib
-    from whisper_llada_jax.errors import ConfigError
-    from whisper_llada_jax.training.config import DistributedConfig, MeshConfig
-
-    data = config_lib.parse_overrides(list(overrides))
-    other = sorted(set(data) - {"mesh", "distributed"})
-    if other:
-        raise ConfigError(f"import: unknown override(s) {other}: only mesh.* and distributed.* are taken here",
-                          hint="model fields go in --set, e.g. --set llm.dtype=float32")
-    mesh = config_lib.from_dict(MeshConfig, data["mesh"], "mesh") if "mesh" in data else None
-    return mesh, config_lib.from_dict(DistributedConfig, data.get("distributed", {}), "distributed")
-
-
 def _place(tree, shardings):
     import jax
 
@@ -149,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     from whisper_llada_jax.training import mesh as mesh_lib
 
     cfg = load_model_config(args.config, args.set)
-    mesh_cfg, dist_cfg = placement_from_overrides(args.overrides)
+    mesh_cfg, dist_cfg = mesh_lib.placement_from_overrides(args.overrides, "import")
     mesh_lib.initialize_distributed(dist_cfg)
     if mesh_cfg is not None:
         backend.refuse_cpu_for_large_mesh(mesh_cfg, "import")
