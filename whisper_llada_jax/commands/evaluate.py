@@ -17,6 +17,9 @@ EXAMPLES = """examples:
   # deliberation of a first pass (JSON lines with id + first_pass or hypothesis): mask ratio grid
   whisper-llada evaluate --model runs/paper/model --data librispeech:LibriSpeech/test-other \\
       --first-pass whisper_llama.jsonl --decode "strategy=diffusion" --grid masking_x_ratio --out eval/delib
+  # a model too big for one chip: placed over this host's chips with the training rules
+  whisper-llada evaluate --model models/paper --data librispeech:LibriSpeech/test-clean \
+      --out eval/clean mesh.data=1 mesh.fsdp=-1
 
 data: tfds:NAME?split=S[&data_dir=D], librispeech:DIR, manifest:FILE.jsonl (first_pass may be
 given there), synthetic:n=N. Writes OUT/results.json, OUT/results.md and one
