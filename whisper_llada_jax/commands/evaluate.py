@@ -18,7 +18,7 @@ EXAMPLES = """examples:
   whisper-llada evaluate --model runs/paper/model --data librispeech:LibriSpeech/test-other \\
       --first-pass whisper_llama.jsonl --decode "strategy=diffusion" --grid masking_x_ratio --out eval/delib
   # a model too big for one chip: placed over this host's chips with the training rules
-  whisper-llada evaluate --model models/paper --data librispeech:LibriSpeech/test-clean \
+  whisper-llada evaluate --model models/paper --data librispeech:LibriSpeech/test-clean \\
       --out eval/clean mesh.data=1 mesh.fsdp=-1
 
 data: tfds:NAME?split=S[&data_dir=D], librispeech:DIR, manifest:FILE.jsonl (first_pass may be
