@@ -155,6 +155,7 @@ def test_import_command_onto_a_mesh_writes_the_same_model_dir(ckpts, tmp_path, c
     assert "only mesh.* and distributed.* are taken here" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_decoding_a_model_placed_on_a_mesh_gives_the_single_device_tokens(ckpts, tmp_path, capsys):
     from whisper_llada_jax.checkpoints.model_dir import load_model_dir, save_model_dir
     from whisper_llada_jax.decoding.api import diffusion_decode
