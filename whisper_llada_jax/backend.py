@@ -33,12 +33,13 @@ def devices_needed(mesh_cfg) -> int:
     return ici * mesh_cfg.dcn_data * mesh_cfg.dcn_fsdp * mesh_cfg.dcn_tensor
 
 
-def refuse_cpu_for_large_mesh(mesh_cfg, command: str = "train") -> None:
-    """ConfigError when JAX runs on CPU and the mesh asks for more devices than there are: the
-    usual cause is CPU JAX on an accelerator machine, and the fix is the install, not the mesh."""
+def refuse_cpu_for_large_mesh(mesh_cfg, command: str = "train", available: int | None = None) -> None:
+    """ConfigError when JAX runs on CPU and the mesh asks for more devices than there are
+    (``available``, default all devices): the usual cause is CPU JAX on an accelerator machine,
+    and the fix is the install, not the mesh."""
     if jax.default_backend() != "cpu":
         return
-    need, have = devices_needed(mesh_cfg), jax.device_count()
+    need, have = devices_needed(mesh_cfg), jax.device_count() if available is None else available
     if need > have:
         raise ConfigError(
             f"{command}: the mesh (data={mesh_cfg.data}, fsdp={mesh_cfg.fsdp}, tensor={mesh_cfg.tensor}, "

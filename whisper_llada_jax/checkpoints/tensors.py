@@ -504,7 +504,7 @@ def import_params(source: TensorSource, rules: Iterable[Rule], abstract: Mapping
                 out[j] = read(key, rule, layer_shape, index[1:], block, target.dtype)
             return out
 
-        sharding = shard_flat.get(leaf) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        sharding = shard_flat.get(leaf) or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         out[leaf] = jax.make_array_from_callback(target.shape, sharding, cb)
     return unflatten(out)
 

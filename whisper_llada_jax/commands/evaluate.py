@@ -42,7 +42,8 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", help="fail on unreadable / too long / empty utterances")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="mesh.* overrides as for `train` (e.g. mesh.fsdp=4 mesh.tensor=2): the model is placed "
-                        "on this host's devices with the training rules (default: one device)")
+                        "on this host's devices with the training rules (default: one device); with "
+                        "distributed.* (or on a pod) each process decodes its share and process 0 writes")
 
 
 def limited(source, limit: int | None):
@@ -59,20 +60,18 @@ def limited(source, limit: int | None):
 
 def inference_mesh(overrides, command: str):
     """(mesh, rules) for placing a model from ``mesh.*`` overrides, or (None, None): one device.
-    The mesh spans this host's devices; one process only for now."""
+    ``distributed.*`` start a multi-process run. Each process places the model on its own
+    devices (the mesh spans this host's devices) and decodes its share of the batches."""
     import jax
 
     from whisper_llada_jax import backend
-    from whisper_llada_jax.errors import UserError
     from whisper_llada_jax.training import mesh as mesh_lib
 
-    mesh_cfg, _ = mesh_lib.placement_from_overrides(overrides, command)
+    mesh_cfg, dist_cfg = mesh_lib.placement_from_overrides(overrides, command)
+    mesh_lib.initialize_distributed(dist_cfg)
     if mesh_cfg is None:
         return None, None
-    if jax.process_count() > 1:
-        raise UserError(f"{command}: sharded inference runs in one process (this host's devices) for now",
-                        hint="run it on one host, or on each host with its own share of the data")
-    backend.refuse_cpu_for_large_mesh(mesh_cfg, command)
+    backend.refuse_cpu_for_large_mesh(mesh_cfg, command, available=jax.local_device_count())
     return mesh_lib.make_mesh(mesh_cfg, jax.local_devices()), mesh_lib.rules(mesh_cfg)
 
 
@@ -91,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model_dir(args.model, mesh, rules)
     doc = evaluate(loaded, source, configs, args.out, first_pass=first_pass, grid=args.grid, seed=args.seed,
                    num_workers=args.workers, strict=args.strict, extra={"data": args.data})
+    if not doc:  # not process 0: its rows went to process 0, which writes the results
+        return 0
     print((Path(args.out) / "results.md").read_text())
     print(f"wrote {Path(args.out) / 'results.json'} ({len(doc['results'])} configs)")
     return 0
