@@ -111,9 +111,14 @@ def fresh_projector_and_lora(config, seed: int):
 
 
 def _place(tree, shardings):
+    """Small seeded trees (the fresh projector / LoRA) onto the mesh, from host values: every
+    process puts its own shards, so this works when the mesh spans several processes."""
     import jax
+    import numpy as np
 
-    return tree if shardings is None or tree is None else jax.device_put(tree, shardings)
+    if shardings is None or tree is None:
+        return tree
+    return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), tree, shardings)
 
 
 def run(args: argparse.Namespace) -> int:
