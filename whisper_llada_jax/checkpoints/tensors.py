@@ -4,45 +4,32 @@ One conversion table per checkpoint family (``Rule`` lists in ``whisper_hf.py``,
 ...) drives both import and export. Each rule maps an external tensor name to a path in the
 Flax parameter tree, with an invertible per-tensor transform, so a round trip is the identity.
 
-Reading is lazy: safetensors files are memory-mapped (bf16 through ``ml_dtypes``) and each
-tensor is copied only when its target array is built, straight into its sharding, so an 8B
-checkpoint never exists twice in RAM.
+Reading is lazy and sliced: safetensors files are opened with the ``safetensors`` library
+(memory-mapped; bf16 through ``ml_dtypes``) and each device's shard of a target array is read
+as exactly that block of the source tensor (``get_slice``), transposed on its own, so no device
+or host ever holds more than its shard of a tensor while importing onto a mesh.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import mmap
 import os
 import re
 import struct
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Protocol
+from typing import Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import jax
 import ml_dtypes
 import numpy as np
+import safetensors.numpy
+from safetensors import SafetensorError, safe_open
 
 from whisper_llada_jax.errors import CheckpointError
-from whisper_llada_jax.outputs import atomic_dir, atomic_file  # noqa: F401  (atomic_dir: kept importable from here)
+from whisper_llada_jax.outputs import atomic_file
 
 # ----------------------------------------------------------------------------- tensor sources
-_ST_DTYPES = {
-    "F64": np.dtype(np.float64),
-    "F32": np.dtype(np.float32),
-    "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "I64": np.dtype(np.int64),
-    "I32": np.dtype(np.int32),
-    "I16": np.dtype(np.int16),
-    "I8": np.dtype(np.int8),
-    "U8": np.dtype(np.uint8),
-    "BOOL": np.dtype(np.bool_),
-}
-_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
-
-
 def read_json_object(file: str | Path, hint: str | None = None) -> dict:
     """A checkpoint's JSON file (``config.json``, ``adapter_config.json``, ...) as a dict; one
     clear error naming the file when it is missing, not JSON, or not an object."""
@@ -137,49 +124,23 @@ class DictSource:
         return np.asarray(self._t[key])
 
 
-class _SafetensorsFile:
-    """One memory-mapped .safetensors file; validates the header against the file size."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        try:
-            f = open(path, "rb")
-        except OSError as e:
-            raise CheckpointError(f"{path}: cannot open ({e.strerror})") from None
-        size = os.fstat(f.fileno()).st_size
-        if size < 8:
-            raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes)", hint="re-download or re-export it")
-        (n,) = struct.unpack("<Q", f.read(8))
-        if 8 + n > size:
-            raise CheckpointError(f"{path}: truncated safetensors file (header claims {n} bytes)", hint="re-download or re-export it")
-        try:
-            header = json.loads(f.read(n))
-        except ValueError:
-            raise CheckpointError(f"{path}: not a safetensors file (bad header)") from None
-        header.pop("__metadata__", None)
-        self.base = 8 + n
-        self.entries = {}
-        for key, info in header.items():
-            start, end = info["data_offsets"]
-            if self.base + end > size:
-                raise CheckpointError(
-                    f"{path}: truncated safetensors file (tensor {key!r} ends at byte {self.base + end}, file has {size})",
-                    hint="re-download or re-export it",
-                )
-            if info["dtype"] not in _ST_DTYPES:
-                raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
-            self.entries[key] = (_ST_DTYPES[info["dtype"]], tuple(info["shape"]), start, end)
-        self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size > 0 else None
-        f.close()
-
-    def get(self, key: str) -> np.ndarray:
-        dtype, shape, start, end = self.entries[key]
-        buf = np.frombuffer(self._mm, dtype=np.uint8, count=end - start, offset=self.base + start)
-        return buf.view(dtype).reshape(shape)
+def _open_safetensors(path: Path):
+    """A ``safe_open`` handle (memory-mapped, numpy; bf16 through ml_dtypes); one clear error
+    for a missing, truncated or corrupt file."""
+    try:
+        return safe_open(str(path), framework="np")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: does not exist") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot open ({e.strerror or e})") from None
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: truncated safetensors file or bad header ({e})",
+                              hint="re-download or re-export it") from None
 
 
 class SafetensorsSource:
-    """A safetensors file, or a directory with ``model.safetensors`` / a sharded index."""
+    """A safetensors file, or a directory with ``model.safetensors`` / a sharded index, read
+    through the ``safetensors`` library: ``get_slice`` copies only the requested block."""
 
     def __init__(self, path: str | Path, index_name: str = "model.safetensors.index.json"):
         path = Path(path)
@@ -202,71 +163,154 @@ class SafetensorsSource:
             files = sorted(path.glob("*.safetensors"))
             if not files:
                 raise CheckpointError(f"{path}: no *.safetensors files found", hint="give a directory holding model.safetensors")
-        self._where: dict[str, _SafetensorsFile] = {}
+        self._where: dict[str, tuple[Path, object]] = {}
         for f in files:
-            sf = _SafetensorsFile(f)
-            for k in sf.entries:
-                self._where[k] = sf
+            handle = _open_safetensors(f)
+            for k in handle.keys():
+                self._where[k] = (f, handle)
 
     def keys(self) -> list[str]:
         return list(self._where)
 
+    def _slice(self, key: str):
+        file, handle = self._where[key]
+        try:
+            return handle.get_slice(key)
+        except SafetensorError as e:
+            raise CheckpointError(f"{file}: cannot read tensor {key!r} ({e})") from None
+
     def shape(self, key: str) -> tuple[int, ...]:
-        return self._where[key].entries[key][1]
+        return tuple(self._slice(key).get_shape())
 
     def get(self, key: str) -> np.ndarray:
-        return self._where[key].get(key)
+        file, handle = self._where[key]
+        try:
+            return handle.get_tensor(key)
+        except SafetensorError as e:
+            raise CheckpointError(f"{file}: cannot read tensor {key!r} ({e})") from None
+
+    def get_slice(self, key: str, index: tuple[slice, ...]) -> np.ndarray:
+        """``get(key)[index]`` (``index``: one slice per axis) reading only that block."""
+        if not index:
+            return self.get(key)
+        return self._slice(key)[tuple(index)]
+
+
+def read_slice(source: TensorSource, key: str, index: tuple[slice, ...]) -> np.ndarray:
+    """``source.get(key)[index]``, reading only the block where the source can (safetensors)."""
+    getter = getattr(source, "get_slice", None)
+    if getter is not None:
+        return getter(key, index)
+    return source.get(key)[tuple(index)]
+
+
+# numpy dtype name -> safetensors dtype code (the dtypes this package writes).
+_ST_CODES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+             "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+
+
+def _check_writable(key: str, dtype) -> None:
+    if np.dtype(dtype).name not in _ST_CODES:
+        raise CheckpointError(f"cannot write tensor {key!r} of dtype {dtype} to safetensors")
 
 
 def save_safetensors(tensors: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]], path: str | Path,
                      metadata: Mapping[str, str] | None = None) -> None:
-    """Writes one safetensors file atomically (temporary file, then rename)."""
-    items = list(tensors.items() if isinstance(tensors, Mapping) else tensors)
-    header: dict = {}
-    if metadata:
-        header["__metadata__"] = dict(metadata)
+    """Writes one safetensors file atomically (temporary file, then rename) with the library."""
+    items = {k: np.ascontiguousarray(v) for k, v in (tensors.items() if isinstance(tensors, Mapping) else tensors)}
+    for key, arr in items.items():
+        _check_writable(key, arr.dtype)
+    with atomic_file(path, "wb") as f:
+        f.write(safetensors.numpy.save(items, metadata=dict(metadata) if metadata else None))
+
+
+def write_safetensors_streaming(specs: Sequence[tuple[str, np.dtype, tuple[int, ...]]],
+                                arrays: Iterable[np.ndarray], path: str | Path,
+                                metadata: Mapping[str, str] | None = None) -> None:
+    """Writes ``path`` from ``arrays`` produced one at a time (``specs``: their names, dtypes and
+    shapes, in order), so at most one tensor is on the host.
+
+    The safetensors library writes only from tensors all held in memory at once, which is what
+    this avoids for an 8B model; so this writes the documented layout (8-byte header length,
+    JSON header, data) itself, and the result is read back through ``safe_open`` to check it.
+    """
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
-    arrays = []
-    for key, arr in items:
-        arr = np.ascontiguousarray(arr)
-        if arr.dtype not in _ST_NAMES:
-            raise CheckpointError(f"cannot write tensor {key!r} of dtype {arr.dtype} to safetensors")
-        header[key] = {"dtype": _ST_NAMES[arr.dtype], "shape": list(arr.shape),
-                       "data_offsets": [offset, offset + arr.nbytes]}
-        offset += arr.nbytes
-        arrays.append(arr)
+    for key, dtype, shape in specs:
+        dtype = np.dtype(dtype)
+        _check_writable(key, dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        header[key] = {"dtype": _ST_CODES[dtype.name], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * ((8 - len(raw) % 8) % 8)
-    with atomic_file(path, "wb") as f:
+    path = Path(path)
+    with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
-        for arr in arrays:
-            f.write(arr.tobytes())
+        for (key, dtype, shape), arr in zip(specs, arrays, strict=True):
+            arr = np.asarray(arr)
+            if arr.shape != tuple(shape) or arr.dtype != np.dtype(dtype):
+                raise CheckpointError(f"{path}: tensor {key!r} is {arr.dtype}{arr.shape}, announced {dtype}{tuple(shape)}")
+            # A byte view, not tobytes(): the largest tensor is never copied twice on the host.
+            f.write(np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data)
+            del arr  # before the next tensor is fetched: one on the host at a time
+        f.flush()
+        os.fsync(f.fileno())
+    with safe_open(str(path), framework="np") as check:  # the library validates header and size
+        if len(check.keys()) != len(specs):
+            raise CheckpointError(f"{path}: wrote {len(check.keys())} tensors, expected {len(specs)}")
+
 
 
 # ----------------------------------------------------------------------------- transforms
 @dataclasses.dataclass(frozen=True)
 class Transform:
-    """An invertible per-tensor map between the external layout and the Flax layout."""
+    """An invertible per-tensor map between the external layout and the Flax layout.
+
+    ``axes``: when ``to_flax`` is the axis permutation ``x.transpose(axes)`` (None: identity)
+    and the target has exactly the permuted shape, a block of the target is the permuted block
+    of the source, so a device reads only its shard; ``sliceable=False`` (reshapes) reads the
+    whole tensor.
+    """
 
     to_flax: Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
     to_external: Callable[[np.ndarray], np.ndarray]
     name: str = "identity"
+    axes: tuple[int, ...] | None = None
+    sliceable: bool = True
+
+    def source_index(self, index: tuple[slice, ...], src_shape: Sequence[int],
+                     target_shape: Sequence[int]) -> tuple[slice, ...] | None:
+        """The block of the source tensor that becomes ``target[index]``; None if it must be read whole."""
+        axes = self.axes if self.axes is not None else tuple(range(len(src_shape)))
+        if (not self.sliceable or not index or len(index) != len(target_shape) or len(axes) != len(src_shape)
+                or tuple(src_shape[a] for a in axes) != tuple(target_shape)):
+            return None
+        block = [slice(None)] * len(src_shape)
+        for i, a in enumerate(axes):
+            block[a] = index[i]
+        return tuple(block)
+
+    def block_to_flax(self, block: np.ndarray) -> np.ndarray:
+        return block if self.axes is None else np.transpose(block, self.axes)
 
 
 IDENTITY = Transform(lambda x, shape: x.reshape(shape), lambda x: x, "identity")
 # PyTorch Linear (out, in) <-> Flax Dense (in, out).
-TRANSPOSE = Transform(lambda x, shape: x.T.reshape(shape), lambda x: x.reshape(x.shape[0], -1).T, "transpose")
+TRANSPOSE = Transform(lambda x, shape: x.T.reshape(shape), lambda x: x.reshape(x.shape[0], -1).T, "transpose",
+                      axes=(1, 0))
 
 
 def conv1d_transform() -> Transform:
     """PyTorch Conv1d (out, in, width) <-> Flax Conv (width, in, out)."""
     return Transform(lambda x, shape: np.transpose(x, (2, 1, 0)).reshape(shape),
-                     lambda x: np.transpose(x, (2, 1, 0)), "conv1d")
+                     lambda x: np.transpose(x, (2, 1, 0)), "conv1d", axes=(2, 1, 0))
 
 
 def reshape_transform(external_shape: tuple[int, ...]) -> Transform:
-    return Transform(lambda x, shape: x.reshape(shape), lambda x: x.reshape(external_shape), "reshape")
+    return Transform(lambda x, shape: x.reshape(shape), lambda x: x.reshape(external_shape), "reshape",
+                     sliceable=False)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -382,18 +426,10 @@ def check_tensor(where: str, key: str, arr: np.ndarray, target_dtype) -> np.ndar
     return arr
 
 
-def import_params(source: TensorSource, rules: Iterable[Rule], abstract: Mapping, *,
-                  shardings: Mapping | None = None, ignore: Iterable[str] = (),
-                  allow_unknown: bool = False, allow_missing: Iterable[str] = ()) -> dict:
-    """Builds the parameter tree ``abstract`` (ShapeDtypeStructs) from ``source``.
-
-    Every target leaf must be covered (except paths matching ``allow_missing`` regexes); every
-    source tensor must match a rule (except names matching ``ignore`` regexes). Shapes are
-    checked before anything is read. Each leaf is materialised directly in its sharding;
-    float leaves are refused when the tensor is not float or holds NaN / inf (``check_tensor``).
-    """
+def _match_leaves(source: TensorSource, rules: Iterable[Rule], abstract: Mapping, ignore: Iterable[str],
+                  allow_unknown: bool, allow_missing: Iterable[str]) -> dict[str, dict[int | None, tuple[str, Rule]]]:
+    """{target leaf: {layer or None: (source key, rule)}} with every check of ``import_params``."""
     abstract_flat = flatten(abstract)
-    shard_flat = flatten(shardings) if shardings is not None else {}
     ignore_re = [re.compile(p) for p in ignore]
     keys = [k for k in source.keys() if not any(p.search(k) for p in ignore_re)]
     matched, unknown = _expand(rules, keys)
@@ -437,30 +473,87 @@ def import_params(source: TensorSource, rules: Iterable[Rule], abstract: Mapping
     if missing:
         raise CheckpointError(f"{source.name}: missing tensor(s) for: {_fmt(missing)}",
                               hint="is this a checkpoint of the right model and config?")
+    return per_leaf
+
+
+def _blocks(got: Mapping[int | None, tuple[str, Rule]], source: TensorSource, shape: tuple[int, ...],
+            index: tuple[slice, ...]) -> list[tuple[str, Rule, tuple[int, ...], tuple[slice, ...] | None]]:
+    """What building block ``index`` of one target leaf reads: (key, rule, layer target shape,
+    source block or None for the whole tensor), one entry per source tensor involved."""
+    if None in got:
+        key, rule = got[None]
+        return [(key, rule, shape, rule.transform.source_index(index, source.shape(key), shape))]
+    rows = range(*index[0].indices(shape[0]))  # a scanned leaf: one source tensor per layer
+    out = []
+    for i in rows:
+        key, rule = got[i]
+        out.append((key, rule, shape[1:], rule.transform.source_index(index[1:], source.shape(key), shape[1:])))
+    return out
+
+
+def read_plan(source: TensorSource, rules: Iterable[Rule], abstract: Mapping, shardings: Mapping, *,
+              ignore: Iterable[str] = (), allow_missing: Iterable[str] = ()) -> dict[str, dict]:
+    """{leaf: {device: (elements read, elements of its shard)}}: what ``import_params`` reads
+    per device, computed from shapes alone (no tensor is read), e.g. to check a paper-size
+    import on a pod mesh: a whole-tensor read counts as the tensor's size."""
+    per_leaf = _match_leaves(source, rules, abstract, ignore, False, allow_missing)
+    abstract_flat, shard_flat = flatten(abstract), flatten(shardings)
+    plan = {}
+    for leaf, got in per_leaf.items():
+        shape = tuple(abstract_flat[leaf].shape)
+        plan[leaf] = {}
+        for device, index in shard_flat[leaf].devices_indices_map(shape).items():
+            index = tuple(index)
+            want = int(np.prod([len(range(*sl.indices(n))) for sl, n in zip(index, shape)], dtype=np.int64))
+            read = 0
+            for key, _, _, block in _blocks(got, source, shape, index):
+                src_shape = source.shape(key)
+                sizes = src_shape if block is None else [len(range(*sl.indices(n))) for sl, n in zip(block, src_shape)]
+                read += int(np.prod(sizes, dtype=np.int64))
+            plan[leaf][device] = (read, want)
+    return plan
+
+
+def import_params(source: TensorSource, rules: Iterable[Rule], abstract: Mapping, *,
+                  shardings: Mapping | None = None, ignore: Iterable[str] = (),
+                  allow_unknown: bool = False, allow_missing: Iterable[str] = ()) -> dict:
+    """Builds the parameter tree ``abstract`` (ShapeDtypeStructs) from ``source``.
+
+    Every target leaf must be covered (except paths matching ``allow_missing`` regexes); every
+    source tensor must match a rule (except names matching ``ignore`` regexes). Shapes are
+    checked before anything is read. Each leaf is built in its sharding, each device reading
+    only its block of the source tensors (``read_plan`` gives the counts).
+    """
+    per_leaf = _match_leaves(source, rules, abstract, ignore, allow_unknown, allow_missing)
+    abstract_flat = flatten(abstract)
+    shard_flat = flatten(shardings) if shardings is not None else {}
+
+    def read(key: str, rule: Rule, shape: tuple[int, ...], index: tuple[slice, ...], block, dtype) -> np.ndarray:
+        if block is None:  # a transform that cannot be sliced (reshape): the whole tensor
+            full = np.asarray(rule.transform.to_flax(check_tensor(source.name, key, source.get(key), dtype), tuple(shape)))
+            return full[tuple(index)].astype(dtype)
+        # Every device checks its own block; together they cover the tensor.
+        raw = check_tensor(source.name, key, read_slice(source, key, block), dtype)
+        return np.asarray(rule.transform.block_to_flax(raw)).astype(dtype, copy=False)
 
     out = {}
     for leaf, target in abstract_flat.items():
         got = per_leaf.get(leaf)
         if not got:
             continue
-        dtype = target.dtype
 
-        def load_one(key_rule, shape):
-            key, rule = key_rule
-            raw = check_tensor(source.name, key, source.get(key), dtype)
-            return np.asarray(rule.transform.to_flax(raw, tuple(shape))).astype(dtype)
+        def cb(index, got=got, target=target):
+            index, shape = tuple(index), tuple(target.shape)
+            blocks = _blocks(got, source, shape, index)
+            if None in got:
+                return read(*blocks[0][:3], index, blocks[0][3], target.dtype)
+            # a scanned leaf: fill the shard layer by layer (no list of layers, then a stacked copy)
+            out = np.empty([len(range(*sl.indices(n))) for sl, n in zip(index, shape)], target.dtype)
+            for j, (key, rule, layer_shape, block) in enumerate(blocks):
+                out[j] = read(key, rule, layer_shape, index[1:], block, target.dtype)
+            return out
 
-        if None in got:
-            def cb(index, got=got, target=target):
-                full = load_one(got[None], target.shape)
-                return full[index]
-        else:
-            def cb(index, got=got, target=target):
-                rows = range(*index[0].indices(target.shape[0])) if index else range(target.shape[0])
-                rest = index[1:] if index else ()
-                return np.stack([load_one(got[i], target.shape[1:])[rest] for i in rows])
-
-        sharding = shard_flat.get(leaf) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        sharding = shard_flat.get(leaf) or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         out[leaf] = jax.make_array_from_callback(target.shape, sharding, cb)
     return unflatten(out)
 

@@ -33,7 +33,9 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from whisper_llada_jax.assets import REPO_ROOT
+    from whisper_llada_jax.assets import REPO_ROOT, check_demo_packages
+
+    check_demo_packages()
     from whisper_llada_jax.demo.run import run_demo
 
     out = Path(args.out)

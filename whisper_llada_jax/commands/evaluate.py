@@ -19,6 +19,9 @@ EXAMPLES = """examples:
   # deliberation of a first pass (JSON lines with id + first_pass or hypothesis): mask ratio grid
   whisper-llada evaluate --model runs/paper/model --data librispeech:LibriSpeech/test-other \\
       --first-pass whisper_llama.jsonl --decode "strategy=diffusion" --grid masking_x_ratio --out eval/delib
+  # a model too big for one chip: placed over this host's chips with the training rules
+  whisper-llada evaluate --model models/paper --data librispeech:LibriSpeech/test-clean \\
+      --out eval/clean mesh.data=1 mesh.fsdp=-1
 
 data: tfds:NAME?split=S[&data_dir=D], librispeech:DIR, manifest:FILE.jsonl (first_pass may be
 given there), synthetic:n=N. Writes OUT/results.json, OUT/results.md and one
@@ -45,6 +48,10 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", help="fail on unreadable / too long / empty utterances")
     p.add_argument("--profile", metavar="DIR",
                    help="write a JAX profiler trace of the evaluation into DIR (TensorBoard profile tab / Perfetto)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="mesh.* overrides as for `train` (e.g. mesh.fsdp=4 mesh.tensor=2): the model is placed "
+                        "on this host's devices with the training rules (default: one device); with "
+                        "distributed.* (or on a pod) each process decodes its share and process 0 writes")
 
 
 def limited(source, limit: int | None):
@@ -59,7 +66,25 @@ def limited(source, limit: int | None):
     return ListSource([source[i] for i in range(min(limit, len(source)))], name=f"{source!r}[:{limit}]")
 
 
+def inference_mesh(overrides, command: str):
+    """(mesh, rules) for placing a model from ``mesh.*`` overrides, or (None, None): one device.
+    ``distributed.*`` start a multi-process run. Each process places the model on its own
+    devices (the mesh spans this host's devices) and decodes its share of the batches."""
+    import jax
+
+    from whisper_llada_jax import backend
+    from whisper_llada_jax.training import mesh as mesh_lib
+
+    mesh_cfg, dist_cfg = mesh_lib.placement_from_overrides(overrides, command)
+    mesh_lib.initialize_distributed(dist_cfg)
+    if mesh_cfg is None:
+        return None, None
+    backend.refuse_cpu_for_large_mesh(mesh_cfg, command, available=jax.local_device_count())
+    return mesh_lib.make_mesh(mesh_cfg, jax.local_devices()), mesh_lib.rules(mesh_cfg)
+
+
 def run(args: argparse.Namespace) -> int:
+    from whisper_llada_jax import backend
     from whisper_llada_jax.checkpoints.model_dir import load_model_dir, read_decode_defaults
     from whisper_llada_jax.data.sources import parse_source
     from whisper_llada_jax.errors import UserError
@@ -75,10 +100,14 @@ def run(args: argparse.Namespace) -> int:
     source = limited(parse_source(args.data), args.limit)
     from whisper_llada_jax.training.profiling import trace
 
-    loaded = load_model_dir(args.model)
+    mesh, rules = inference_mesh(args.overrides, "evaluate")
+    backend.announce("evaluate")
+    loaded = load_model_dir(args.model, mesh, rules)
     with trace(args.profile):
         doc = evaluate(loaded, source, configs, args.out, first_pass=first_pass, grid=args.grid, seed=args.seed,
                        num_workers=args.workers, strict=args.strict, extra={"data": args.data})
+    if not doc:  # not process 0: its rows went to process 0, which writes the results
+        return 0
     if args.profile:
         print(f"profiler trace in {args.profile} (tensorboard --logdir {args.profile}, or ui.perfetto.dev)")
     print((Path(args.out) / "results.md").read_text())

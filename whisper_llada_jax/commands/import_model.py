@@ -19,6 +19,9 @@ EXAMPLES = """examples:
       --config paper --seed 0 --out models/paper_init
   # record a first-pass recogniser for deliberation (used by `cascade` when --first is omitted)
   whisper-llada import ... --first-pass bundled:tiny.en --out models/paper
+  # straight onto a pod's mesh (same mesh.* overrides as `train`): each chip reads only its shard
+  whisper-llada import --whisper ckpt/whisper-large-v3 --llada ckpt/LLaDA-8B-Instruct \
+      --config paper --out models/paper mesh.data=1 mesh.fsdp=-1 mesh.tensor=4
 
 The Whisper and LLaDA sizes must match --config (change them with --set whisper.d_model=...);
 compute settings (dtype, scan_layers, remat, input_frames) come from --config. tokenizer.json
@@ -42,15 +45,19 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="output directory (written atomically; new or empty)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing MODEL_DIR at --out (a folder holding other files is still refused)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="mesh.* (and distributed.*) overrides as for `train`, e.g. mesh.fsdp=4 mesh.tensor=2: "
+                        "every device reads only its shard of each tensor (default: one device)")
 
 
 _ENCODER_SIZES = ("n_mels", "d_model", "encoder_layers", "encoder_heads", "encoder_ffn")
 _COMPUTE = ("dtype", "param_dtype", "scan_layers", "remat", "input_frames")
 
 
-def load_whisper_encoder(spec: str, cfg):
+def load_whisper_encoder(spec: str, cfg, shardings=None):
     """(WhisperConfig, encoder params) from an HF or CTranslate2 directory; sizes checked
-    against ``cfg`` (a WhisperConfig), compute settings taken from it."""
+    against ``cfg`` (a WhisperConfig), compute settings taken from it; ``shardings``: the
+    encoder's tree of shardings (None: one device)."""
     from whisper_llada_jax.assets import resolve_whisper_dir
     from whisper_llada_jax.checkpoints.tensors import SafetensorsSource
     from whisper_llada_jax.checkpoints.whisper_hf import import_whisper_tensors, read_whisper_hf_config
@@ -73,7 +80,16 @@ def load_whisper_encoder(spec: str, cfg):
     if diff:
         raise CheckpointError(f"{path}: Whisper sizes differ from the config ({'; '.join(diff)})",
                               hint="choose the matching --config or fix it with --set whisper.<field>=...")
-    return found, import_whisper_tensors(source, found, encoder_only=True)["encoder"]
+    tree = None if shardings is None else {"encoder": shardings}
+    return found, import_whisper_tensors(source, found, encoder_only=True, shardings=tree)["encoder"]
+
+
+def _sub(tree, *keys):
+    for k in keys:
+        if tree is None:
+            return None
+        tree = tree.get(k)
+    return tree
 
 
 def fresh_projector_and_lora(config, seed: int):
@@ -98,6 +114,17 @@ def fresh_projector_and_lora(config, seed: int):
     return proj, lora
 
 
+def _place(tree, shardings):
+    """Small seeded trees (the fresh projector / LoRA) onto the mesh, from host values: every
+    process puts its own shards, so this works when the mesh spans several processes."""
+    import jax
+    import numpy as np
+
+    if shardings is None or tree is None:
+        return tree
+    return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), tree, shardings)
+
+
 def run(args: argparse.Namespace) -> int:
     from whisper_llada_jax.checkpoints.llada_hf import import_llada_hf
     from whisper_llada_jax.checkpoints.model_dir import FILES, save_model_dir
@@ -110,12 +137,28 @@ def run(args: argparse.Namespace) -> int:
 
     import flax.linen as nn
 
+    from whisper_llada_jax import backend
+    from whisper_llada_jax.models.composite import mesh_shardings
     from whisper_llada_jax.outputs import check_output
+    from whisper_llada_jax.training import mesh as mesh_lib
 
     config_path = args.config if Path(args.config).exists() else None
     check_output(args.out, [args.whisper, args.llada, args.projector_checkpoint, args.first_pass, config_path],
                  overwrite=args.overwrite, replaces=FILES)
     cfg = load_model_config(args.config, args.set)
+    mesh_cfg, dist_cfg = mesh_lib.placement_from_overrides(args.overrides, "import")
+    mesh_lib.initialize_distributed(dist_cfg)
+    if mesh_cfg is not None:
+        backend.refuse_cpu_for_large_mesh(mesh_cfg, "import")
+    backend.announce("import")
+    # The composite's shardings from the config's sizes (the checkpoints must match them, which
+    # is checked before anything is read); None: every leaf on one device.
+    shardings = None
+    if mesh_cfg is not None:
+        mesh = mesh_lib.make_mesh(mesh_cfg)
+        shardings = mesh_shardings(cfg, mesh, mesh_lib.rules(mesh_cfg))
+        print(f"mesh: {dict(mesh.shape)}")
+    shard = lambda *keys: _sub(shardings, *keys)  # noqa: E731
     llada_dir = Path(args.llada)
     if not (llada_dir / "tokenizer.json").is_file():
         raise CheckpointError(f"{llada_dir}: no tokenizer.json", hint="give the Hugging Face LLaDA directory")
@@ -126,17 +169,19 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{llada_dir / 'tokenizer.json'}: token id {too_big} is outside llm.vocab_size "
                               f"{cfg.llm.vocab_size}", hint="the tokenizer does not belong to this LLM")
 
-    wcfg, encoder = load_whisper_encoder(args.whisper, cfg.whisper)
+    wcfg, encoder = load_whisper_encoder(args.whisper, cfg.whisper, shard("params", "encoder"))
     print(f"whisper encoder: {args.whisper} ({count_params(encoder):,} parameters)")
-    llm_cfg, llm = import_llada_hf(llada_dir, cfg.llm)
+    llm_cfg, llm = import_llada_hf(llada_dir, cfg.llm, shardings=shard("params", "llm"))
     print(f"llada: {llada_dir} ({count_params(llm):,} parameters)")
     config = dataclasses.replace(cfg, whisper=wcfg, llm=llm_cfg, tokens=tokens)
 
     if args.projector_checkpoint:
-        projector, lora = import_reference_pth(args.projector_checkpoint, config, nn.unbox(abstract_variables(config)))
+        projector, lora = import_reference_pth(args.projector_checkpoint, config, nn.unbox(abstract_variables(config)),
+                                               shardings=shardings)
         print(f"projector + LoRA: {args.projector_checkpoint}")
     else:
         projector, lora = fresh_projector_and_lora(config, args.seed)
+        projector, lora = _place(projector, shard("params", "projector")), _place(lora, shard("lora", "llm"))
         print(f"projector + LoRA: freshly initialised (seed {args.seed}); no --projector-checkpoint given, "
               "so this model must be trained before it transcribes anything")
     variables = {"params": {"encoder": encoder, "projector": projector, "llm": llm}}

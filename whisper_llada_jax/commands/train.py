@@ -45,7 +45,13 @@ def config_from_args(args):
 
 
 def run(args) -> int:
+    from whisper_llada_jax import backend
+    from whisper_llada_jax.training.mesh import initialize_distributed
     from whisper_llada_jax.training.trainer import train
 
-    train(config_from_args(args))
+    cfg = config_from_args(args)
+    initialize_distributed(cfg.distributed)  # before the first device query fixes the backend
+    backend.refuse_cpu_for_large_mesh(cfg.mesh)
+    backend.announce("train")
+    train(cfg)
     return 0

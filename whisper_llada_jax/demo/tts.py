@@ -130,7 +130,7 @@ class Synthesizer:
                 errors.append(f"{'espeak-ng CLI' if make is _CLIEngine else 'espeakng-loader'}: {e}")
         else:
             raise TTSError("eSpeak NG is not available (" + "; ".join(errors) + ")",
-                           hint="pip install espeakng-loader, or apt-get install espeak-ng")
+                           hint="pip install 'whisper-llada-jax[demo]', or apt-get install espeak-ng")
 
     @property
     def name(self) -> str:

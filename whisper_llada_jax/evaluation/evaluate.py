@@ -158,9 +158,32 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", name).strip("_") or "config"
 
 
+class BatchShare:
+    """The records of every ``count``-th batch of ``source`` from batch ``index`` on: one
+    process's share of an evaluation. Whole batches, so every batch (its rows, padding and
+    position, which seeds its RNG) is the one a single process decodes."""
+
+    def __init__(self, source: RecordSource, batch_size: int, index: int, count: int):
+        n = len(source)
+        self.source, self.name = source, f"{source!r}[batches {index}::{count}]"
+        self.batches = list(range(index, -(-n // batch_size), count))
+        self.records = [i for b in self.batches for i in range(b * batch_size, min((b + 1) * batch_size, n))]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.source[self.records[i]]
+
+    def __repr__(self) -> str:
+        return self.name
+
+
 def decode_dataset(loaded: Any, source: RecordSource, cfg: DecodeConfig, *, first_pass: dict[str, str] | None = None,
-                   seed: int = 0, num_workers: int = 0, strict: bool = False) -> dict:
-    """Decodes every utterance of ``source`` once with ``cfg``; hypotheses, timings, counts."""
+                   seed: int = 0, num_workers: int = 0, strict: bool = False, share: tuple[int, int] = (0, 1)) -> dict:
+    """Decodes every utterance of ``source`` once with ``cfg``; hypotheses, timings, counts.
+    ``share=(i, n)``: only batches i, i + n, ... (process i of n); ``rows`` then carry their
+    batch number in ``batch``."""
     import jax
 
     from whisper_llada_jax.decoding.api import run_decode
@@ -171,11 +194,13 @@ def decode_dataset(loaded: Any, source: RecordSource, cfg: DecodeConfig, *, firs
     rows_per_batch = max(1, min(cfg.batch_size, len(source)))
     dcfg = DataConfig(eval_source="", batch_size=rows_per_batch, max_response_len=cfg.gen_len,
                       num_workers=num_workers, strict=strict)
-    it = build_eval_iterator(dcfg, loaded.config, loaded.tokenizer, source=source)
+    mine = BatchShare(source, cfg.batch_size, *share)
+    it = build_eval_iterator(dcfg, loaded.config, loaded.tokenizer, source=mine if share != (0, 1) else source)
     key = jax.random.key(seed)
     rows, decode_s, audio_s, compile_s = [], 0.0, 0.0, 0.0
     seen: set[str] = set()
-    for index, batch in enumerate(it):
+    for local, batch in enumerate(it):
+        index = mine.batches[local]
         valid = batch["valid"].copy()
         fp = None
         if deliberating:
@@ -196,7 +221,7 @@ def decode_dataset(loaded: Any, source: RecordSource, cfg: DecodeConfig, *, firs
             out = [{"hypothesis": "", "tokens": [], "nfe": 0}] * len(valid)
         else:
             rng = jax.random.fold_in(key, index)
-            if index == 0:  # compile outside the clock
+            if local == 0:  # compile outside the clock
                 t0 = time.perf_counter()
                 run_decode(loaded, batch, cfg, rng)
                 compile_s = time.perf_counter() - t0
@@ -210,7 +235,7 @@ def decode_dataset(loaded: Any, source: RecordSource, cfg: DecodeConfig, *, firs
                 raise DataError(f"{source!r}: duplicate id {batch['ids'][i]!r}", hint="give every utterance its own id")
             seen.add(batch["ids"][i])
             live = bool(batch["valid"][i])
-            row = {"id": batch["ids"][i], "reference": batch["text"][i],
+            row = {"id": batch["ids"][i], "reference": batch["text"][i], "batch": index,
                    "hypothesis": out[i]["hypothesis"] if live else "", "nfe": out[i]["nfe"] if live else 0}
             if fp is not None:
                 row["first_pass"] = fp[i]
@@ -232,6 +257,32 @@ def report_skipped(counts: dict, skipped: list[dict], what: str = "evaluation") 
         reasons = ", ".join(f"{r} {counts[r]}" for r in SKIP_REASONS if counts.get(r))
         print(f"{what}: skipped {total} of {counts.get('seen', total)} utterance(s){listed}: {reasons}; "
               "--strict makes them errors", file=sys.stderr)
+
+
+def merge_shares(run: dict) -> dict | None:
+    """Every process's ``decode_dataset`` result, merged on process 0 in input order (rows by
+    batch number; seconds as the slowest process, counts summed); None on the others."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return run
+    blob = np.frombuffer(json.dumps(run).encode(), np.uint8)
+    sizes = multihost_utils.process_allgather(np.array([blob.size], np.int64)).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:blob.size] = blob
+    gathered = multihost_utils.process_allgather(padded)
+    if jax.process_index() != 0:
+        return None
+    runs = [json.loads(bytes(g[:n]).decode()) for g, n in zip(gathered, sizes)]
+    rows = sorted((r for one in runs for r in one["rows"]), key=lambda r: r["batch"])  # stable: in-batch order kept
+    counts: dict = {}
+    for one in runs:
+        for k, v in one["counts"].items():
+            counts[k] = counts.get(k, 0) + v
+    return {"rows": rows, "counts": counts, "audio_s": sum(r["audio_s"] for r in runs),
+            "skipped": [ex for one in runs for ex in one["skipped"]],
+            **{k: max(r[k] for r in runs) for k in ("decode_s", "compile_s")}}
 
 
 def score(name: str, cfg: DecodeConfig, run: dict) -> dict:
@@ -258,10 +309,14 @@ def evaluate(loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str,
     shows a bar over the configs."""
     from tqdm import tqdm
 
+    import jax
+
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: the output path is a file, not a folder", hint="give a folder name")
-    (out_dir / "hypotheses").mkdir(parents=True, exist_ok=True)
+    writer = jax.process_index() == 0  # every process decodes its share of the batches; process 0 writes
+    if writer:
+        (out_dir / "hypotheses").mkdir(parents=True, exist_ok=True)
     source = parse_source(data) if isinstance(data, str) else data
     check_unique_ids(source, data if isinstance(data, str) else repr(source))
     cells = {}
@@ -276,10 +331,15 @@ def evaluate(loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str,
     bar = tqdm(configs, desc="evaluation", unit="config", disable=not progress)
     for index, (name, cfg) in enumerate(bar):
         bar.set_postfix_str(name[:40])
-        run = decode_dataset(loaded, source, cfg, first_pass=first_pass, seed=seed, num_workers=num_workers,
-                             strict=strict)
+        run = merge_shares(decode_dataset(loaded, source, cfg, first_pass=first_pass, seed=seed,
+                                          num_workers=num_workers, strict=strict,
+                                          share=(jax.process_index(), jax.process_count())))
+        if run is None:
+            continue
         if index == 0:  # every config sees the same utterances: report the skipped ones once
             report_skipped(run["counts"], run["skipped"])
+        for r in run["rows"]:
+            r.pop("batch")
         res = score(name, cfg, run)
         res["hypotheses"] = f"hypotheses/{_safe(name)}.jsonl"
         if name in cells:
@@ -288,6 +348,8 @@ def evaluate(loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str,
             for r in run["rows"]:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
         results.append(res)
+    if not writer:
+        return {}
     doc = {"model": str(getattr(loaded, "path", "")), "data": data if isinstance(data, str) else repr(data),
            "grid": grid, "seed": seed, "results": results, **(extra or {})}
     write_text(out_dir / "results.json", json.dumps(doc, indent=2) + "\n")

@@ -58,7 +58,7 @@ def write_run_metadata(workdir: str | Path, cfg, mcfg, tokenizer_json: str, deco
 
 def _write_meta(out: Path, cfg, mcfg, tokenizer_json: str, decode: Mapping | None) -> None:
     from whisper_llada_jax.checkpoints.model_dir import CONFIG_FILE, DECODE_FILE, TOKENIZER_FILE
-    from whisper_llada_jax.checkpoints.tensors import atomic_dir
+    from whisper_llada_jax.outputs import atomic_dir
 
     with atomic_dir(out) as tmp:
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config_lib.to_dict(mcfg), sort_keys=False))
@@ -73,9 +73,8 @@ def write_model_dir(out: str | Path, mcfg, variables: Mapping, tokenizer_json: s
     """A MODEL_DIR from sharded variables, one leaf at a time (every process calls this: the
     gathers of leaves spread over several processes are collective; process 0 writes).
 
-    TODO(lead): ``checkpoints/model_dir.save_model_dir`` already streams leaf by leaf
-    (``_host_array`` per leaf); the pod engineer's sharded writer replaces it there, and this
-    function keeps its signature.
+    ``save_model_dir`` gathers one leaf at a time to process 0 (a leaf no process holds whole is
+    copied across the mesh once), so no host ever holds the model.
     """
     from whisper_llada_jax.checkpoints.model_dir import save_model_dir
 
