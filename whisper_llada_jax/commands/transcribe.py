@@ -169,7 +169,7 @@ def _run_whisper(args, items: list[dict], out: TextIO) -> None:
     from tqdm import tqdm
 
     from whisper_llada_jax.audio.io import load_audio
-    from whisper_llada_jax.recognizer import WhisperRecognizer, n_windows
+    from whisper_llada_jax.inference.recognizer import WhisperRecognizer, n_windows
 
     audios = [load_audio(it["audio"]) for it in items]  # bad audio fails before the model loads
     recognizer = WhisperRecognizer.from_dir(args.whisper, feature_padding=args.feature_padding)
@@ -193,12 +193,12 @@ def decode_config(args):
 
 
 def _run_model(args, items: list[dict], out: TextIO) -> None:
-    from whisper_llada_jax.decoding import api
+    from whisper_llada_jax.inference import driver
 
     cfg = decode_config(args)
     refs = {it["id"]: it.get("text") for it in items}
     audio = {it["id"]: it["audio"] for it in items}
-    for result in api.transcribe_files(args.model, items, cfg, args.batch_size):
+    for result in driver.transcribe_files(args.model, items, cfg, args.batch_size):
         uid = result["id"]
         record = {"id": uid, "audio": audio.get(uid), "hypothesis": result["hypothesis"]}
         reference = result.get("reference", refs.get(uid))

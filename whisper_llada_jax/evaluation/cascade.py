@@ -28,7 +28,7 @@ def whisper_first_pass(whisper_dir: str | Path, source: RecordSource, *, batch_s
 
     Returns records ``{id, audio, text, first_pass}`` and skip counts (the pipeline's rules:
     unreadable audio, empty transcripts, clips over ``max_seconds``)."""
-    from whisper_llada_jax.recognizer import WhisperRecognizer
+    from whisper_llada_jax.inference.recognizer import WhisperRecognizer
 
     rec = WhisperRecognizer.from_dir(whisper_dir)
     counts = {"seen": 0, "kept": 0, **{r: 0 for r in SKIP_REASONS}}

@@ -2,7 +2,7 @@
 
 Each config decodes every utterance of the eval split once (``data.pipeline`` eval iterator,
 batch shape fixed by the config's ``batch_size`` and ``gen_len``) through
-``decoding.api.run_decode``. Timing excludes compilation: the first batch is decoded once
+``inference.driver.run_decode``. Timing excludes compilation: the first batch is decoded once
 before the clock starts and its compile time is reported on its own. RTF = decoding seconds /
 audio seconds; ``mean_nfe`` counts LLM forward passes per utterance.
 
@@ -163,7 +163,7 @@ def decode_dataset(loaded: Any, source: RecordSource, cfg: DecodeConfig, *, firs
     """Decodes every utterance of ``source`` once with ``cfg``; hypotheses, timings, counts."""
     import jax
 
-    from whisper_llada_jax.decoding.api import run_decode
+    from whisper_llada_jax.inference.driver import run_decode
 
     check_fits_model(validate(cfg), loaded.config)
     deliberating = cfg.strategy != "none"
