@@ -130,7 +130,7 @@ def test_model_branch_builds_decode_config_and_writes_nfe(tmp_path, capsys, monk
 
     seen = {}
 
-    def fake_transcribe_files(model_dir, items, cfg, batch_size):
+    def fake_transcribe_files(model_dir, items, cfg, batch_size, **placement):
         seen.update(model_dir=model_dir, items=list(items), cfg=cfg, batch_size=batch_size)
         for i, it in enumerate(seen["items"]):
             yield {"id": it["id"], "hypothesis": f"hyp {i}", "nfe": 10 + i}

@@ -99,6 +99,21 @@ def global_batch(mesh: Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Arra
             for k, v in local.items()}
 
 
+def placement_from_overrides(overrides: Sequence[str], command: str) -> tuple[MeshConfig | None, DistributedConfig]:
+    """(MeshConfig, DistributedConfig) from the ``mesh.*`` / ``distributed.*`` overrides that
+    ``import`` and the inference commands take as ``train`` does; the mesh is None when no
+    ``mesh.*`` is given (one device)."""
+    from whisper_llada_jax import config as config_lib
+
+    data = config_lib.parse_overrides(list(overrides))
+    other = sorted(set(data) - {"mesh", "distributed"})
+    if other:
+        raise ConfigError(f"{command}: unknown override(s) {other}: only mesh.* and distributed.* are taken here",
+                          hint="e.g. mesh.fsdp=4 mesh.tensor=2")
+    mesh = config_lib.from_dict(MeshConfig, data["mesh"], "mesh") if "mesh" in data else None
+    return mesh, config_lib.from_dict(DistributedConfig, data.get("distributed", {}), "distributed")
+
+
 def initialize_distributed(cfg: DistributedConfig) -> None:
     """``jax.distributed.initialize`` for multi-process runs; nothing for one process.
 

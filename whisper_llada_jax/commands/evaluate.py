@@ -43,6 +43,10 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed_arg, default=0, help="RNG seed for random remasking / masking")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="feature-extraction worker processes")
     p.add_argument("--strict", action="store_true", help="fail on unreadable / too long / empty utterances")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="mesh.* overrides as for `train` (e.g. mesh.fsdp=4 mesh.tensor=2): the model is placed "
+                        "on this host's devices with the training rules (default: one device); with "
+                        "distributed.* (or on a pod) each process decodes its share and process 0 writes")
     p.add_argument("--profile", metavar="DIR",
                    help="write a JAX profiler trace of the evaluation into DIR (TensorBoard profile tab / Perfetto)")
 
@@ -64,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from whisper_llada_jax.data.sources import parse_source
     from whisper_llada_jax.errors import UserError
     from whisper_llada_jax.evaluation.evaluate import evaluate, load_first_pass, parse_decode_spec
+    from whisper_llada_jax.inference.placement import inference_mesh
     from whisper_llada_jax.outputs import check_output, data_paths
 
     check_output(args.out, [args.model, args.first_pass, *data_paths(args.data)], overwrite=args.overwrite)
@@ -75,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     source = limited(parse_source(args.data), args.limit)
     from whisper_llada_jax.training.profiling import trace
 
-    loaded = load_model_dir(args.model)
+    mesh, rules = inference_mesh(args.overrides, "evaluate")
+    loaded = load_model_dir(args.model, mesh, rules)
     with trace(args.profile):
         doc = evaluate(loaded, source, configs, args.out, first_pass=first_pass, grid=args.grid, seed=args.seed,
                        num_workers=args.workers, strict=args.strict, extra={"data": args.data})

@@ -118,10 +118,13 @@ def run_cascade(first: str | Path, loaded: Any, data: str | RecordSource, config
     if not records:
         raise DataError(f"{data}: no usable utterance for the first pass", hint=f"skip counts: {stats}")
     fp_wer = corpus_wer([r["text"] for r in records], [r["first_pass"] for r in records])
-    with atomic_file(out_dir / "first_pass.jsonl") as f:
-        for r in records:
-            f.write(json.dumps({"id": r["id"], "reference": r["text"], "first_pass": r["first_pass"]},
-                               ensure_ascii=False) + "\n")
+    import jax
+
+    if jax.process_index() == 0:  # every process holds the whole first pass; process 0 writes it
+        with atomic_file(out_dir / "first_pass.jsonl") as f:
+            for r in records:
+                f.write(json.dumps({"id": r["id"], "reference": r["text"], "first_pass": r["first_pass"]},
+                                   ensure_ascii=False) + "\n")
     summary = {"model": str(first), "kind": kind, "wer": fp_wer.to_dict(), **stats,
                "rtf": stats["seconds"] / stats["audio_s"] if stats["audio_s"] else 0.0}
     second = ListSource(records, name=f"first pass of {source!r}")
