@@ -168,7 +168,7 @@ def test_transcribe_files_sorts_batches_by_length_and_keeps_input_order(tmp_path
         items.append({"id": f"c{i}", "audio": str(path)})
     cfg = load_model_config("tiny")
     loaded = type("L", (), {"config": cfg})()
-    monkeypatch.setattr(driver, "load_model_dir", lambda path, **kw: loaded)
+    monkeypatch.setattr(driver, "load_model_dir", lambda path, *a, **kw: loaded)
     seen = []
 
     def fake_run_decode(_, batch, dcfg, rng):
