@@ -101,6 +101,46 @@ def test_mesh_overrides_are_checked(model_dir, manifest, tmp_path, capsys):
     assert main(["transcribe", "--whisper", "bundled:tiny.en", str(CLIPS / "clip000.flac"), "mesh.fsdp=2"]) == 2
     assert "only apply to --model" in capsys.readouterr().err
     assert not (tmp_path / "x.jsonl").exists()
+    data = ["--model", str(model_dir), "--data", f"manifest:{manifest}"]
+    assert main(["evaluate", *data, "--out", str(tmp_path / "e"), "mesh.tensor=3"]) == 2
+    assert main(["cascade", "--first", "bundled:tiny.en", *data, "--out", str(tmp_path / "c"), "mesh.fsdp=16"]) == 2
+    assert main(["evaluate", *data, "--out", str(tmp_path / "e"), "train.steps=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("mesh:") == 2 and "only mesh.* and distributed.*" in err
+
+
+def test_cascade_first_pass_split_over_processes_equals_one_process(monkeypatch):
+    """Whisper first pass: process p of 2 transcribes groups p, p + 2, ... and the gathered
+    texts are those of one process (simulated: the gather is played back between two runs)."""
+    from whisper_llada_jax.data.sources import ListSource
+    from whisper_llada_jax.evaluation import cascade
+    from whisper_llada_jax.inference import placement, recognizer
+
+    class Fake:
+        def transcribe(self, audios, batch_size):
+            return [f" {len(a)} samples" for a in audios]
+
+    monkeypatch.setattr(recognizer.WhisperRecognizer, "from_dir", staticmethod(lambda d: Fake()))
+    source = ListSource([{"id": f"u{i}", "audio": np.zeros(1600 * (i + 1), np.float32), "sample_rate": 16000,
+                          "text": "" if i == 3 else "words"} for i in range(11)], name="eleven")
+    one, _ = cascade.whisper_first_pass("fake", source, batch_size=1)
+    sent = {}
+
+    def run_as(index, gathered):
+        monkeypatch.setattr(jax, "process_count", lambda: 2)
+        monkeypatch.setattr(jax, "process_index", lambda: index)
+        def gather_all(obj):
+            sent[index] = obj
+            return gathered(obj)
+
+        monkeypatch.setattr(placement, "gather_all", gather_all)
+        return cascade.whisper_first_pass("fake", source, batch_size=1)[0]
+
+    run_as(1, lambda obj: [[(i, "") for i in range(10)], obj])
+    two = run_as(0, lambda obj: [obj, sent[1]])
+    assert [r["first_pass"] for r in two] == [r["first_pass"] for r in one] and len(one) == 10
+    assert sorted(i for part in sent.values() for i, _ in part) == list(range(10))  # each text made once
+    assert {i // 4 % 2 for i, _ in sent[1]} == {1}  # groups of 4 x batch_size: process 1 has groups 1, 3, ...
 
 
 def _free_port() -> int:

@@ -28,6 +28,9 @@ def whisper_first_pass(whisper_dir: str | Path, source: RecordSource, *, batch_s
 
     Returns records ``{id, audio, text, first_pass}`` and skip counts (the pipeline's rules:
     unreadable audio, empty transcripts, clips over ``max_seconds``)."""
+    import jax
+
+    from whisper_llada_jax.inference.placement import gather_all
     from whisper_llada_jax.inference.recognizer import WhisperRecognizer
 
     rec = WhisperRecognizer.from_dir(whisper_dir)
@@ -37,9 +40,16 @@ def whisper_first_pass(whisper_dir: str | Path, source: RecordSource, *, batch_s
     pending: list[tuple[dict, Any]] = []
     t0, audio_s = time.perf_counter(), 0.0
 
+    groups = 0  # with several processes, group g is transcribed by process g % n; all gather at the end
+
     def flush():
-        texts = rec.transcribe([a for _, a in pending], batch_size=batch_size)
-        out.extend({**r, "first_pass": t.strip()} for (r, _), t in zip(pending, texts))
+        nonlocal groups
+        if groups % jax.process_count() == jax.process_index():
+            texts = rec.transcribe([a for _, a in pending], batch_size=batch_size)
+            out.extend({**r, "first_pass": t.strip()} for (r, _), t in zip(pending, texts))
+        else:
+            out.extend({**r, "first_pass": None} for r, _ in pending)
+        groups += 1
         pending.clear()
 
     for i in range(len(source)):
@@ -69,6 +79,10 @@ def whisper_first_pass(whisper_dir: str | Path, source: RecordSource, *, batch_s
             flush()
     if pending:
         flush()
+    if jax.process_count() > 1:  # every process needs every first pass: the second pass splits by batch
+        done = {int(i): t for part in gather_all([(i, r["first_pass"]) for i, r in enumerate(out)
+                                                  if r["first_pass"] is not None]) for i, t in part}
+        out = [{**r, "first_pass": done[i]} for i, r in enumerate(out)]
     report_skipped(counts, skipped, "first pass")
     seconds = time.perf_counter() - t0
     return out, {**counts, "seconds": seconds, "audio_s": audio_s}

@@ -93,9 +93,9 @@ def my_share(n: int) -> range:
     return range(jax.process_index(), n, jax.process_count())
 
 
-def gather_to_process_0(obj: Any) -> list | None:
-    """Every process's JSON-serialisable ``obj``, in process order, on process 0 (None on the
-    others). All processes must call it the same number of times."""
+def gather_all(obj: Any) -> list:
+    """Every process's JSON-serialisable ``obj``, in process order, on every process. All
+    processes must call it the same number of times."""
     if jax.process_count() == 1:
         return [obj]
     from jax.experimental import multihost_utils
@@ -105,6 +105,10 @@ def gather_to_process_0(obj: Any) -> list | None:
     padded = np.zeros(int(sizes.max()), np.uint8)
     padded[:blob.size] = blob
     gathered = np.asarray(multihost_utils.process_allgather(padded))
-    if jax.process_index() != 0:
-        return None
     return [json.loads(bytes(g[:n]).decode()) for g, n in zip(gathered, sizes)]
+
+
+def gather_to_process_0(obj: Any) -> list | None:
+    """``gather_all`` for the writer: the list on process 0, None on the others."""
+    parts = gather_all(obj)
+    return parts if jax.process_index() == 0 else None
