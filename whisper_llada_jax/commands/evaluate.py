@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     with trace(args.profile):
         doc = evaluate(loaded, source, configs, args.out, first_pass=first_pass, grid=args.grid, seed=args.seed,
                        num_workers=args.workers, strict=args.strict, extra={"data": args.data})
+    if not doc:  # not process 0: its rows went to process 0, which writes the results
+        return 0
     if args.profile:
         print(f"profiler trace in {args.profile} (tensorboard --logdir {args.profile}, or ui.perfetto.dev)")
     print((Path(args.out) / "results.md").read_text())

@@ -100,7 +100,13 @@ def autoregressive_first_pass(model_dir: str | Path, source: RecordSource, *, ba
     cfg = DecodeConfig(decoder="autoregressive", batch_size=batch_size, max_new_tokens=max_new_tokens,
                        gen_len=max_new_tokens)
     t0 = time.perf_counter()
-    run = decode_dataset(loaded, source, cfg, strict=strict)
+    import jax
+
+    from whisper_llada_jax.inference.placement import gather_all
+
+    run = decode_dataset(loaded, source, cfg, strict=strict, share=(jax.process_index(), jax.process_count()))
+    if jax.process_count() > 1:  # every process needs every first pass: the second pass splits by batch
+        run["rows"] = sorted((r for part in gather_all(run["rows"]) for r in part), key=lambda r: r["batch"])
     report_skipped(run["counts"], run["skipped"], "first pass")
     by_id = {source[i]["id"]: i for i in range(len(source))}
     out = [{**source[by_id[r["id"]]], "first_pass": r["hypothesis"]} for r in run["rows"]]

@@ -159,8 +159,13 @@ def _safe(name: str) -> str:
 
 
 def decode_dataset(loaded: Any, source: RecordSource, cfg: DecodeConfig, *, first_pass: dict[str, str] | None = None,
-                   seed: int = 0, num_workers: int = 0, strict: bool = False) -> dict:
-    """Decodes every utterance of ``source`` once with ``cfg``; hypotheses, timings, counts."""
+                   seed: int = 0, num_workers: int = 0, strict: bool = False, share: tuple[int, int] = (0, 1)) -> dict:
+    """Decodes every utterance of ``source`` once with ``cfg``; hypotheses, timings, counts.
+
+    ``share=(i, n)``: decode only batches i, i + n, ... (process i of n; rows carry their batch
+    number in ``batch`` for ``merge_shares``). Every process reads every batch (audio and
+    log-mel: cheap next to decoding), so the batches, skips included, are those of one process,
+    and so are the tokens."""
     import jax
 
     from whisper_llada_jax.inference.driver import run_decode
@@ -172,10 +177,14 @@ def decode_dataset(loaded: Any, source: RecordSource, cfg: DecodeConfig, *, firs
     dcfg = DataConfig(eval_source="", batch_size=rows_per_batch, max_response_len=cfg.gen_len,
                       num_workers=num_workers, strict=strict)
     it = build_eval_iterator(dcfg, loaded.config, loaded.tokenizer, source=source)
+    me, hosts = share
+    first_decode = True
     key = jax.random.key(seed)
     rows, decode_s, audio_s, compile_s = [], 0.0, 0.0, 0.0
     seen: set[str] = set()
     for index, batch in enumerate(it):
+        if index % hosts != me:
+            continue
         valid = batch["valid"].copy()
         fp = None
         if deliberating:
@@ -196,7 +205,8 @@ def decode_dataset(loaded: Any, source: RecordSource, cfg: DecodeConfig, *, firs
             out = [{"hypothesis": "", "tokens": [], "nfe": 0}] * len(valid)
         else:
             rng = jax.random.fold_in(key, index)
-            if index == 0:  # compile outside the clock
+            if first_decode:  # compile outside the clock
+                first_decode = False
                 t0 = time.perf_counter()
                 run_decode(loaded, batch, cfg, rng)
                 compile_s = time.perf_counter() - t0
@@ -210,7 +220,7 @@ def decode_dataset(loaded: Any, source: RecordSource, cfg: DecodeConfig, *, firs
                 raise DataError(f"{source!r}: duplicate id {batch['ids'][i]!r}", hint="give every utterance its own id")
             seen.add(batch["ids"][i])
             live = bool(batch["valid"][i])
-            row = {"id": batch["ids"][i], "reference": batch["text"][i],
+            row = {"id": batch["ids"][i], "reference": batch["text"][i], "batch": index,
                    "hypothesis": out[i]["hypothesis"] if live else "", "nfe": out[i]["nfe"] if live else 0}
             if fp is not None:
                 row["first_pass"] = fp[i]
@@ -232,6 +242,24 @@ def report_skipped(counts: dict, skipped: list[dict], what: str = "evaluation") 
         reasons = ", ".join(f"{r} {counts[r]}" for r in SKIP_REASONS if counts.get(r))
         print(f"{what}: skipped {total} of {counts.get('seen', total)} utterance(s){listed}: {reasons}; "
               "--strict makes them errors", file=sys.stderr)
+
+
+def merge_shares(run: dict) -> dict | None:
+    """Every process's ``decode_dataset`` result, merged on process 0 in input order (rows by
+    batch number; seconds as the slowest process; counts and skips, the same on every
+    process, from process 0); None on the others."""
+    from whisper_llada_jax.inference.placement import gather_to_process_0
+
+    import jax
+
+    if jax.process_count() == 1:
+        return run
+    runs = gather_to_process_0(run)
+    if runs is None:
+        return None
+    rows = sorted((r for one in runs for r in one["rows"]), key=lambda r: r["batch"])  # stable: in-batch order kept
+    return {"rows": rows, "counts": runs[0]["counts"], "skipped": runs[0]["skipped"],
+            "audio_s": sum(r["audio_s"] for r in runs), **{k: max(r[k] for r in runs) for k in ("decode_s", "compile_s")}}
 
 
 def score(name: str, cfg: DecodeConfig, run: dict) -> dict:
@@ -258,10 +286,14 @@ def evaluate(loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str,
     shows a bar over the configs."""
     from tqdm import tqdm
 
+    import jax
+
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: the output path is a file, not a folder", hint="give a folder name")
-    (out_dir / "hypotheses").mkdir(parents=True, exist_ok=True)
+    writer = jax.process_index() == 0  # every process decodes its share of the batches; process 0 writes
+    if writer:
+        (out_dir / "hypotheses").mkdir(parents=True, exist_ok=True)
     source = parse_source(data) if isinstance(data, str) else data
     check_unique_ids(source, data if isinstance(data, str) else repr(source))
     cells = {}
@@ -276,8 +308,13 @@ def evaluate(loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str,
     bar = tqdm(configs, desc="evaluation", unit="config", disable=not progress)
     for index, (name, cfg) in enumerate(bar):
         bar.set_postfix_str(name[:40])
-        run = decode_dataset(loaded, source, cfg, first_pass=first_pass, seed=seed, num_workers=num_workers,
-                             strict=strict)
+        run = merge_shares(decode_dataset(loaded, source, cfg, first_pass=first_pass, seed=seed,
+                                          num_workers=num_workers, strict=strict,
+                                          share=(jax.process_index(), jax.process_count())))
+        if run is None:
+            continue
+        for r in run["rows"]:
+            r.pop("batch")
         if index == 0:  # every config sees the same utterances: report the skipped ones once
             report_skipped(run["counts"], run["skipped"])
         res = score(name, cfg, run)
@@ -288,6 +325,8 @@ def evaluate(loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str,
             for r in run["rows"]:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
         results.append(res)
+    if not writer:
+        return {}
     doc = {"model": str(getattr(loaded, "path", "")), "data": data if isinstance(data, str) else repr(data),
            "grid": grid, "seed": seed, "results": results, **(extra or {})}
     write_text(out_dir / "results.json", json.dumps(doc, indent=2) + "\n")
