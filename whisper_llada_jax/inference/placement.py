@@ -88,11 +88,6 @@ def put_rows(x: np.ndarray, mesh: Mesh | None) -> jax.Array:
     return jax.device_put(np.asarray(x), mesh_lib.batch_sharding(mesh, np.ndim(x)))
 
 
-def my_share(n: int) -> range:
-    """The batch numbers (of ``n``) this process decodes: every ``process_count``-th."""
-    return range(jax.process_index(), n, jax.process_count())
-
-
 def gather_all(obj: Any) -> list:
     """Every process's JSON-serialisable ``obj``, in process order, on every process. All
     processes must call it the same number of times."""
