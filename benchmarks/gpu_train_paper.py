@@ -41,7 +41,7 @@ def model_flops(mcfg, batch: int, response: int) -> float:
 
 
 def run(batch: int, steps: int, response: int) -> dict:
-    from whisper_llada_jax.training import mesh as mesh_lib
+    from whisper_llada_jax import mesh as mesh_lib
     from whisper_llada_jax.training import step as step_lib
     from whisper_llada_jax.training.config import load_train_config
     from whisper_llada_jax.training.state import setup_state

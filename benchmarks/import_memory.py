@@ -31,7 +31,7 @@ from whisper_llada_jax.checkpoints import model_dir
 from whisper_llada_jax.checkpoints.tensors import flatten
 from whisper_llada_jax.models.llada import LLaDA
 from whisper_llada_jax.training.config import MeshConfig
-from whisper_llada_jax.training.mesh import make_mesh, rules
+from whisper_llada_jax.mesh import make_mesh, rules
 import flax.linen as nn
 from jax.sharding import NamedSharding
 

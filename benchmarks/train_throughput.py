@@ -31,7 +31,7 @@ def matmul_peak(n: int = 1024, reps: int = 10) -> float:
 
 
 def measure(config: str, overrides: list[str], batch: int, steps: int) -> dict:
-    from whisper_llada_jax.training import mesh as mesh_lib
+    from whisper_llada_jax import mesh as mesh_lib
     from whisper_llada_jax.training import step as step_lib
     from whisper_llada_jax.training.config import load_train_config
     from whisper_llada_jax.training.state import setup_state

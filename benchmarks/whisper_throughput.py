@@ -33,7 +33,7 @@ from whisper_llada_jax.audio.io import load_audio  # noqa: E402
 from whisper_llada_jax.checkpoints.ctranslate2 import CTranslate2WhisperSource  # noqa: E402
 from whisper_llada_jax.decoding.whisper_greedy import greedy_decode  # noqa: E402
 from whisper_llada_jax.models.whisper import Whisper  # noqa: E402
-from whisper_llada_jax.recognizer import WhisperRecognizer  # noqa: E402
+from whisper_llada_jax.inference.recognizer import WhisperRecognizer  # noqa: E402
 
 
 def torch_whisper(rec: WhisperRecognizer):

@@ -184,7 +184,7 @@ def _check_model_dir_is_step(model_dir, ckdir, step, t):
 def test_restore_onto_a_smaller_mesh(setup):
     import jax
 
-    from whisper_llada_jax.training import mesh as mesh_lib
+    from whisper_llada_jax import mesh as mesh_lib
     from whisper_llada_jax.training.checkpointing import Checkpointer
     from whisper_llada_jax.training.config import CheckpointConfig, MeshConfig
     from whisper_llada_jax.training.state import setup_state

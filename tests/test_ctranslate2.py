@@ -191,7 +191,7 @@ def test_round_trip_logits_match_transformers(converted):
 def test_recognizer_reads_both_layouts_alike(converted):
     """The same random model as an HF directory and as a CTranslate2 one: identical transcripts
     in the same padding mode; the default padding follows the layout; batching is invisible."""
-    from whisper_llada_jax.recognizer import WhisperRecognizer
+    from whisper_llada_jax.inference.recognizer import WhisperRecognizer
 
     _, _, dirs, root = converted
     rng = np.random.default_rng(3)

@@ -9,6 +9,7 @@ import pytest
 import reference_decode as ref
 from whisper_llada_jax.config import load_model_config
 from whisper_llada_jax.decoding import api
+from whisper_llada_jax.inference import driver
 from whisper_llada_jax.decoding.backbone import Backbone, Prefix
 from whisper_llada_jax.decoding.config import DecodeConfig, load_decode_config
 from whisper_llada_jax.errors import DataError, DecodeConfigError
@@ -125,20 +126,20 @@ def test_composite_run_decode_full_and_trimmed_audio(composite):
     cover the longest clip (+ margin) and equals decoding that shorter prefix directly."""
     cfg = DecodeConfig(decoder="semi_ar", gen_len=8, block_length=4, steps=4)
     batch = _batch(composite.config)
-    rows = api.run_decode(composite, batch, cfg, jax.random.key(0))
+    rows = driver.run_decode(composite, batch, cfg, jax.random.key(0))
     assert len(rows) == 2 and all(set(r) == {"hypothesis", "tokens", "nfe"} for r in rows)
     assert all(0 < r["nfe"] <= 4 for r in rows)
 
     trimmed = DecodeConfig(**{**cfg.__dict__, "audio_span": "trimmed", "audio_margin_windows": 1})
-    n_tok = api.trimmed_audio_tokens(batch["audio_len"], composite.config, 1)
+    n_tok = driver.trimmed_audio_tokens(batch["audio_len"], composite.config, 1)
     # 1.1 s = 55 encoder frames = 4 windows of 17, + 1 margin, rounded up to an eighth of 11 (2)
     assert n_tok == 6 * composite.config.projector.num_queries < composite.config.audio_tokens
-    rows_t = api.run_decode(composite, batch, trimmed, jax.random.key(0))
+    rows_t = driver.run_decode(composite, batch, trimmed, jax.random.key(0))
     m, v = composite.model, composite.variables
     audio = m.apply(v, features=jnp.asarray(batch["features"]), method="encode_audio")[:, :n_tok]
     pre = m.apply(v, audio, 2, method="prefix_embeds")
     direct = api.diffusion_decode(m, v, Prefix(pre, jnp.ones(pre.shape[:2], bool)), cfg, jax.random.key(0),
-                                  row_ids=[api._stable_id(i) for i in batch["ids"]])
+                                  row_ids=[driver._stable_id(i) for i in batch["ids"]])
     for r, toks, length in zip(rows_t, direct.tokens, direct.length):
         assert r["tokens"] == api.response_tokens(toks, length, composite.config.tokens)
 
@@ -148,7 +149,7 @@ def test_composite_text_only_deliberation(composite):
                        text_only=True)
     batch = _batch(composite.config)
     batch["first_pass"] = ["20 21 22 23", "30 31 32 33 34 35"]
-    rows = api.run_decode(composite, batch, cfg, jax.random.key(0))
+    rows = driver.run_decode(composite, batch, cfg, jax.random.key(0))
     # one confidence forward + min(steps, int(n * 0.5)) steps; unmasked tokens are kept
     assert [r["nfe"] for r in rows] == [1 + 2, 1 + 3]
     assert [len(r["tokens"]) <= n for r, n in zip(rows, (4, 6))] == [True, True]
@@ -159,8 +160,6 @@ def test_transcribe_files_sorts_batches_by_length_and_keeps_input_order(tmp_path
     output comes back in input order with each clip's own result."""
     import soundfile
 
-    from whisper_llada_jax.checkpoints import model_dir
-
     secs = [2.0, 0.3, 1.5, 0.4, 2.2, 0.2]
     items = []
     for i, s in enumerate(secs):
@@ -169,15 +168,15 @@ def test_transcribe_files_sorts_batches_by_length_and_keeps_input_order(tmp_path
         items.append({"id": f"c{i}", "audio": str(path)})
     cfg = load_model_config("tiny")
     loaded = type("L", (), {"config": cfg})()
-    monkeypatch.setattr(model_dir, "load_model_dir", lambda path, **kw: loaded)
+    monkeypatch.setattr(driver, "load_model_dir", lambda path, *a, **kw: loaded)
     seen = []
 
     def fake_run_decode(_, batch, dcfg, rng):
         seen.append([(i, int(n)) for i, n, ok in zip(batch["ids"], batch["audio_len"], batch["valid"]) if ok])
         return [{"hypothesis": f"h{i}", "tokens": [], "nfe": int(n)} for i, n in zip(batch["ids"], batch["audio_len"])]
 
-    monkeypatch.setattr(api, "run_decode", fake_run_decode)
-    out = list(api.transcribe_files("unused", items, DecodeConfig(), batch_size=2))
+    monkeypatch.setattr(driver, "run_decode", fake_run_decode)
+    out = list(driver.transcribe_files("unused", items, DecodeConfig(), batch_size=2))
     assert [r["id"] for r in out] == [it["id"] for it in items]
     assert [r["hypothesis"] for r in out] == [f"hc{i}" for i in range(len(secs))]
     assert [r["nfe"] for r in out] == [int(16000 * s) for s in secs]

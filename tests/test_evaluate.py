@@ -114,7 +114,7 @@ def test_grid_run_writes_the_paper_layout(tmp_path, monkeypatch):
     import types
 
     from tests._data_helpers import WordTokenizer
-    from whisper_llada_jax.decoding import api
+    from whisper_llada_jax.inference import driver
 
     calls = []
 
@@ -124,7 +124,7 @@ def test_grid_run_writes_the_paper_layout(tmp_path, monkeypatch):
         return [{"hypothesis": t if cfg.mask_ratio >= 0.5 else f, "tokens": [], "nfe": int(10 * cfg.mask_ratio)}
                 for t, f in zip(batch["text"], batch["first_pass"])]
 
-    monkeypatch.setattr(api, "run_decode", fake_run_decode)
+    monkeypatch.setattr(driver, "run_decode", fake_run_decode)
     loaded = types.SimpleNamespace(config=load_model_config("tiny"), tokenizer=WordTokenizer(), path="fake")
     src = SyntheticSource(n=3, seed=5, max_s=1.5)
     first = {src[i]["id"]: "wrong words" for i in range(3)}

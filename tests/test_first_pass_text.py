@@ -70,6 +70,7 @@ def test_run_decode_prepares_first_passes_with_the_config(tokenizer, monkeypatch
     import numpy as np
 
     from whisper_llada_jax.decoding import api
+    from whisper_llada_jax.inference import driver
     from whisper_llada_jax.decoding.config import DecodeConfig
 
     seen = {}
@@ -88,5 +89,5 @@ def test_run_decode_prepares_first_passes_with_the_config(tokenizer, monkeypatch
                                    ("spoken_en", "keep", tokenizer.encode(spoken_en("the red lamp costs $254"))),
                                    ("none", "mask", tokenizer.encode("the red lamp costs") + [tokens.mask])):
         cfg = DecodeConfig(strategy="diffusion", gen_len=32, first_pass_normalizer=normalizer, unknown_words=rule)
-        api.run_decode(loaded, batch, cfg, jax.random.key(0))
+        driver.run_decode(loaded, batch, cfg, jax.random.key(0))
         assert seen["first"] == [want], (normalizer, rule)

@@ -24,7 +24,7 @@ from whisper_llada_jax.models import whisper as whisper_model
 from whisper_llada_jax.models.composite import mesh_shardings
 from whisper_llada_jax.text.llada_tokenizer import build_tokenizer_json
 from whisper_llada_jax.training.config import MeshConfig
-from whisper_llada_jax.training.mesh import make_mesh, rules
+from whisper_llada_jax.mesh import make_mesh, rules
 
 CFG = load_model_config("tiny", ["whisper.max_source_positions=200"])
 MESH = MeshConfig(data=2, fsdp=2, tensor=2)

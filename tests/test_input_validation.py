@@ -164,7 +164,7 @@ def test_hostile_flags_and_binary_files_given_as_text(model_dir, tmp_path, capsy
 
 
 def test_a_huge_batch_size_is_not_padded_past_the_inputs(model_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
-    from whisper_llada_jax.decoding import api
+    from whisper_llada_jax.inference import driver
 
     seen = {}
 
@@ -172,7 +172,7 @@ def test_a_huge_batch_size_is_not_padded_past_the_inputs(model_dir, tmp_path, ca
         seen.update(batch_size=batch_size, cfg_batch=cfg.batch_size)
         return iter([{"id": it["id"], "hypothesis": ""} for it in items])
 
-    monkeypatch.setattr(api, "transcribe_files", fake)
+    monkeypatch.setattr(driver, "transcribe_files", fake)
     audio = tmp_path / "a.wav"
     audio.write_bytes(b"")
     assert cli.main(["transcribe", "--model", str(model_dir), str(audio), "--batch-size", str(10 ** 9)]) == 0

@@ -17,7 +17,7 @@ from whisper_llada_jax.checkpoints.model_dir import load_model_dir, save_model_d
 from whisper_llada_jax.checkpoints.tensors import SafetensorsSource, save_safetensors
 from whisper_llada_jax.config import load_model_config
 from whisper_llada_jax.data.sources import _WORDS
-from whisper_llada_jax.decoding import api
+from whisper_llada_jax.inference import driver
 from whisper_llada_jax.errors import CheckpointError
 from whisper_llada_jax.outputs import atomic_file
 from whisper_llada_jax.text.llada_tokenizer import LLaDATokenizer, build_tokenizer_json
@@ -135,11 +135,11 @@ def test_deliberate_and_transcribe_write_atomically_and_spare_inputs(model_dir, 
     argv = ["deliberate", "--model", str(model_dir), "--manifest", str(manifest), "--first-pass", str(first),
             "--gen-len", "16", "--steps", "16"]
     _fails(capsys, argv + ["--output", str(out)], "already exists", "--overwrite")
-    monkeypatch.setattr(api, "transcribe_files", _fake_decoder(fail_after=2))
+    monkeypatch.setattr(driver, "transcribe_files", _fake_decoder(fail_after=2))
     _fails(capsys, argv + ["--output", str(out), "--overwrite"], "a bad clip half-way")
     assert out.read_text() == "old results\n"  # neither truncated nor half-written
     assert sorted(os.listdir(tmp_path)) == ["delib.jsonl", "fp.jsonl", "m.jsonl"]
-    monkeypatch.setattr(api, "transcribe_files", _fake_decoder())
+    monkeypatch.setattr(driver, "transcribe_files", _fake_decoder())
     deep = tmp_path / "new" / "folder" / "delib.jsonl"  # a missing output folder is created
     assert cli.main(argv + ["--output", str(deep)]) == 0
     assert "wrote 3 transcripts" in capsys.readouterr().err
@@ -155,7 +155,7 @@ def test_deliberate_and_transcribe_write_atomically_and_spare_inputs(model_dir, 
 
 
 def test_transcribe_gives_files_with_one_stem_distinct_ids(model_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(api, "transcribe_files", _fake_decoder())
+    monkeypatch.setattr(driver, "transcribe_files", _fake_decoder())
     for d in ("d1", "d2"):
         (tmp_path / d).mkdir()
         sf.write(tmp_path / d / "x.wav", np.zeros(1600, np.float32), 16000)

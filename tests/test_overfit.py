@@ -20,7 +20,7 @@ from whisper_llada_jax.checkpoints.model_dir import load_model_dir
 from whisper_llada_jax.data.config import DataConfig
 from whisper_llada_jax.data.pipeline import build_eval_iterator
 from whisper_llada_jax.data.sources import parse_source
-from whisper_llada_jax.decoding.api import run_decode
+from whisper_llada_jax.inference.driver import run_decode
 from whisper_llada_jax.decoding.config import DecodeConfig
 from whisper_llada_jax.text.llada_tokenizer import LLaDATokenizer, build_tokenizer_json
 from whisper_llada_jax.training.config import load_train_config

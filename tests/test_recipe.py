@@ -20,7 +20,7 @@ import torch
 
 from tests.reference_torch.composite import build_reference
 from tests.test_composite import CFG, import_reference
-from whisper_llada_jax.decoding.api import trimmed_audio_tokens
+from whisper_llada_jax.inference.driver import trimmed_audio_tokens
 from whisper_llada_jax.models.composite import WhisperLLaDA
 from whisper_llada_jax.training import optim
 from whisper_llada_jax.training import step as step_lib

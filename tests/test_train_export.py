@@ -102,7 +102,7 @@ def test_train_profile_steps_flag(capsys):
 
 def test_wer_validator_scores_the_subset_without_padding_rows(tmp_path, monkeypatch):
     """The first eval.wer_utterances utterances, padding rows of the last batch excluded."""
-    from whisper_llada_jax.decoding import api
+    from whisper_llada_jax.inference import driver
     from whisper_llada_jax.training.config import load_train_config
     from whisper_llada_jax.training.trainer import load_data_config, load_tokenizer, model_config
     from whisper_llada_jax.training.validation import WerValidator
@@ -119,7 +119,7 @@ def test_wer_validator_scores_the_subset_without_padding_rows(tmp_path, monkeypa
         return [{"hypothesis": t if i % 2 == 0 else "zzz " + " ".join(t.split()[1:]),
                  "tokens": [], "nfe": 0} for i, t in enumerate(batch["text"])]
 
-    monkeypatch.setattr(api, "run_decode", fake_decode)
+    monkeypatch.setattr(driver, "run_decode", fake_decode)
     v = WerValidator(cfg, load_data_config(cfg), mcfg, None, load_tokenizer(cfg, mcfg), None)
     w = v(variables=None)
     assert seen == [4, 4]  # 5 utterances in batches of 4: the second batch has 3 padding rows

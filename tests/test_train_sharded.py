@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from whisper_llada_jax.errors import ConfigError
-from whisper_llada_jax.training import mesh as mesh_lib
+from whisper_llada_jax import mesh as mesh_lib
 from whisper_llada_jax.training import step as step_lib
 from whisper_llada_jax.training.config import MeshConfig, OptimConfig, TrainConfig
 from whisper_llada_jax.training.state import setup_state

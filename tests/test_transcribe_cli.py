@@ -1,5 +1,5 @@
 """`whisper-llada transcribe`: audio arguments, stdout vs file, long audio chunking, bad
-input (one clear line, exit code 2), and the --model branch's wiring to decoding.api.
+input (one clear line, exit code 2), and the --model branch's wiring to inference.driver.
 
 The full manifest run on the real tiny.en is in test_faster_whisper_parity.py.
 """
@@ -125,17 +125,17 @@ def test_failed_run_leaves_no_output_file(tmp_path, capsys):
 
 
 def test_model_branch_builds_decode_config_and_writes_nfe(tmp_path, capsys, monkeypatch):
-    """--model: the flags become a DecodeConfig handed to decoding.api.transcribe_files."""
-    from whisper_llada_jax.decoding import api
+    """--model: the flags become a DecodeConfig handed to inference.driver.transcribe_files."""
+    from whisper_llada_jax.inference import driver
 
     seen = {}
 
-    def fake_transcribe_files(model_dir, items, cfg, batch_size):
+    def fake_transcribe_files(model_dir, items, cfg, batch_size, **placement):
         seen.update(model_dir=model_dir, items=list(items), cfg=cfg, batch_size=batch_size)
         for i, it in enumerate(seen["items"]):
             yield {"id": it["id"], "hypothesis": f"hyp {i}", "nfe": 10 + i}
 
-    monkeypatch.setattr(api, "transcribe_files", fake_transcribe_files)
+    monkeypatch.setattr(driver, "transcribe_files", fake_transcribe_files)
     # only its config is read (the canvas is checked against llm.max_len before any audio)
     (tmp_path / "config.yaml").write_text((CONFIG_DIR / "model" / "tiny.yaml").read_text())
     manifest = tmp_path / "m.jsonl"

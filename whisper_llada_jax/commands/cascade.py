@@ -40,6 +40,9 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="first-pass batch size")
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--strict", action="store_true", help="fail on unreadable / too long / empty utterances")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="mesh.* / distributed.* overrides as for `train` (e.g. mesh.fsdp=4 mesh.tensor=2): the "
+                        "deliberating model on this host's devices with the training rules (default: one device)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from whisper_llada_jax.errors import UserError
     from whisper_llada_jax.evaluation.cascade import run_cascade
     from whisper_llada_jax.evaluation.evaluate import parse_decode_spec
+    from whisper_llada_jax.inference.placement import inference_mesh
     from whisper_llada_jax.outputs import check_output, data_paths
 
     check_output(args.out, [args.model, args.first, *data_paths(args.data)], overwrite=args.overwrite)
@@ -56,13 +60,16 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     base = read_decode_defaults(args.model)
     configs = [parse_decode_spec(s, base) for s in args.decode or ["strategy=diffusion"]]
-    loaded = load_model_dir(args.model)
+    mesh, rules = inference_mesh(args.overrides, "cascade")
+    loaded = load_model_dir(args.model, mesh, rules)
     first = args.first or loaded.first_pass
     if not first:
         raise UserError("no first-pass model given", hint="pass --first DIR (a Whisper directory or bundled:tiny.en)")
     source = limited(parse_source(args.data), args.limit)
     doc = run_cascade(first, loaded, source, configs, args.out, grid=args.grid, batch_size=args.batch_size,
                       seed=args.seed, strict=args.strict, label=args.data)
+    if not doc:  # not process 0: its rows went to process 0, which writes the results
+        return 0
     fp = doc["first_pass"]
     print(f"first pass ({fp['kind']}, {fp['model']}): WER {100 * fp['wer']['wer']:.2f} % "
           f"over {fp['kept']} utterances ({fp['seen'] - fp['kept']} skipped)")

@@ -57,6 +57,9 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", default="-", metavar="FILE.jsonl",
                    help="output JSON lines (default: stdout); written atomically, missing folders created")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="mesh.* / distributed.* overrides as for `train` (e.g. mesh.fsdp=4 mesh.tensor=2): the model "
+                        "on this host's devices; several processes each decode every n-th batch, process 0 writes")
 
 
 def read_first_pass(path: str | Path) -> dict[str, str]:
@@ -101,11 +104,14 @@ def decode_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    import jax
+
     from whisper_llada_jax.checkpoints.model_dir import read_model_config
     from whisper_llada_jax.data.manifest import read_manifest
-    from whisper_llada_jax.decoding.api import transcribe_files
+    from whisper_llada_jax.inference.driver import transcribe_files
     from whisper_llada_jax.decoding.config import check_fits_model
     from whisper_llada_jax.evaluation.evaluate import check_unique_ids
+    from whisper_llada_jax.inference.placement import inference_mesh
 
     if args.output != "-":
         check_output(args.output, [args.model, args.manifest, args.first_pass], overwrite=args.overwrite,
@@ -122,10 +128,16 @@ def run(args: argparse.Namespace) -> int:
                         hint="the ids must match the manifest's")
     items = [dict(it, first_pass=first[it["id"]]) for it in items]
     check_fits_model(cfg, read_model_config(args.model))  # before the model is loaded
+    mesh, rules = inference_mesh(args.overrides, "deliberate")
+    decoded = transcribe_files(args.model, items, cfg, args.batch_size, seed=args.seed, mesh=mesh, rules=rules)
+    if jax.process_index() != 0:  # decodes its share of the batches; process 0 writes every result
+        for _ in decoded:
+            pass
+        return 0
     # A temporary file renamed into place at the end: a bad clip half-way or a kill leaves the
     # old output as it was, never a partial file that looks complete.
     with contextlib.nullcontext(sys.stdout) if args.output == "-" else atomic_file(args.output) as out:
-        for rec in transcribe_files(args.model, items, cfg, args.batch_size, seed=args.seed):
+        for rec in decoded:
             out.write(json.dumps({k: rec.get(k) for k in ("id", "hypothesis", "reference", "first_pass", "nfe")}) + "\n")
             out.flush()
     if args.output != "-":

@@ -46,12 +46,12 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed_arg, default=0, help="RNG seed for random remasking / masking")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="feature-extraction worker processes")
     p.add_argument("--strict", action="store_true", help="fail on unreadable / too long / empty utterances")
-    p.add_argument("--profile", metavar="DIR",
-                   help="write a JAX profiler trace of the evaluation into DIR (TensorBoard profile tab / Perfetto)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="mesh.* overrides as for `train` (e.g. mesh.fsdp=4 mesh.tensor=2): the model is placed "
                         "on this host's devices with the training rules (default: one device); with "
                         "distributed.* (or on a pod) each process decodes its share and process 0 writes")
+    p.add_argument("--profile", metavar="DIR",
+                   help="write a JAX profiler trace of the evaluation into DIR (TensorBoard profile tab / Perfetto)")
 
 
 def limited(source, limit: int | None):
@@ -66,29 +66,13 @@ def limited(source, limit: int | None):
     return ListSource([source[i] for i in range(min(limit, len(source)))], name=f"{source!r}[:{limit}]")
 
 
-def inference_mesh(overrides, command: str):
-    """(mesh, rules) for placing a model from ``mesh.*`` overrides, or (None, None): one device.
-    ``distributed.*`` start a multi-process run. Each process places the model on its own
-    devices (the mesh spans this host's devices) and decodes its share of the batches."""
-    import jax
-
-    from whisper_llada_jax import backend
-    from whisper_llada_jax.training import mesh as mesh_lib
-
-    mesh_cfg, dist_cfg = mesh_lib.placement_from_overrides(overrides, command)
-    mesh_lib.initialize_distributed(dist_cfg)
-    if mesh_cfg is None:
-        return None, None
-    backend.refuse_cpu_for_large_mesh(mesh_cfg, command, available=jax.local_device_count())
-    return mesh_lib.make_mesh(mesh_cfg, jax.local_devices()), mesh_lib.rules(mesh_cfg)
-
-
 def run(args: argparse.Namespace) -> int:
     from whisper_llada_jax import backend
     from whisper_llada_jax.checkpoints.model_dir import load_model_dir, read_decode_defaults
     from whisper_llada_jax.data.sources import parse_source
     from whisper_llada_jax.errors import UserError
     from whisper_llada_jax.evaluation.evaluate import evaluate, load_first_pass, parse_decode_spec
+    from whisper_llada_jax.inference.placement import inference_mesh
     from whisper_llada_jax.outputs import check_output, data_paths
 
     check_output(args.out, [args.model, args.first_pass, *data_paths(args.data)], overwrite=args.overwrite)

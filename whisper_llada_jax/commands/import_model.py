@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     from whisper_llada_jax import backend
     from whisper_llada_jax.models.composite import mesh_shardings
     from whisper_llada_jax.outputs import check_output
-    from whisper_llada_jax.training import mesh as mesh_lib
+    from whisper_llada_jax import mesh as mesh_lib
 
     config_path = args.config if Path(args.config).exists() else None
     check_output(args.out, [args.whisper, args.llada, args.projector_checkpoint, args.first_pass, config_path],

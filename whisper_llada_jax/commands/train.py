@@ -46,7 +46,7 @@ def config_from_args(args):
 
 def run(args) -> int:
     from whisper_llada_jax import backend
-    from whisper_llada_jax.training.mesh import initialize_distributed
+    from whisper_llada_jax.mesh import initialize_distributed
     from whisper_llada_jax.training.trainer import train
 
     cfg = config_from_args(args)

@@ -27,10 +27,16 @@ EXAMPLES = """examples:
   # Whisper-LLaDA, fast mode: prefix cache + threshold decoding on the trimmed audio span
   whisper-llada transcribe --model runs/demo/model --manifest test.jsonl \\
       --cache prefix --threshold 0.9 --audio-span trimmed
+  # Whisper-LLaDA on this host's 8 chips (weights over fsdp x tensor, batches over data x fsdp)
+  whisper-llada transcribe --model models/paper --manifest test.jsonl -o hyp.jsonl \\
+      mesh.data=2 mesh.fsdp=2 mesh.tensor=2
 
 manifest: JSON lines with "id", "audio" (relative to the manifest's folder) and optionally
 "text" (the reference). Output: one JSON line per utterance with "id", "audio",
 "hypothesis", "reference" when known, and "nfe" (forward passes) for --model.
+mesh.* / distributed.* (--model only): the overrides of `train`. Each process places the model
+on its own devices and decodes every n-th batch; process 0 writes the one output, in input order,
+with the tokens of a one-device run (inference/placement.py).
 AUDIO files are named by their stem; files with the same stem in different folders by their
 path relative to the folder they share (d1/x.wav d2/x.wav -> ids d1/x and d2/x).
 """
@@ -46,7 +52,9 @@ def register(p: argparse.ArgumentParser) -> None:
     which.add_argument("--whisper", metavar="DIR",
                        help="Hugging Face or CTranslate2 (faster-whisper) Whisper directory, or bundled:tiny.en")
     which.add_argument("--model", metavar="MODEL_DIR", help="a Whisper-LLaDA MODEL_DIR (from train / import)")
-    p.add_argument("audio", nargs="*", metavar="AUDIO", help="audio files (any format soundfile/librosa reads)")
+    p.add_argument("audio", nargs="*", metavar="AUDIO",
+                   help="audio files (any format soundfile/librosa reads); mesh.*=V / distributed.*=V words among "
+                        "them are overrides as for `train` (--model only), e.g. mesh.fsdp=4 mesh.tensor=2")
     p.add_argument("--manifest", metavar="FILE.jsonl", help="JSON lines with id, audio and optional text")
     p.add_argument("--output", "-o", metavar="FILE.jsonl", default="-",
                    help="output JSON lines (default: stdout); written atomically")
@@ -169,7 +177,7 @@ def _run_whisper(args, items: list[dict], out: TextIO) -> None:
     from tqdm import tqdm
 
     from whisper_llada_jax.audio.io import load_audio
-    from whisper_llada_jax.recognizer import WhisperRecognizer, n_windows
+    from whisper_llada_jax.inference.recognizer import WhisperRecognizer, n_windows
 
     audios = [load_audio(it["audio"]) for it in items]  # bad audio fails before the model loads
     recognizer = WhisperRecognizer.from_dir(args.whisper, feature_padding=args.feature_padding)
@@ -193,12 +201,12 @@ def decode_config(args):
 
 
 def _run_model(args, items: list[dict], out: TextIO) -> None:
-    from whisper_llada_jax.decoding import api
+    from whisper_llada_jax.inference import driver
 
     cfg = decode_config(args)
     refs = {it["id"]: it.get("text") for it in items}
     audio = {it["id"]: it["audio"] for it in items}
-    for result in api.transcribe_files(args.model, items, cfg, args.batch_size):
+    for result in driver.transcribe_files(args.model, items, cfg, args.batch_size, mesh=args.mesh, rules=args.rules):
         uid = result["id"]
         record = {"id": uid, "audio": audio.get(uid), "hypothesis": result["hypothesis"]}
         reference = result.get("reference", refs.get(uid))
@@ -209,12 +217,19 @@ def _run_model(args, items: list[dict], out: TextIO) -> None:
 
 
 def run(args) -> int:
+    import jax
+
+    from whisper_llada_jax.inference.placement import inference_mesh, split_overrides
+
+    args.audio, overrides = split_overrides(args.audio)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.whisper:
         used = [f"--{flag.replace('_', '-')}" for flag in _DECODE_FLAGS if getattr(args, flag) is not None]
         if used:
             raise UserError(f"{', '.join(used)} only apply to --model (Whisper decodes greedily)")
+        if overrides:
+            raise UserError(f"{overrides[0]}: mesh.* / distributed.* overrides only apply to --model")
     elif args.feature_padding:
         raise UserError("--feature-padding only applies to --whisper")
     if args.output != "-":
@@ -225,6 +240,11 @@ def run(args) -> int:
     args.batch_size = min(args.batch_size, len(items))
     if args.model:
         decode_config(args)  # a bad setting fails before any audio is read
+        args.mesh, args.rules = inference_mesh(overrides, "transcribe")
+    if args.model and jax.process_index() != 0:  # decodes its share of the batches; process 0 writes every result
+        with open(os.devnull, "w") as out:
+            _run_model(args, items, out)
+        return 0
     with _open_output(args.output) as out:
         if args.whisper:
             _run_whisper(args, items, out)

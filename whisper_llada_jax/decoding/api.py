@@ -7,15 +7,16 @@ Each mode is one jitted program per (config, shapes): encode the audio once, bui
     out = diffusion_decode(model, variables, {"features": feats}, cfg, rng)
     out = deliberate(model, variables, {"features": feats}, first_pass_ids, cfg, rng)
     out = autoregressive_decode(model, variables, {"features": feats}, cfg)
-    rows = run_decode(loaded, batch, cfg, rng)          # list of {hypothesis, tokens, nfe}
+
+Driving these over batches of a dataset and over audio files (``run_decode``,
+``transcribe_files``) is ``inference/driver.py``'s job.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -249,116 +250,3 @@ def response_tokens(row: np.ndarray, length: int, tokens: Any) -> list[int]:
     """The response ids without special tokens (as ``skip_special_tokens`` decoding)."""
     drop = special_ids(tokens)
     return [int(t) for t in row[:length] if int(t) not in drop]
-
-
-SORT_WINDOW = 8  # transcribe_files sorts clips by length within this many batches
-TRIM_BUCKETS = 8  # trimmed audio spans: finer than quarters of 30 s, still a small fixed set of shapes
-
-
-def trimmed_audio_tokens(audio_len: np.ndarray, model_cfg: Any, margin_windows: int) -> int:
-    """Audio vectors kept by ``audio_span="trimmed"``: the projector windows covering the
-    longest real clip of the batch plus a margin, rounded up to a multiple of an eighth of all
-    windows (11 of the 88, 3.75 s, at paper size), so at most ``TRIM_BUCKETS`` sizes ever compile."""
-    hop, stride = 160 * 2, model_cfg.projector.stride  # one encoder frame = 2 mel hops
-    frames = np.ceil(np.asarray(audio_len, np.float64) / hop)
-    need = int(np.ceil(frames.max() / stride)) + margin_windows if len(frames) else 1
-    total = model_cfg.num_windows
-    bucket = max(1, math.ceil(total / TRIM_BUCKETS))
-    windows = min(total, math.ceil(max(need, 1) / bucket) * bucket)
-    return windows * model_cfg.projector.num_queries
-
-
-def run_decode(loaded: Any, batch: dict, cfg: DecodeConfig, rng: jax.Array) -> list[dict]:
-    """Decodes one batch (see docs/architecture.md) with ``loaded`` (a ``LoadedModel``).
-
-    Returns one dict per row with ``hypothesis``, ``tokens`` and ``nfe``; padding rows
-    (``valid`` False) are included, so results line up with ``batch["ids"]``.
-    """
-    validate(cfg)
-    tok = loaded.config.tokens
-    inputs = {"encoder_out": jnp.asarray(batch["encoder_out"])} if "encoder_out" in batch else \
-        {"features": jnp.asarray(batch["features"])}
-    b = next(iter(inputs.values())).shape[0]
-    live = np.asarray(batch.get("valid", np.ones(b, bool)), bool)
-    audio_tokens = None
-    if cfg.audio_span == "trimmed" and "audio_len" in batch:
-        audio_tokens = trimmed_audio_tokens(np.asarray(batch["audio_len"])[live], loaded.config, cfg.audio_margin_windows)
-    row_ids = np.array([_stable_id(x) for x in batch.get("ids", range(b))], np.int64) % (2 ** 31 - 1)
-    if cfg.decoder == "autoregressive":
-        out = autoregressive_decode(loaded.model, loaded.variables, inputs, cfg, tokens=tok, live=live,
-                                    audio_tokens=audio_tokens)
-    elif cfg.strategy != "none":
-        texts = batch.get("first_pass")
-        if texts is None:
-            raise DataError("deliberation needs first-pass transcripts", hint="give first_pass in the manifest")
-        names = list(batch.get("ids", [f"row {i}" for i in range(b)]))
-        first = [first_pass_ids(loaded.tokenizer, t, normalizer=cfg.first_pass_normalizer,
-                                unknown_words=cfg.unknown_words, mask_id=tok.mask) if ok else [tok.eos]
-                 for t, ok in zip(texts, live)]
-        out = deliberate(loaded.model, loaded.variables, inputs, first, cfg, rng, tokens=tok, row_ids=row_ids,
-                         live=live, audio_tokens=audio_tokens, names=names)
-    else:
-        out = diffusion_decode(loaded.model, loaded.variables, inputs, cfg, rng, tokens=tok, row_ids=row_ids,
-                               live=live, audio_tokens=audio_tokens)
-    rows = []
-    for i in range(b):
-        ids = response_tokens(out.tokens[i], int(out.length[i]), tok)
-        rows.append({"hypothesis": loaded.tokenizer.decode(ids).strip(), "tokens": ids, "nfe": int(out.nfe[i])})
-    return rows
-
-
-def _stable_id(x: Any) -> int:
-    """A process-independent integer for an utterance id (Python's hash() is salted)."""
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    import zlib
-    return zlib.crc32(str(x).encode())
-
-
-def transcribe_files(model_dir: str, items: Iterable[dict], cfg: DecodeConfig, batch_size: int | None = None,
-                     seed: int = 0) -> Iterator[dict]:
-    """Decodes audio files: ``items`` are dicts with ``id``, ``audio`` (path), optional ``text``
-    and ``first_pass``. Yields ``{id, hypothesis, reference, nfe}`` (+ ``first_pass``)."""
-    from whisper_llada_jax.audio.features import log_mel_numpy
-    from whisper_llada_jax.audio.io import check_duration, load_audio
-    from whisper_llada_jax.checkpoints.model_dir import load_model_dir
-
-    validate(cfg)
-    loaded = load_model_dir(model_dir, for_decoding=True)
-    wcfg = loaded.config.whisper
-    n_samples = wcfg.input_frames * 160
-    bs = batch_size or cfg.batch_size
-    items = list(items)
-    rng = jax.random.key(seed)
-    # Batches run in lock step until their longest row ends: decode clips of similar length
-    # together. Sorting happens within windows of SORT_WINDOW batches (memory stays bounded and
-    # results keep streaming); each window's results come out in input order.
-    window = bs * SORT_WINDOW
-    for w0 in range(0, len(items), window):
-        group = items[w0:w0 + window]
-        audio = []
-        for it in group:
-            a = load_audio(it["audio"])
-            check_duration(a, it["audio"], max_seconds=n_samples / 16000)
-            audio.append(a)
-        order = sorted(range(len(group)), key=lambda i: len(audio[i]))
-        done: dict[int, dict] = {}
-        for start in range(0, len(order), bs):
-            idx = order[start:start + bs]
-            chunk = [group[i] for i in idx]
-            clips = [audio[i] for i in idx]
-            pad = bs - len(chunk)  # fixed batch shape: pad the last batch with silent rows
-            feats = log_mel_numpy(clips + [np.zeros(160, np.float32)] * pad, n_mels=wcfg.n_mels, n_samples=n_samples)
-            batch = {"features": feats, "audio_len": np.array([len(a) for a in clips] + [160] * pad, np.int32),
-                     "valid": np.array([True] * len(chunk) + [False] * pad), "ids": [it["id"] for it in chunk]
-                     + [f"__pad{i}" for i in range(pad)]}
-            if cfg.strategy != "none":
-                batch["first_pass"] = [it.get("first_pass", "") for it in chunk] + [""] * pad
-            rows = run_decode(loaded, batch, cfg, rng)
-            for i, it, row in zip(idx, chunk, rows):
-                rec = {"id": it["id"], "hypothesis": row["hypothesis"], "reference": it.get("text"), "nfe": row["nfe"]}
-                if "first_pass" in it:
-                    rec["first_pass"] = it["first_pass"]
-                done[i] = rec
-        for i in range(len(group)):
-            yield done[i]

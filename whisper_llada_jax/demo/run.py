@@ -455,7 +455,7 @@ def run_demo(out_dir: str | Path, quick: bool = False, progress: bool = True,
     from whisper_llada_jax.checkpoints.model_dir import load_model_dir
     from whisper_llada_jax.demo.encoder_cache import cached_encode, frames_for_seconds
     from whisper_llada_jax.evaluation.wer import corpus_wer
-    from whisper_llada_jax.recognizer import WhisperRecognizer
+    from whisper_llada_jax.inference.recognizer import WhisperRecognizer
     from whisper_llada_jax.text.llada_tokenizer import LLaDATokenizer, build_tokenizer_json
 
     s = QUICK if quick else FULL

@@ -28,7 +28,10 @@ def whisper_first_pass(whisper_dir: str | Path, source: RecordSource, *, batch_s
 
     Returns records ``{id, audio, text, first_pass}`` and skip counts (the pipeline's rules:
     unreadable audio, empty transcripts, clips over ``max_seconds``)."""
-    from whisper_llada_jax.recognizer import WhisperRecognizer
+    import jax
+
+    from whisper_llada_jax.inference.placement import gather_all
+    from whisper_llada_jax.inference.recognizer import WhisperRecognizer
 
     rec = WhisperRecognizer.from_dir(whisper_dir)
     counts = {"seen": 0, "kept": 0, **{r: 0 for r in SKIP_REASONS}}
@@ -37,9 +40,16 @@ def whisper_first_pass(whisper_dir: str | Path, source: RecordSource, *, batch_s
     pending: list[tuple[dict, Any]] = []
     t0, audio_s = time.perf_counter(), 0.0
 
+    groups = 0  # with several processes, group g is transcribed by process g % n; all gather at the end
+
     def flush():
-        texts = rec.transcribe([a for _, a in pending], batch_size=batch_size)
-        out.extend({**r, "first_pass": t.strip()} for (r, _), t in zip(pending, texts))
+        nonlocal groups
+        if groups % jax.process_count() == jax.process_index():
+            texts = rec.transcribe([a for _, a in pending], batch_size=batch_size)
+            out.extend({**r, "first_pass": t.strip()} for (r, _), t in zip(pending, texts))
+        else:
+            out.extend({**r, "first_pass": None} for r, _ in pending)
+        groups += 1
         pending.clear()
 
     for i in range(len(source)):
@@ -69,6 +79,10 @@ def whisper_first_pass(whisper_dir: str | Path, source: RecordSource, *, batch_s
             flush()
     if pending:
         flush()
+    if jax.process_count() > 1:  # every process needs every first pass: the second pass splits by batch
+        done = {int(i): t for part in gather_all([(i, r["first_pass"]) for i, r in enumerate(out)
+                                                  if r["first_pass"] is not None]) for i, t in part}
+        out = [{**r, "first_pass": done[i]} for i, r in enumerate(out)]
     report_skipped(counts, skipped, "first pass")
     seconds = time.perf_counter() - t0
     return out, {**counts, "seconds": seconds, "audio_s": audio_s}
@@ -86,7 +100,13 @@ def autoregressive_first_pass(model_dir: str | Path, source: RecordSource, *, ba
     cfg = DecodeConfig(decoder="autoregressive", batch_size=batch_size, max_new_tokens=max_new_tokens,
                        gen_len=max_new_tokens)
     t0 = time.perf_counter()
-    run = decode_dataset(loaded, source, cfg, strict=strict)
+    import jax
+
+    from whisper_llada_jax.inference.placement import gather_all
+
+    run = decode_dataset(loaded, source, cfg, strict=strict, share=(jax.process_index(), jax.process_count()))
+    if jax.process_count() > 1:  # every process needs every first pass: the second pass splits by batch
+        run["rows"] = sorted((r for part in gather_all(run["rows"]) for r in part), key=lambda r: r["batch"])
     report_skipped(run["counts"], run["skipped"], "first pass")
     by_id = {source[i]["id"]: i for i in range(len(source))}
     out = [{**source[by_id[r["id"]]], "first_pass": r["hypothesis"]} for r in run["rows"]]
@@ -118,10 +138,13 @@ def run_cascade(first: str | Path, loaded: Any, data: str | RecordSource, config
     if not records:
         raise DataError(f"{data}: no usable utterance for the first pass", hint=f"skip counts: {stats}")
     fp_wer = corpus_wer([r["text"] for r in records], [r["first_pass"] for r in records])
-    with atomic_file(out_dir / "first_pass.jsonl") as f:
-        for r in records:
-            f.write(json.dumps({"id": r["id"], "reference": r["text"], "first_pass": r["first_pass"]},
-                               ensure_ascii=False) + "\n")
+    import jax
+
+    if jax.process_index() == 0:  # every process holds the whole first pass; process 0 writes it
+        with atomic_file(out_dir / "first_pass.jsonl") as f:
+            for r in records:
+                f.write(json.dumps({"id": r["id"], "reference": r["text"], "first_pass": r["first_pass"]},
+                                   ensure_ascii=False) + "\n")
     summary = {"model": str(first), "kind": kind, "wer": fp_wer.to_dict(), **stats,
                "rtf": stats["seconds"] / stats["audio_s"] if stats["audio_s"] else 0.0}
     second = ListSource(records, name=f"first pass of {source!r}")

@@ -2,7 +2,7 @@
 
 Each config decodes every utterance of the eval split once (``data.pipeline`` eval iterator,
 batch shape fixed by the config's ``batch_size`` and ``gen_len``) through
-``decoding.api.run_decode``. Timing excludes compilation: the first batch is decoded once
+``inference.driver.run_decode``. Timing excludes compilation: the first batch is decoded once
 before the clock starts and its compile time is reported on its own. RTF = decoding seconds /
 audio seconds; ``mean_nfe`` counts LLM forward passes per utterance.
 
@@ -158,35 +158,17 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", name).strip("_") or "config"
 
 
-class BatchShare:
-    """The records of every ``count``-th batch of ``source`` from batch ``index`` on: one
-    process's share of an evaluation. Whole batches, so every batch (its rows, padding and
-    position, which seeds its RNG) is the one a single process decodes."""
-
-    def __init__(self, source: RecordSource, batch_size: int, index: int, count: int):
-        n = len(source)
-        self.source, self.name = source, f"{source!r}[batches {index}::{count}]"
-        self.batches = list(range(index, -(-n // batch_size), count))
-        self.records = [i for b in self.batches for i in range(b * batch_size, min((b + 1) * batch_size, n))]
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.source[self.records[i]]
-
-    def __repr__(self) -> str:
-        return self.name
-
-
 def decode_dataset(loaded: Any, source: RecordSource, cfg: DecodeConfig, *, first_pass: dict[str, str] | None = None,
                    seed: int = 0, num_workers: int = 0, strict: bool = False, share: tuple[int, int] = (0, 1)) -> dict:
     """Decodes every utterance of ``source`` once with ``cfg``; hypotheses, timings, counts.
-    ``share=(i, n)``: only batches i, i + n, ... (process i of n); ``rows`` then carry their
-    batch number in ``batch``."""
+
+    ``share=(i, n)``: decode only batches i, i + n, ... (process i of n; rows carry their batch
+    number in ``batch`` for ``merge_shares``). Every process reads every batch (audio and
+    log-mel: cheap next to decoding), so the batches, skips included, are those of one process,
+    and so are the tokens."""
     import jax
 
-    from whisper_llada_jax.decoding.api import run_decode
+    from whisper_llada_jax.inference.driver import run_decode
 
     check_fits_model(validate(cfg), loaded.config)
     deliberating = cfg.strategy != "none"
@@ -194,13 +176,15 @@ def decode_dataset(loaded: Any, source: RecordSource, cfg: DecodeConfig, *, firs
     rows_per_batch = max(1, min(cfg.batch_size, len(source)))
     dcfg = DataConfig(eval_source="", batch_size=rows_per_batch, max_response_len=cfg.gen_len,
                       num_workers=num_workers, strict=strict)
-    mine = BatchShare(source, cfg.batch_size, *share)
-    it = build_eval_iterator(dcfg, loaded.config, loaded.tokenizer, source=mine if share != (0, 1) else source)
+    it = build_eval_iterator(dcfg, loaded.config, loaded.tokenizer, source=source)
+    me, hosts = share
+    first_decode = True
     key = jax.random.key(seed)
     rows, decode_s, audio_s, compile_s = [], 0.0, 0.0, 0.0
     seen: set[str] = set()
-    for local, batch in enumerate(it):
-        index = mine.batches[local]
+    for index, batch in enumerate(it):
+        if index % hosts != me:
+            continue
         valid = batch["valid"].copy()
         fp = None
         if deliberating:
@@ -221,7 +205,8 @@ def decode_dataset(loaded: Any, source: RecordSource, cfg: DecodeConfig, *, firs
             out = [{"hypothesis": "", "tokens": [], "nfe": 0}] * len(valid)
         else:
             rng = jax.random.fold_in(key, index)
-            if local == 0:  # compile outside the clock
+            if first_decode:  # compile outside the clock
+                first_decode = False
                 t0 = time.perf_counter()
                 run_decode(loaded, batch, cfg, rng)
                 compile_s = time.perf_counter() - t0
@@ -261,28 +246,20 @@ def report_skipped(counts: dict, skipped: list[dict], what: str = "evaluation") 
 
 def merge_shares(run: dict) -> dict | None:
     """Every process's ``decode_dataset`` result, merged on process 0 in input order (rows by
-    batch number; seconds as the slowest process, counts summed); None on the others."""
+    batch number; seconds as the slowest process; counts and skips, the same on every
+    process, from process 0); None on the others."""
+    from whisper_llada_jax.inference.placement import gather_to_process_0
+
     import jax
-    from jax.experimental import multihost_utils
 
     if jax.process_count() == 1:
         return run
-    blob = np.frombuffer(json.dumps(run).encode(), np.uint8)
-    sizes = multihost_utils.process_allgather(np.array([blob.size], np.int64)).reshape(-1)
-    padded = np.zeros(int(sizes.max()), np.uint8)
-    padded[:blob.size] = blob
-    gathered = multihost_utils.process_allgather(padded)
-    if jax.process_index() != 0:
+    runs = gather_to_process_0(run)
+    if runs is None:
         return None
-    runs = [json.loads(bytes(g[:n]).decode()) for g, n in zip(gathered, sizes)]
     rows = sorted((r for one in runs for r in one["rows"]), key=lambda r: r["batch"])  # stable: in-batch order kept
-    counts: dict = {}
-    for one in runs:
-        for k, v in one["counts"].items():
-            counts[k] = counts.get(k, 0) + v
-    return {"rows": rows, "counts": counts, "audio_s": sum(r["audio_s"] for r in runs),
-            "skipped": [ex for one in runs for ex in one["skipped"]],
-            **{k: max(r[k] for r in runs) for k in ("decode_s", "compile_s")}}
+    return {"rows": rows, "counts": runs[0]["counts"], "skipped": runs[0]["skipped"],
+            "audio_s": sum(r["audio_s"] for r in runs), **{k: max(r[k] for r in runs) for k in ("decode_s", "compile_s")}}
 
 
 def score(name: str, cfg: DecodeConfig, run: dict) -> dict:

@@ -87,7 +87,7 @@ def compile_for_topology(cfg, topology: str, num_slices: int = 1) -> CompileRepo
     import numpy as np
     from jax.experimental import topologies
 
-    from whisper_llada_jax.training import mesh as mesh_lib
+    from whisper_llada_jax import mesh as mesh_lib
     from whisper_llada_jax.training import step as step_lib
     from whisper_llada_jax.training.batch import batch_layout
     from whisper_llada_jax.training.state import abstract_setup

@@ -160,7 +160,7 @@ def restore_variables(run: Run, step: str | int = "latest") -> tuple[int, dict]:
     ``trainable`` and ``frozen`` subtrees): no optimiser moments, no data iterator."""
     import orbax.checkpoint as ocp
 
-    from whisper_llada_jax.training import mesh as mesh_lib
+    from whisper_llada_jax import mesh as mesh_lib
     from whisper_llada_jax.training import optim
     from whisper_llada_jax.training.checkpointing import Checkpointer
     from whisper_llada_jax.training.state import abstract_setup

@@ -18,7 +18,7 @@ from flax import linen as nn
 from flax import struct
 from jax.sharding import Mesh, PartitionSpec
 
-from whisper_llada_jax.training import mesh as mesh_lib
+from whisper_llada_jax import mesh as mesh_lib
 from whisper_llada_jax.training import optim
 from whisper_llada_jax.training.config import OptimConfig
 

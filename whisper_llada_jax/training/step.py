@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 
 from whisper_llada_jax.config import ModelConfig
 from whisper_llada_jax.errors import ConfigError
-from whisper_llada_jax.training import mesh as mesh_lib
+from whisper_llada_jax import mesh as mesh_lib
 from whisper_llada_jax.training import objectives, optim
 from whisper_llada_jax.training.config import TrainConfig
 from whisper_llada_jax.training.state import StateSetup, TrainState
@@ -42,7 +42,7 @@ def device_batch(batch: dict) -> dict[str, np.ndarray]:
 def audio_windows_needed(audio_len: jax.Array, mcfg: ModelConfig, margin_windows: int) -> jax.Array:
     """(B,) projector windows covering each clip plus a margin, at most all of them: the span
     decoding's ``audio_span: trimmed`` keeps for a batch's longest clip before it rounds up
-    (``decoding.api.trimmed_audio_tokens``)."""
+    (``inference.driver.trimmed_audio_tokens``)."""
     frames = -(-audio_len.astype(jnp.int32) // SAMPLES_PER_ENCODER_FRAME)
     need = -(-frames // mcfg.projector.stride) + margin_windows
     return jnp.clip(need, 1, mcfg.num_windows)

@@ -63,7 +63,7 @@ class WerValidator:
         return self._batches
 
     def __call__(self, variables: Any, seed: int = 0):
-        from whisper_llada_jax.decoding.api import run_decode
+        from whisper_llada_jax.inference.driver import run_decode
         from whisper_llada_jax.evaluation.wer import corpus_wer
 
         loaded = types.SimpleNamespace(config=self.mcfg, model=self.model, variables=variables,

@@ -1,0 +1,197 @@
+"""Sharded and multi-process inference give the tokens of a one-device run, in input order.
+
+(a) one process, 8 CPU devices, mesh data=2 x fsdp=2 x tensor=2: the weights are split over
+fsdp x tensor, each batch over data x fsdp (3 rows padded to 4); `transcribe`, `deliberate` and
+`evaluate` write the same hypotheses as without a mesh.
+(b) two processes x 4 CPU devices (jax.distributed over gloo): each decodes every other batch on
+its own fsdp x tensor mesh and process 0 writes one `transcribe` output and one `evaluate`
+hypotheses file, equal to the one-process one-device outputs. Each process runs this file as a
+script.
+"""
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from whisper_llada_jax.checkpoints.model_dir import save_model_dir
+from whisper_llada_jax.cli import main
+from whisper_llada_jax.config import load_model_config
+from whisper_llada_jax.data.sources import _WORDS
+from whisper_llada_jax.models.composite import init_variables
+from whisper_llada_jax.text.llada_tokenizer import LLaDATokenizer, build_tokenizer_json
+
+CLIPS = Path(__file__).parent / "data" / "clips"
+MESH = ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]
+DECODE = ["--gen-len", "8", "--steps", "8", "--batch-size", "3"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny MODEL_DIR with large random weights (hypotheses of several words, not all eos)."""
+    root = tmp_path_factory.mktemp("sharded")
+    tok_json = build_tokenizer_json([" ".join(_WORDS)] * 4, root / "tokenizer.json", vocab_size=120)
+    cfg = load_model_config("tiny")
+    cfg = dataclasses.replace(cfg, tokens=LLaDATokenizer(tok_json).token_config())
+    rng = np.random.default_rng(1)
+    loud = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(x.dtype), init_variables(cfg, jax.random.key(0)))
+    return save_model_dir(root / "model", cfg, loud, tok_json)
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    """Five bundled clips that fit the tiny model's 4 s (two batches of 3: the second has a
+    padding row)."""
+    lines = [x for x in (CLIPS / "manifest.jsonl").read_text().splitlines() if json.loads(x)["seconds"] < 3.9][:5]
+    path = tmp_path_factory.mktemp("manifest") / "m.jsonl"
+    path.write_text("".join(json.dumps({**json.loads(x), "audio": str(CLIPS / json.loads(x)["audio"])}) + "\n"
+                            for x in lines))
+    return path
+
+
+def _rows(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def test_mesh_decodes_the_one_device_tokens(model_dir, manifest, tmp_path, monkeypatch):
+    from whisper_llada_jax.inference import placement
+
+    put, placed = placement.put_rows, []
+    monkeypatch.setattr(placement, "put_rows", lambda x, mesh: placed.append(put(x, mesh)) or placed[-1])
+    base = ["transcribe", "--model", str(model_dir), "--manifest", str(manifest), *DECODE]
+    assert main([*base, "-o", str(tmp_path / "one.jsonl")]) == 0
+    assert main([*base, "-o", str(tmp_path / "mesh.jsonl"), *MESH]) == 0
+    # the mesh run's batches: 3 rows padded to 4, split over data x fsdp (one row per device pair)
+    x = placed[-1]
+    assert x.shape[0] == 4 and x.sharding.spec[0] == ("data", "fsdp") and len(x.sharding.device_set) == 8
+    assert {s.data.shape[0] for s in x.addressable_shards} == {1}
+    one, mesh = _rows(tmp_path / "one.jsonl"), _rows(tmp_path / "mesh.jsonl")
+    assert [r["id"] for r in one] == [json.loads(x)["id"] for x in manifest.read_text().splitlines()]
+    assert sum(len(r["hypothesis"].split()) for r in one) >= 5  # not all empty: a real comparison
+    assert mesh == one
+
+    delib = ["deliberate", "--model", str(model_dir), "--manifest", str(manifest), "--first-pass",
+             str(tmp_path / "one.jsonl"), "--mask-ratio", "0.5", *DECODE]
+    assert main([*delib, "-o", str(tmp_path / "d_one.jsonl")]) == 0
+    assert main([*delib, "-o", str(tmp_path / "d_mesh.jsonl"), *MESH]) == 0
+    assert _rows(tmp_path / "d_mesh.jsonl") == _rows(tmp_path / "d_one.jsonl")
+    assert any(r["hypothesis"] != r["first_pass"] for r in _rows(tmp_path / "d_one.jsonl"))
+
+    ev = ["evaluate", "--model", str(model_dir), "--data", f"manifest:{manifest}",
+          "--decode", "gen_len=8,steps=8,batch_size=3"]
+    assert main([*ev, "--out", str(tmp_path / "e_one")]) == 0
+    assert main([*ev, "--out", str(tmp_path / "e_mesh"), *MESH]) == 0
+    (hyp,) = (tmp_path / "e_one" / "hypotheses").glob("*.jsonl")
+    assert (tmp_path / "e_mesh" / "hypotheses" / hyp.name).read_text() == hyp.read_text()
+    wer = [json.loads((tmp_path / d / "results.json").read_text())["results"][0]["wer"] for d in ("e_one", "e_mesh")]
+    assert wer[0] == wer[1]
+
+
+def test_mesh_overrides_are_checked(model_dir, manifest, tmp_path, capsys):
+    base = ["transcribe", "--model", str(model_dir), "--manifest", str(manifest), "-o", str(tmp_path / "x.jsonl")]
+    assert main([*base, "mesh.data=3"]) == 2
+    assert "mesh" in capsys.readouterr().err
+    assert main([*base, "mesh.dataa=2"]) == 2
+    assert main(["transcribe", "--whisper", "bundled:tiny.en", str(CLIPS / "clip000.flac"), "mesh.fsdp=2"]) == 2
+    assert "only apply to --model" in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()
+    data = ["--model", str(model_dir), "--data", f"manifest:{manifest}"]
+    assert main(["evaluate", *data, "--out", str(tmp_path / "e"), "mesh.tensor=3"]) == 2
+    assert main(["cascade", "--first", "bundled:tiny.en", *data, "--out", str(tmp_path / "c"), "mesh.fsdp=16"]) == 2
+    assert main(["evaluate", *data, "--out", str(tmp_path / "e"), "train.steps=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("mesh:") == 2 and "only mesh.* and distributed.*" in err
+
+
+def test_cascade_first_pass_split_over_processes_equals_one_process(monkeypatch):
+    """Whisper first pass: process p of 2 transcribes groups p, p + 2, ... and the gathered
+    texts are those of one process (simulated: the gather is played back between two runs)."""
+    from whisper_llada_jax.data.sources import ListSource
+    from whisper_llada_jax.evaluation import cascade
+    from whisper_llada_jax.inference import placement, recognizer
+
+    class Fake:
+        def transcribe(self, audios, batch_size):
+            return [f" {len(a)} samples" for a in audios]
+
+    monkeypatch.setattr(recognizer.WhisperRecognizer, "from_dir", staticmethod(lambda d: Fake()))
+    source = ListSource([{"id": f"u{i}", "audio": np.zeros(1600 * (i + 1), np.float32), "sample_rate": 16000,
+                          "text": "" if i == 3 else "words"} for i in range(11)], name="eleven")
+    one, _ = cascade.whisper_first_pass("fake", source, batch_size=1)
+    sent = {}
+
+    def run_as(index, gathered):
+        monkeypatch.setattr(jax, "process_count", lambda: 2)
+        monkeypatch.setattr(jax, "process_index", lambda: index)
+        def gather_all(obj):
+            sent[index] = obj
+            return gathered(obj)
+
+        monkeypatch.setattr(placement, "gather_all", gather_all)
+        return cascade.whisper_first_pass("fake", source, batch_size=1)[0]
+
+    run_as(1, lambda obj: [[(i, "") for i in range(10)], obj])
+    two = run_as(0, lambda obj: [obj, sent[1]])
+    assert [r["first_pass"] for r in two] == [r["first_pass"] for r in one] and len(one) == 10
+    assert sorted(i for part in sent.values() for i, _ in part) == list(range(10))  # each text made once
+    assert {i // 4 % 2 for i, _ in sent[1]} == {1}  # groups of 4 x batch_size: process 1 has groups 1, 3, ...
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_transcribe_and_evaluate_like_one_device(model_dir, manifest, tmp_path):
+    """5 clips in batches of 2: process 0 decodes batches 0 and 2, process 1 batch 1."""
+    tr = ["transcribe", "--model", str(model_dir), "--manifest", str(manifest), "--gen-len", "8", "--steps", "8",
+          "--batch-size", "2"]
+    ev = ["evaluate", "--model", str(model_dir), "--data", f"manifest:{manifest}", "--decode",
+          "gen_len=8,steps=8,batch_size=2"]
+    assert main([*tr, "-o", str(tmp_path / "one.jsonl")]) == 0
+    assert main([*ev, "--out", str(tmp_path / "e_one")]) == 0
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    placement = ["mesh.data=1", "mesh.fsdp=2", "mesh.tensor=2", f"distributed.coordinator_address=localhost:{port}",
+                 "distributed.num_processes=2", "distributed.cpu_collectives=gloo",
+                 "distributed.initialization_timeout=120"]
+    runs = [[*tr, "-o", str(tmp_path / "two.jsonl"), *placement], [*ev, "--out", str(tmp_path / "e_two"), *placement]]
+    procs = [subprocess.Popen([sys.executable, __file__, json.dumps([[*a, f"distributed.process_id={i}"] for a in runs])],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(err[-3000:] for _, err in outs)
+    one = (tmp_path / "one.jsonl").read_text()
+    assert len(one.splitlines()) == 5 and (tmp_path / "two.jsonl").read_text() == one
+    assert "wrote 5 transcripts" in outs[0][1] and "wrote" not in outs[1][1]  # process 0 writes, alone
+    (hyp,) = (tmp_path / "e_one" / "hypotheses").glob("*.jsonl")
+    assert len(hyp.read_text().splitlines()) == 5
+    assert (tmp_path / "e_two" / "hypotheses" / hyp.name).read_text() == hyp.read_text()
+    a, b = (json.loads((tmp_path / d / "results.json").read_text())["results"][0] for d in ("e_one", "e_two"))
+    assert a["wer"] == b["wer"] and a["utterances"] == b["utterances"] == 5 and a["data"] == b["data"]
+
+
+def _worker(runs):
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+
+    jax.config.update("jax_default_matmul_precision", "highest")
+    from whisper_llada_jax import cli
+
+    for argv in runs:  # one jax.distributed start-up serves every command of the process
+        if cli.main(argv):
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    _worker(json.loads(sys.argv[1]))
