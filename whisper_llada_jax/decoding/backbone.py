@@ -2,7 +2,7 @@
 
 A ``Backbone`` wraps a Linen module (the bare ``LLaDA`` or the composite ``WhisperLLaDA``) and
 exposes pure functions of ``variables``: embed ids, run the transformer to final hidden states
-(optionally with a K/V prefix cache), and project hidden states to logits. Decoders take the
+(optionally against a K/V cache buffer written in place), and project hidden states to logits. Decoders take the
 variables as jit arguments (never closed over), so one compiled program serves any weights.
 
 ``Prefix`` is the conditioning part of the canvas, ``[prompt | audio]`` embeddings, with a
@@ -77,9 +77,12 @@ def full_forward(bb: Backbone, variables, prefix: Prefix, ids: jax.Array, resp_v
     return out.hidden[:, prefix.embeds.shape[1]:], out.kv
 
 
-def cached_forward(bb: Backbone, variables, ids: jax.Array, pos: jax.Array, valid: jax.Array,
-                   kv: KV, kv_valid: jax.Array, kv_pos: jax.Array) -> jax.Array:
-    """Hidden states of ``ids`` attending to ``[cache ; themselves]`` (no K/V returned)."""
-    out = bb.hidden(variables, embeds=bb.embed(variables, ids), positions=pos, attention_mask=valid,
-                    prefix_kv=kv, prefix_mask=kv_valid, prefix_positions=kv_pos)
-    return out.hidden
+def cached_forward(bb: Backbone, variables, ids: jax.Array, pos: jax.Array, kv: KV, index: jax.Array,
+                   kv_valid: jax.Array, kv_pos: jax.Array | None = None) -> tuple[jax.Array, KV]:
+    """Hidden states of ``ids`` whose keys / values are written into the buffer ``kv`` in place
+    at ``index`` (a scalar start, or one slot per token ``(B, S)``), attending over the whole
+    buffer (``kv_valid``: the slots that may be attended to after the write). Returns the hidden
+    states and the updated buffer."""
+    out = bb.hidden(variables, embeds=bb.embed(variables, ids), positions=pos, cache=kv, cache_index=index,
+                    cache_mask=kv_valid, cache_positions=kv_pos)
+    return out.hidden, out.kv
