@@ -218,3 +218,20 @@ def test_bf16_compute_is_close_to_fp32(reference):
     got = run(bf, params, ids).logits
     assert got.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want), atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("index", ["start", "scatter"])
+def test_cached_forward_does_not_concatenate_the_cache(reference, index):
+    """The compiled cached forward holds no concatenate shaped like the cache buffer: every layer
+    writes into the buffer in place (the old code joined ``[cache ; new]`` in every layer)."""
+    _, cfg, params, _ = reference
+    t = 37  # a slot count no other dimension of this model has
+    buf = KV(*(jnp.zeros((cfg.n_layers, 2, t, cfg.n_kv_heads, cfg.head_dim)),) * 2)
+    ids = jnp.asarray(_ids(s=5))
+    where = jnp.int32(30) if index == "start" else jnp.broadcast_to(jnp.arange(5) * 7, (2, 5))
+    lowered = _jitted(cfg, "__call__", ()).lower(params, (ids,), {"cache": buf, "cache_index": where})
+    hlo = lowered.compile().as_text()
+    assert "dynamic-update-slice" in hlo or "scatter" in hlo
+    for line in hlo.splitlines():
+        if " concatenate(" in line:
+            assert f",{t}," not in line.split("concatenate(")[0], line
