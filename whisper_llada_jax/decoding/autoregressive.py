@@ -36,12 +36,14 @@ def greedy(bb: Backbone, variables: Any, prefix: Prefix, max_new: int, eos_id: i
     b, p = prefix.valid.shape
     t_all = p + max_new
     pos = jnp.maximum(jnp.cumsum(prefix.valid.astype(jnp.int32), axis=1) - 1, 0)
-    first = bb.hidden(variables, embeds=prefix.embeds, positions=pos, attention_mask=prefix.valid, return_kv=True)
-    # The fixed buffer: the prefill's K/V in slots [0, P), then one slot per step.
-    kv0 = KV(*(jax.lax.dynamic_update_slice_in_dim(jnp.zeros(a.shape[:2] + (t_all,) + a.shape[3:], a.dtype), a, 0,
-                                                   axis=2) for a in first.kv))
+    # The fixed buffer: the prefill writes its K/V into slots [0, P) in place, then one slot per step.
+    shape = jax.eval_shape(lambda: bb.hidden(variables, embeds=prefix.embeds, positions=pos,
+                                             attention_mask=prefix.valid, return_kv=True).kv)
+    kv0 = KV(*(jnp.zeros(a.shape[:2] + (t_all,) + a.shape[3:], a.dtype) for a in shape))
     kv_valid = jnp.concatenate([prefix.valid, jnp.zeros((b, max_new), bool)], axis=1)
     kv_pos = jnp.concatenate([pos, jnp.zeros((b, max_new), jnp.int32)], axis=1)
+    first = bb.hidden(variables, embeds=prefix.embeds, positions=pos, cache=kv0, cache_index=0,
+                      cache_mask=kv_valid, cache_positions=kv_pos)
     # Prefixes are left-padded, so the last slot is every row's last real token: the head runs on it only.
     tok = jnp.argmax(bb.head(variables, first.hidden[:, -1:]), axis=-1)[:, 0].astype(jnp.int32)
     next_pos = pos[:, -1] + 1
@@ -61,7 +63,7 @@ def greedy(bb: Backbone, variables: Any, prefix: Prefix, max_new: int, eos_id: i
                       s.done | (tok == eos_id), s.nfe + (~s.done).astype(jnp.int32))
 
     out0 = jnp.full((b, max_new), eos_id, jnp.int32).at[:, 0].set(jnp.where(live, tok, eos_id))
-    init = _Carry(jnp.ones((), jnp.int32), kv0, kv_valid, kv_pos, out0, ~live | (tok == eos_id),
+    init = _Carry(jnp.ones((), jnp.int32), first.kv, kv_valid, kv_pos, out0, ~live | (tok == eos_id),
                   live.astype(jnp.int32))
     s = jax.lax.while_loop(lambda s: (s.t < max_new) & ~s.done.all(), body, init)
     length = jnp.argmax(jnp.concatenate([s.out == eos_id, jnp.ones((b, 1), bool)], axis=1), axis=1)

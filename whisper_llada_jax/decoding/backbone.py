@@ -68,12 +68,17 @@ def positions(prefix_valid: jax.Array, resp_valid: jax.Array) -> jax.Array:
 
 
 def full_forward(bb: Backbone, variables, prefix: Prefix, ids: jax.Array, resp_valid: jax.Array,
-                 return_kv: bool) -> tuple[jax.Array, KV | None]:
-    """Hidden states of the response ``(B, R, D)`` (and the K/V of every position)."""
+                 return_kv: bool, kv: KV | None = None) -> tuple[jax.Array, KV | None]:
+    """Hidden states of the response ``(B, R, D)`` (and the K/V of every position). With a
+    buffer ``kv`` of ``P + R`` slots, every layer writes its keys and values into it in place
+    (no per-layer stacking) and the updated buffer is returned."""
     emb = jnp.concatenate([prefix.embeds, bb.embed(variables, ids).astype(prefix.embeds.dtype)], axis=1)
     mask = jnp.concatenate([prefix.valid, resp_valid], axis=1)
-    out = bb.hidden(variables, embeds=emb, positions=positions(prefix.valid, resp_valid),
-                    attention_mask=mask, return_kv=return_kv)
+    pos = positions(prefix.valid, resp_valid)
+    if kv is not None:
+        out = bb.hidden(variables, embeds=emb, positions=pos, cache=kv, cache_index=0, cache_mask=mask)
+    else:
+        out = bb.hidden(variables, embeds=emb, positions=pos, attention_mask=mask, return_kv=return_kv)
     return out.hidden[:, prefix.embeds.shape[1]:], out.kv
 
 

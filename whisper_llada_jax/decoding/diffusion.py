@@ -93,6 +93,8 @@ def _window_hidden(bb: Backbone, variables, plan: Plan, prefix: Prefix, x, resp_
     pos = positions(prefix.valid, resp_valid)
     all_valid = jnp.concatenate([prefix.valid, resp_valid], axis=1)
 
+    # (A refresh writing into the carried buffer in place would make XLA copy the buffer into
+    # both branches of this cond; a fresh stack of the layers' K/V, once per segment, is cheaper.)
     def refresh(_):
         h, kv = full_forward(bb, variables, prefix, x, resp_valid, return_kv=True)
         return take(h), kv

@@ -102,7 +102,9 @@ def decode(bb: Backbone, variables, prefix: Prefix, gen_len: int, rng: jax.Array
 
     # 1. the full first forward: first reveal step, length estimate, K/V of every position
     x = jnp.full((b, r), plan.mask_id, jnp.int32)
-    h, kv = full_forward(bb, variables, prefix, x, resp_valid, return_kv=True)
+    shape = jax.eval_shape(lambda: full_forward(bb, variables, prefix, x, resp_valid, return_kv=True)[1])
+    kv = KV(*(jnp.zeros(a.shape, a.dtype) for a in shape))  # filled in place by the first forward
+    h, kv = full_forward(bb, variables, prefix, x, resp_valid, return_kv=True, kv=kv)
     logits = bb.head(variables, h)
     keys = schedule.row_keys(rng, jnp.zeros((b,), jnp.int32), row_ids)
     x0_all = jnp.argmax(logits, -1)
