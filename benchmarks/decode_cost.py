@@ -9,9 +9,10 @@ and the ``[prefix | response]`` embedding everywhere; before the cache was writt
 also the whole layer cache joined with the new keys and values, in every layer), for the
 LLaDA-8B shape (the autoregressive step: LLaMA-8B shape, 8 KV heads), bf16, batch 1. (XLA's
 "bytes accessed" is not reported: it counts a scatter's whole operand although XLA updates
-scatter and dynamic-update-slice operands in place, and on CPU it counts bf16-to-fp32 converts.) A 32-layer stack is extrapolated from compiled 1- and 2-layer
-stacks (the layers are identical: cost(L) = cost(1) + (L - 1) * (cost(2) - cost(1))), which
-keeps this a CPU-minutes job. Cache buffers are donated, as a ``while_loop`` carry is. Rows:
+scatter and dynamic-update-slice operands in place, and on CPU it counts bf16-to-fp32 converts.)
+A 32-layer stack is extrapolated from compiled 1- and 2-layer stacks (the layers are
+identical: cost(L) = cost(1) + (L - 1) * (cost(2) - cost(1))), which keeps this a CPU-minutes
+job. Cache buffers are donated, as a ``while_loop`` carry is. Rows:
 
 - ``exact, head on all R``: a full forward over ``[prompt | audio | R slots]`` and the LM head
   on every response slot (one-block diffusion; semi-AR before the head was restricted);
@@ -137,8 +138,8 @@ def main(argv=None):
     for name, (flops, nbytes) in rows.items():
         print(f"| {name} | {flops / 1e9:.1f} | {nbytes / 1e6:.1f} |")
     if args.json:
-        args.json.write_text(json.dumps([{"forward": k, "flops": f, "concatenated_bytes": b} for k, (f, b) in rows.items()],
-                                        indent=1))
+        out = [{"forward": k, "flops": f, "concatenated_bytes": b} for k, (f, b) in rows.items()]
+        args.json.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
