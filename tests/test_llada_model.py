@@ -96,22 +96,39 @@ def test_embeds_and_hidden_paths(reference):
     np.testing.assert_allclose(np.asarray(logits), np.asarray(full), atol=1e-6)
 
 
-def test_bidirectional_prefix_cache_is_exact(reference):
-    _, cfg, params, _ = reference
+@pytest.mark.parametrize("scan", [False, True])
+def test_bidirectional_cache_written_in_place_is_exact(reference, scan):
+    _, cfg, params, path = reference
+    if scan:  # the scanned stack takes per-layer buffers through nn.scan
+        cfg, params = import_llada_hf(path, dataclasses.replace(cfg, scan_layers=True))
     ids = jnp.asarray(_ids())
     full = run(cfg, params, ids, return_kv=True)
     assert full.kv.k.shape == (cfg.n_layers, 2, 12, cfg.n_kv_heads, cfg.head_dim)
-    # the prefix's keys/values from the full forward reproduce the rest exactly
-    prefix = KV(full.kv.k[:, :, :7], full.kv.v[:, :, :7])
-    rest = run(cfg, params, ids[:, 7:], prefix_kv=prefix)
+    rng = np.random.default_rng(0)
+    junk = lambda n: jnp.asarray(rng.standard_normal(full.kv.k[:, :, :n].shape), jnp.float32)
+    # the prefix's keys/values in a 12-slot buffer, garbage where the rest goes: the rest
+    # overwrites its slots in place (scalar start) and reproduces the full forward
+    buf = KV(*(jnp.concatenate([a[:, :, :7], junk(5)], 2) for a in full.kv))
+    rest = run(cfg, params, ids[:, 7:], cache=buf, cache_index=7)
     np.testing.assert_allclose(np.asarray(rest.logits), np.asarray(full.logits[:, 7:]), atol=1e-5)
-    # a fixed-size buffer: invalid slots (prefix_mask False) are ignored whatever they hold
-    junk = jnp.asarray(np.random.default_rng(0).standard_normal(prefix.k[:, :, :3].shape), jnp.float32)
-    buf = KV(jnp.concatenate([prefix.k, junk], 2), jnp.concatenate([prefix.v, junk], 2))
-    pmask = jnp.arange(10)[None].repeat(2, 0) < 7
-    rest2 = run(cfg, params, ids[:, 7:], prefix_kv=buf, prefix_mask=pmask,
-                        positions=jnp.broadcast_to(7 + jnp.arange(5), (2, 5)))
+    np.testing.assert_allclose(np.asarray(rest.kv.k), np.asarray(full.kv.k), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(rest.kv.v), np.asarray(full.kv.v), atol=1e-5)
+    # invalid slots (cache_mask False) are ignored whatever they hold; the rest lands at 10..14
+    buf = KV(*(jnp.concatenate([a[:, :, :7], junk(3), junk(5)], 2) for a in full.kv))
+    cmask = jnp.broadcast_to((jnp.arange(15) < 7) | (jnp.arange(15) >= 10), (2, 15))
+    rest2 = run(cfg, params, ids[:, 7:], cache=buf, cache_index=10, cache_mask=cmask,
+                positions=jnp.broadcast_to(7 + jnp.arange(5), (2, 5)))
     np.testing.assert_allclose(np.asarray(rest2.logits), np.asarray(full.logits[:, 7:]), atol=1e-5)
+    # one slot per token (a scatter, per row): a few slots rerun out of order, one dropped
+    # (out of range: its query is computed but writes nothing, its stored entry stays)
+    idx = jnp.array([[9, 2, 11, 30], [0, 5, 6, 30]])
+    pos = jnp.array([[9, 2, 11, 0], [0, 5, 6, 0]])
+    take = jnp.take_along_axis(ids, jnp.minimum(idx, 11), axis=1)
+    stale = KV(*(a.at[:, jnp.arange(2)[:, None], idx].set(1e3, mode="drop") for a in full.kv))
+    out = run(cfg, params, take, cache=stale, cache_index=idx, positions=pos)
+    want = jnp.take_along_axis(full.logits, jnp.minimum(idx, 11)[..., None], axis=1)
+    np.testing.assert_allclose(np.asarray(out.logits[:, :3]), np.asarray(want[:, :3]), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out.kv.k), np.asarray(full.kv.k), atol=1e-5)
 
 
 def test_causal_gqa_prefix_and_autoregressive_buffer():
@@ -119,22 +136,22 @@ def test_causal_gqa_prefix_and_autoregressive_buffer():
     ids = jnp.asarray(_ids(s=10))
     params = _random_params(cfg)
     full = run(cfg, params, ids)
-    # [prefix] then [rest with the prefix's own cache] == full causal forward
-    pre = run(cfg, params, ids[:, :6], return_kv=True)
-    rest = run(cfg, params, ids[:, 6:], prefix_kv=pre.kv)
-    np.testing.assert_allclose(np.asarray(rest.logits), np.asarray(full.logits[:, 6:]), atol=1e-5)
-    # token-by-token decoding into a fixed 10-slot buffer written with dynamic_update_slice
     shape = (cfg.n_layers, 2, 10, cfg.n_kv_heads, cfg.head_dim)
+    # [prefix] then [rest written after the prefix's own K/V in a 10-slot buffer] == full causal forward
+    pre = run(cfg, params, ids[:, :6], return_kv=True)
+    buf = KV(*(jax.lax.dynamic_update_slice_in_dim(jnp.zeros(shape), a, 0, axis=2) for a in pre.kv))
+    rest = run(cfg, params, ids[:, 6:], cache=buf, cache_index=6)
+    np.testing.assert_allclose(np.asarray(rest.logits), np.asarray(full.logits[:, 6:]), atol=1e-5)
+    # token-by-token decoding: each step writes its own slot in place and sees slots <= t
     buf = KV(jnp.zeros(shape), jnp.zeros(shape))
     slot_pos = jnp.broadcast_to(jnp.arange(10), (2, 10))
 
     @jax.jit
     def step(buf, t):
         tok = jax.lax.dynamic_slice_in_dim(ids, t, 1, axis=1)
-        out = run(cfg, params, tok, positions=jnp.full((2, 1), t), prefix_kv=buf,
-                          prefix_mask=slot_pos < t, prefix_positions=slot_pos, return_kv=True)
-        buf = KV(*(jax.lax.dynamic_update_slice(b, n, (0, 0, t, 0, 0)) for b, n in zip(buf, out.kv)))
-        return buf, out.logits
+        out = run(cfg, params, tok, positions=jnp.full((2, 1), t), cache=buf, cache_index=t,
+                  cache_mask=slot_pos <= t, cache_positions=slot_pos)
+        return out.kv, out.logits
 
     outs = []
     for t in range(10):
@@ -201,3 +218,20 @@ def test_bf16_compute_is_close_to_fp32(reference):
     got = run(bf, params, ids).logits
     assert got.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want), atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("index", ["start", "scatter"])
+def test_cached_forward_does_not_concatenate_the_cache(reference, index):
+    """The compiled cached forward holds no concatenate shaped like the cache buffer: every layer
+    writes into the buffer in place (the old code joined ``[cache ; new]`` in every layer)."""
+    _, cfg, params, _ = reference
+    t = 37  # a slot count no other dimension of this model has
+    buf = KV(*(jnp.zeros((cfg.n_layers, 2, t, cfg.n_kv_heads, cfg.head_dim)),) * 2)
+    ids = jnp.asarray(_ids(s=5))
+    where = jnp.int32(30) if index == "start" else jnp.broadcast_to(jnp.arange(5) * 7, (2, 5))
+    lowered = _jitted(cfg, "__call__", ()).lower(params, (ids,), {"cache": buf, "cache_index": where})
+    hlo = lowered.compile().as_text()
+    assert "dynamic-update-slice" in hlo or "scatter" in hlo
+    for line in hlo.splitlines():
+        if " concatenate(" in line:
+            assert f",{t}," not in line.split("concatenate(")[0], line

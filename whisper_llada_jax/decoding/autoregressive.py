@@ -2,9 +2,11 @@
 
 The causal LLaMA-style LLM (``llm.causal=True``, grouped-query attention) reads the same
 ``[prompt | audio]`` prefix as the diffusion model. One prefill forward fills a fixed buffer of
-``P + max_new`` cache slots; each step then runs one token per row against the buffer and
-writes its keys and values with ``dynamic_update_slice``. One ``lax.while_loop``, batched,
-stopping each row at its first eos and the loop when every row has stopped.
+``P + max_new`` cache slots; each step then runs one token per row, whose keys and values every
+layer writes into its slot of the buffer in place (``dynamic_update_slice``, no concatenation)
+before attending over it, and the LM head runs on that one position only. One
+``lax.while_loop``, batched, stopping each row at its first eos and the loop when every row has
+stopped.
 """
 
 from __future__ import annotations
@@ -32,34 +34,37 @@ def greedy(bb: Backbone, variables: Any, prefix: Prefix, max_new: int, eos_id: i
            live: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Returns ``(tokens (B, max_new) eos-padded, lengths (B,) before eos, nfe (B,))``."""
     b, p = prefix.valid.shape
+    t_all = p + max_new
     pos = jnp.maximum(jnp.cumsum(prefix.valid.astype(jnp.int32), axis=1) - 1, 0)
-    first = bb.hidden(variables, embeds=prefix.embeds, positions=pos, attention_mask=prefix.valid, return_kv=True)
-    # Prefixes are left-padded, so the last slot is every row's last real token.
+    # The fixed buffer: the prefill writes its K/V into slots [0, P) in place, then one slot per step.
+    shape = jax.eval_shape(lambda: bb.hidden(variables, embeds=prefix.embeds, positions=pos,
+                                             attention_mask=prefix.valid, return_kv=True).kv)
+    kv0 = KV(*(jnp.zeros(a.shape[:2] + (t_all,) + a.shape[3:], a.dtype) for a in shape))
+    kv_valid = jnp.concatenate([prefix.valid, jnp.zeros((b, max_new), bool)], axis=1)
+    kv_pos = jnp.concatenate([pos, jnp.zeros((b, max_new), jnp.int32)], axis=1)
+    first = bb.hidden(variables, embeds=prefix.embeds, positions=pos, cache=kv0, cache_index=0,
+                      cache_mask=kv_valid, cache_positions=kv_pos)
+    # Prefixes are left-padded, so the last slot is every row's last real token: the head runs on it only.
     tok = jnp.argmax(bb.head(variables, first.hidden[:, -1:]), axis=-1)[:, 0].astype(jnp.int32)
-    pad = lambda a: jnp.concatenate([a, jnp.zeros(a.shape[:2] + (max_new,) + a.shape[3:], a.dtype)], axis=2)
     next_pos = pos[:, -1] + 1
 
     def body(s: _Carry) -> _Carry:
         last = jax.lax.dynamic_slice_in_dim(s.out, s.t - 1, 1, axis=1)  # (B, 1)
         step_pos = next_pos[:, None] + s.t - 1
-        o = bb.hidden(variables, embeds=bb.embed(variables, last), positions=step_pos,
-                      attention_mask=jnp.ones((b, 1), bool), prefix_kv=s.kv, prefix_mask=s.kv_valid,
-                      prefix_positions=s.kv_pos, return_kv=True)
+        slot = p + s.t - 1  # the input token's keys and values join the cache, written in place
+        kv_valid = jax.lax.dynamic_update_slice_in_dim(s.kv_valid, jnp.ones((b, 1), bool), slot, axis=1)
+        kv_pos = jax.lax.dynamic_update_slice_in_dim(s.kv_pos, step_pos, slot, axis=1)
+        o = bb.hidden(variables, embeds=bb.embed(variables, last), positions=step_pos, cache=s.kv,
+                      cache_index=slot, cache_mask=kv_valid, cache_positions=kv_pos)
         tok = jnp.argmax(bb.head(variables, o.hidden), axis=-1)[:, 0].astype(jnp.int32)
         tok = jnp.where(s.done, eos_id, tok)
-        slot = p + s.t - 1  # the input token's keys and values join the cache
-        put = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), slot, axis=2)
-        return _Carry(s.t + 1, KV(put(s.kv.k, o.kv.k), put(s.kv.v, o.kv.v)),
-                      jax.lax.dynamic_update_slice_in_dim(s.kv_valid, jnp.ones((b, 1), bool), slot, axis=1),
-                      jax.lax.dynamic_update_slice_in_dim(s.kv_pos, step_pos, slot, axis=1),
+        return _Carry(s.t + 1, o.kv, kv_valid, kv_pos,
                       jax.lax.dynamic_update_slice_in_dim(s.out, tok[:, None], s.t, axis=1),
                       s.done | (tok == eos_id), s.nfe + (~s.done).astype(jnp.int32))
 
     out0 = jnp.full((b, max_new), eos_id, jnp.int32).at[:, 0].set(jnp.where(live, tok, eos_id))
-    init = _Carry(jnp.ones((), jnp.int32), KV(pad(first.kv.k), pad(first.kv.v)),
-                  jnp.concatenate([prefix.valid, jnp.zeros((b, max_new), bool)], axis=1),
-                  jnp.concatenate([pos, jnp.zeros((b, max_new), jnp.int32)], axis=1),
-                  out0, ~live | (tok == eos_id), live.astype(jnp.int32))
+    init = _Carry(jnp.ones((), jnp.int32), first.kv, kv_valid, kv_pos, out0, ~live | (tok == eos_id),
+                  live.astype(jnp.int32))
     s = jax.lax.while_loop(lambda s: (s.t < max_new) & ~s.done.all(), body, init)
     length = jnp.argmax(jnp.concatenate([s.out == eos_id, jnp.ones((b, 1), bool)], axis=1), axis=1)
     return s.out, length.astype(jnp.int32), s.nfe

@@ -2,7 +2,7 @@
 
 A ``Backbone`` wraps a Linen module (the bare ``LLaDA`` or the composite ``WhisperLLaDA``) and
 exposes pure functions of ``variables``: embed ids, run the transformer to final hidden states
-(optionally with a K/V prefix cache), and project hidden states to logits. Decoders take the
+(optionally against a K/V cache buffer written in place), and project hidden states to logits. Decoders take the
 variables as jit arguments (never closed over), so one compiled program serves any weights.
 
 ``Prefix`` is the conditioning part of the canvas, ``[prompt | audio]`` embeddings, with a
@@ -68,18 +68,26 @@ def positions(prefix_valid: jax.Array, resp_valid: jax.Array) -> jax.Array:
 
 
 def full_forward(bb: Backbone, variables, prefix: Prefix, ids: jax.Array, resp_valid: jax.Array,
-                 return_kv: bool) -> tuple[jax.Array, KV | None]:
-    """Hidden states of the response ``(B, R, D)`` (and the K/V of every position)."""
+                 return_kv: bool, kv: KV | None = None) -> tuple[jax.Array, KV | None]:
+    """Hidden states of the response ``(B, R, D)`` (and the K/V of every position). With a
+    buffer ``kv`` of ``P + R`` slots, every layer writes its keys and values into it in place
+    (no per-layer stacking) and the updated buffer is returned."""
     emb = jnp.concatenate([prefix.embeds, bb.embed(variables, ids).astype(prefix.embeds.dtype)], axis=1)
     mask = jnp.concatenate([prefix.valid, resp_valid], axis=1)
-    out = bb.hidden(variables, embeds=emb, positions=positions(prefix.valid, resp_valid),
-                    attention_mask=mask, return_kv=return_kv)
+    pos = positions(prefix.valid, resp_valid)
+    if kv is not None:
+        out = bb.hidden(variables, embeds=emb, positions=pos, cache=kv, cache_index=0, cache_mask=mask)
+    else:
+        out = bb.hidden(variables, embeds=emb, positions=pos, attention_mask=mask, return_kv=return_kv)
     return out.hidden[:, prefix.embeds.shape[1]:], out.kv
 
 
-def cached_forward(bb: Backbone, variables, ids: jax.Array, pos: jax.Array, valid: jax.Array,
-                   kv: KV, kv_valid: jax.Array, kv_pos: jax.Array) -> jax.Array:
-    """Hidden states of ``ids`` attending to ``[cache ; themselves]`` (no K/V returned)."""
-    out = bb.hidden(variables, embeds=bb.embed(variables, ids), positions=pos, attention_mask=valid,
-                    prefix_kv=kv, prefix_mask=kv_valid, prefix_positions=kv_pos)
-    return out.hidden
+def cached_forward(bb: Backbone, variables, ids: jax.Array, pos: jax.Array, kv: KV, index: jax.Array,
+                   kv_valid: jax.Array, kv_pos: jax.Array | None = None) -> tuple[jax.Array, KV]:
+    """Hidden states of ``ids`` whose keys / values are written into the buffer ``kv`` in place
+    at ``index`` (a scalar start, or one slot per token ``(B, S)``), attending over the whole
+    buffer (``kv_valid``: the slots that may be attended to after the write). Returns the hidden
+    states and the updated buffer."""
+    out = bb.hidden(variables, embeds=bb.embed(variables, ids), positions=pos, cache=kv, cache_index=index,
+                    cache_mask=kv_valid, cache_positions=kv_pos)
+    return out.hidden, out.kv

@@ -12,8 +12,9 @@ and never reused. Nothing leaves the device until the loop ends.
 Rows advance through segments in lock step (a row that finishes early waits without spending
 forward passes). Candidates for revealing are the masked positions up to the end of the current
 block (the reference sets -inf only *after* the block, so a position where the model revealed
-the mask token itself stays a candidate in later blocks); logits are therefore projected for
-the whole response, except with the dual cache, which only runs the current block.
+the mask token itself stays a candidate in later blocks); logits are projected for
+the current block (and, only in a step where such a slot exists, for the whole response); the
+dual cache runs only the current block's tokens through the transformer.
 """
 
 from __future__ import annotations
@@ -92,36 +93,74 @@ def _window_hidden(bb: Backbone, variables, plan: Plan, prefix: Prefix, x, resp_
     pos = positions(prefix.valid, resp_valid)
     all_valid = jnp.concatenate([prefix.valid, resp_valid], axis=1)
 
+    # (A refresh writing into the carried buffer in place would make XLA copy the buffer into
+    # both branches of this cond; a fresh stack of the layers' K/V, once per segment, is cheaper.)
     def refresh(_):
         h, kv = full_forward(bb, variables, prefix, x, resp_valid, return_kv=True)
-        if plan.cache == "prefix":
-            kv = KV(kv.k[:, :, :p], kv.v[:, :, :p])
         return take(h), kv
 
+    # On a cache hit the query tokens' fresh K/V are written over their own slots of the buffer
+    # in place (the prefix cache's response slots, the dual cache's current block) and every
+    # layer attends over the whole buffer; nothing is concatenated.
     def reuse(kv):
         if plan.cache == "prefix":  # the whole response, over the cached [prompt | audio]
-            h = cached_forward(bb, variables, x, pos[:, p:], resp_valid, kv, prefix.valid, pos[:, :p])
+            h, kv = cached_forward(bb, variables, x, pos[:, p:], kv, jnp.int32(p), all_valid, pos)
             return take(h), kv
         # dual: only the window runs; every other position (before and after) comes from the cache
-        slots = jnp.arange(all_valid.shape[1])
-        in_win = (slots >= p + w0) & (slots < p + w0 + w)
-        xw = take(x)
-        posw = jax.lax.dynamic_slice_in_dim(pos, p + w0, w, axis=1)
-        vw = take(resp_valid)
-        h = cached_forward(bb, variables, xw, posw, vw, kv, all_valid & ~in_win[None], pos)
+        h, kv = cached_forward(bb, variables, take(x), jax.lax.dynamic_slice_in_dim(pos, p + w0, w, axis=1),
+                               kv, p + w0, all_valid, pos)
         return h, kv
 
     return jax.lax.cond(i == 0, refresh, reuse, cache)
 
 
 def _init_cache(bb: Backbone, variables, plan: Plan, prefix: Prefix, x, resp_valid):
+    """A zero K/V buffer of every ``P + R`` position (filled by each segment's first forward)."""
     if plan.cache == "none":
         return None
     shape = jax.eval_shape(lambda: full_forward(bb, variables, prefix, x, resp_valid, return_kv=True)[1])
-    p = prefix.embeds.shape[1]
-    if plan.cache == "prefix":
-        shape = KV(*(jax.ShapeDtypeStruct(s.shape[:2] + (p,) + s.shape[3:], s.dtype) for s in shape))
     return KV(*(jnp.zeros(s.shape, s.dtype) for s in shape))
+
+
+def head_on_block(plan: Plan, r: int) -> bool:
+    """Whether a step projects logits for the current block only (exact semi-AR blocks)."""
+    return plan.segments == "blocks" and not plan.block_window and plan.block < r
+
+
+def _tokens_and_confidence(bb: Backbone, variables, plan: Plan, h, keys, cand, c, w0):
+    """Sampled tokens and their probabilities ``(B, R)`` from the response's hidden states
+    ``h (B, W, D)`` of the logits window starting at ``w0`` (``cand (B, W)``).
+
+    Only candidates are ever revealed, so logits are needed at candidate slots only. With semi-AR
+    blocks these are the current block's masked slots, except where the model revealed the mask
+    token itself in an earlier block (the reference keeps such a slot a candidate): the LM head
+    (``V x D``, the largest matmul of a step at paper size) then runs on the ``block`` rows of the
+    current block, and on the whole response only in a step where such a slot exists. Outside the
+    block, a block-only step returns probability 0 (those slots are not candidates). The Gumbel
+    noise is drawn for the whole response and sliced, so both ways sample the same tokens."""
+    b, r = cand.shape  # the window; the whole response unless the dual cache runs one block
+    r_all = plan.block * plan.num_segments if plan.segments == "blocks" else r
+
+    def sample(hh, start):
+        logits = bb.head(variables, hh)  # (B, rows, V) fp32
+        gu = None
+        if plan.temperature > 0:
+            gu = schedule.gumbel_uniforms(keys, (max(r_all, r), logits.shape[-1]))
+            gu = jax.lax.dynamic_slice_in_dim(gu, start, hh.shape[1], axis=1)
+        x0 = schedule.sample_tokens(logits, plan.temperature, gu)
+        return x0, schedule.token_probability(logits, x0)
+
+    if not head_on_block(plan, r):
+        return sample(h, w0)
+
+    def block_only(h):
+        w0 = c * plan.block
+        x0, p = sample(jax.lax.dynamic_slice_in_dim(h, w0, plan.block, axis=1), w0)
+        put = lambda full, part: jax.lax.dynamic_update_slice_in_dim(full, part, w0, axis=1)
+        return put(jnp.full((b, r), plan.mask_id, jnp.int32), x0), put(jnp.zeros((b, r), jnp.float32), p)
+
+    before_block = jnp.arange(r)[None, :] < c * plan.block
+    return jax.lax.cond((cand & before_block).any(), lambda h: sample(h, 0), block_only, h)
 
 
 def denoise(bb: Backbone, variables: Any, prefix: Prefix, x: jax.Array, length: jax.Array,
@@ -158,14 +197,11 @@ def denoise(bb: Backbone, variables: Any, prefix: Prefix, x: jax.Array, length: 
         active = ~s.done & cand.any(-1) & step_ok
 
         h, cache = _window_hidden(bb, variables, plan, prefix, x, resp_valid, s.c, s.i, s.cache)
-        logits = bb.head(variables, h)  # (B, W, V) fp32
         w0, w = window(plan, s.c, r)
         keys = schedule.row_keys(rng, s.nfe, row_ids)
-        gu = schedule.gumbel_uniforms(keys, logits.shape[1:]) if plan.temperature > 0 else None
-        x0 = schedule.sample_tokens(logits, plan.temperature, gu)
-        p = schedule.token_probability(logits, x0)
-        conf = p if plan.remasking == "low_confidence" else schedule.remask_uniforms(keys, w)
         cand_w = jax.lax.dynamic_slice_in_dim(cand, w0, w, axis=1)
+        x0, p = _tokens_and_confidence(bb, variables, plan, h, keys, cand_w, s.c, w0)
+        conf = p if plan.remasking == "low_confidence" else schedule.remask_uniforms(keys, w)
         xw = jax.lax.dynamic_slice_in_dim(x, w0, w, axis=1)
         scores = jnp.where(cand_w, conf, schedule.NEG_INF)
         if plan.threshold is None:

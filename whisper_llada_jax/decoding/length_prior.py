@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from whisper_llada_jax.decoding import schedule
-from whisper_llada_jax.decoding.backbone import Backbone, Prefix, full_forward, positions
+from whisper_llada_jax.decoding.backbone import Backbone, Prefix, cached_forward, full_forward, positions
 from whisper_llada_jax.models.llada import KV
 
 
@@ -79,19 +79,15 @@ def _reveal(plan: LengthPriorPlan, logits, cand, keys):
 def window_forward(bb: Backbone, variables, x: jax.Array, idx: jax.Array, sel: jax.Array, kv: KV, pos: jax.Array,
                    all_valid: jax.Array) -> tuple[jax.Array, KV]:
     """Runs only the response slots ``idx (B, q)`` (``sel``: which of them count) against the
-    cache ``kv`` of all ``P + R`` positions, and writes their fresh keys and values into it in
-    place. Returns the window's hidden states ``(B, q, D)`` and the updated cache. A selected
-    slot's own cache entry is hidden while it runs, so it is seen once, with its new input."""
-    b, r = x.shape
+    cache ``kv`` of all ``P + R`` positions; every layer writes their fresh keys and values over
+    their own cache entries in place before attending, so a selected slot is seen once, with its
+    new input. Unselected query slots write nothing (their stored entries stay). Returns the
+    window's hidden states ``(B, q, D)`` and the updated cache."""
+    r = x.shape[1]
     p = pos.shape[1] - r
-    rows = jnp.arange(b)[:, None]
     cols = jnp.where(sel, p + idx, p + r)  # unselected: out of range, dropped by the writes
-    in_win = jnp.zeros((b, p + r), bool).at[rows, cols].set(True, mode="drop")
     take = lambda a: jnp.take_along_axis(a, idx, axis=1)
-    out = bb.hidden(variables, embeds=bb.embed(variables, take(x)), positions=take(pos[:, p:]), attention_mask=sel,
-                    prefix_kv=kv, prefix_mask=all_valid & ~in_win, prefix_positions=pos, return_kv=True)
-    put = lambda buf, new: buf.at[:, rows, cols].set(new.astype(buf.dtype), mode="drop")
-    return out.hidden, KV(put(kv.k, out.kv.k), put(kv.v, out.kv.v))
+    return cached_forward(bb, variables, take(x), take(pos[:, p:]), kv, cols, all_valid, pos)
 
 
 def decode(bb: Backbone, variables, prefix: Prefix, gen_len: int, rng: jax.Array, row_ids: jax.Array,
@@ -106,7 +102,9 @@ def decode(bb: Backbone, variables, prefix: Prefix, gen_len: int, rng: jax.Array
 
     # 1. the full first forward: first reveal step, length estimate, K/V of every position
     x = jnp.full((b, r), plan.mask_id, jnp.int32)
-    h, kv = full_forward(bb, variables, prefix, x, resp_valid, return_kv=True)
+    shape = jax.eval_shape(lambda: full_forward(bb, variables, prefix, x, resp_valid, return_kv=True)[1])
+    kv = KV(*(jnp.zeros(a.shape, a.dtype) for a in shape))  # filled in place by the first forward
+    h, kv = full_forward(bb, variables, prefix, x, resp_valid, return_kv=True, kv=kv)
     logits = bb.head(variables, h)
     keys = schedule.row_keys(rng, jnp.zeros((b,), jnp.int32), row_ids)
     x0_all = jnp.argmax(logits, -1)

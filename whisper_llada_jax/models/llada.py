@@ -6,11 +6,15 @@ Pre-norm blocks: ``x += attn_out(attn(q, k, v of attn_norm(x)))``,
 ``ff_out(ln_f(x))``. Parameter names follow the HF LLaDA checkpoint so the conversion table is
 a plain rename + transpose.
 
-One attention mechanism serves every cache: with ``prefix_kv`` the current tokens attend to
-``[prefix ; themselves]``, ``prefix_mask`` marking the valid cache slots (a fixed-size buffer
-the decoders fill with ``dynamic_update_slice``), and for ``causal`` models visibility comes
-from ``prefix_positions`` / ``positions``. ``return_kv`` hands back the current tokens' rotated
-keys and values, ``(layers, B, S, kv_heads, head_dim)``, to be written into such a buffer.
+One attention mechanism serves every cache. ``cache`` is a fixed-size K/V buffer
+``(layers, B, T, kv_heads, head_dim)``; each layer writes the current tokens' rotated keys and
+values into it *in place* at ``cache_index`` (a scalar start: ``dynamic_update_slice`` of a
+contiguous run, or one slot per token ``(B, S)``: a scatter, out-of-range slots dropped) and the
+tokens attend over the whole buffer, ``cache_mask`` marking the slots that may be attended to
+after the write, and for ``causal`` models ``cache_positions`` / ``positions`` deciding the rest.
+Nothing is concatenated: inside a decode ``while_loop`` the buffer is updated where it lies, and
+the forward returns it as ``kv``. Without a cache, ``return_kv`` hands back the current tokens'
+keys and values ``(layers, B, S, kv_heads, head_dim)``.
 """
 
 from __future__ import annotations
@@ -113,11 +117,33 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) 
     return out.astype(dtype).reshape(b, s, h * d)
 
 
+def write_cache(buf: jax.Array, new: jax.Array, index: jax.Array, layer: int | None) -> jax.Array:
+    """``buf`` with ``new (B, S, KV, D)`` written in place: at slots ``[index, index + S)`` of every
+    row (scalar ``index``) or at ``index[b, s]`` (``(B, S)``; out-of-range slots are dropped).
+    ``buf`` is one layer's ``(B, T, KV, D)`` (``layer=None``) or the whole stack's, of which layer
+    ``layer`` is written."""
+    new = new.astype(buf.dtype)
+    index = jnp.asarray(index, jnp.int32)
+    if index.ndim == 0:
+        if layer is None:
+            return jax.lax.dynamic_update_slice_in_dim(buf, new, index, axis=1)
+        zero = jnp.zeros((), jnp.int32)
+        return jax.lax.dynamic_update_slice(buf, new[None], (jnp.int32(layer), zero, index, zero, zero))
+    rows = jnp.arange(new.shape[0])[:, None]
+    if layer is None:
+        return buf.at[rows, index].set(new, mode="drop")
+    return buf.at[layer, rows, index].set(new, mode="drop")
+
+
 class Block(nn.Module):
-    """One pre-norm LLaDA / LLaMA block. Returns ``(x, (k, v) or None)`` so it can be scanned."""
+    """One pre-norm LLaDA / LLaMA block. Returns ``(x, kv)`` so it can be scanned: ``kv`` is the
+    updated cache buffer with a cache, the tokens' own ``(k, v)`` with ``return_kv``, else None.
+    ``layer``: this block's index into a stacked (unrolled) cache buffer; None when the buffer
+    handed in is this layer's own (scanned stack)."""
 
     config: LLMConfig
     lora: LoRAConfig | None = None
+    layer: int | None = None
 
     def _proj(self, name: str, features: int, axes: tuple[str, str]) -> Projection:
         cfg = self.config
@@ -126,7 +152,7 @@ class Block(nn.Module):
                           kernel_init=nn.initializers.normal(cfg.init_std), name=name)
 
     @nn.compact
-    def __call__(self, x, layer_kv, positions, key_mask, prefix_mask, prefix_positions,
+    def __call__(self, x, layer_kv, positions, key_mask, cache_mask, cache_positions, cache_index,
                  deterministic: bool = True, return_kv: bool = False):
         cfg = self.config
         dtype, pdtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
@@ -143,16 +169,16 @@ class Block(nn.Module):
         q = rope(q.reshape(b, s, cfg.n_heads, hd), positions, cfg.rope_theta)
         k = rope(k.reshape(b, s, cfg.n_kv_heads, hd), positions, cfg.rope_theta)
         v = v.reshape(b, s, cfg.n_kv_heads, hd)
-        new_kv = (k, v) if return_kv else None
 
-        # Keys: [prefix ; current]. Visibility: valid keys, and q_pos >= k_pos when causal.
-        keys_k, keys_v, kmask, kpos = k, v, key_mask, positions
-        if layer_kv is not None:
-            pk, pv = layer_kv
-            keys_k = jnp.concatenate([pk.astype(k.dtype), k], axis=1)
-            keys_v = jnp.concatenate([pv.astype(v.dtype), v], axis=1)
-            kmask = jnp.concatenate([prefix_mask, key_mask], axis=1)
-            kpos = jnp.concatenate([prefix_positions, positions], axis=1)
+        # Keys: the current tokens, or the cache buffer with them written in place.
+        # Visibility: valid keys, and q_pos >= k_pos when causal.
+        if layer_kv is None:
+            out_kv = (k, v) if return_kv else None
+            keys_k, keys_v, kmask, kpos = k, v, key_mask, positions
+        else:
+            out_kv = tuple(write_cache(buf, new, cache_index, self.layer) for buf, new in zip(layer_kv, (k, v)))
+            keys_k, keys_v = out_kv if self.layer is None else (out_kv[0][self.layer], out_kv[1][self.layer])
+            kmask, kpos = cache_mask, cache_positions
         mask = kmask[:, None, :]  # (B, 1, T)
         if cfg.causal:
             mask = mask & (positions[:, :, None] >= kpos[:, None, :])
@@ -167,7 +193,7 @@ class Block(nn.Module):
         hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("act_batch", "act_length", "act_mlp"))
         x = x + self._proj("ff_out", cfg.d_model, ("mlp", "embed"))(hidden, deterministic)
         x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
-        return x, new_kv
+        return x, out_kv
 
 
 def _block_class(cfg: LLMConfig) -> type[nn.Module]:
@@ -175,7 +201,7 @@ def _block_class(cfg: LLMConfig) -> type[nn.Module]:
     if cfg.remat == "none":
         return Block
     return nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers,
-                    static_argnums=(7, 8))
+                    static_argnums=(8, 9))
 
 
 class LLaDA(nn.Module):
@@ -196,11 +222,11 @@ class LLaDA(nn.Module):
             scanned = nn.scan(block, variable_axes={"params": 0, "lora": 0},
                               split_rngs={"params": True, "dropout": True},
                               in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast,
-                                       nn.broadcast, nn.broadcast),
+                                       nn.broadcast, nn.broadcast, nn.broadcast),
                               length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: "layers"})
             self.blocks = scanned(cfg, self.lora)
         else:
-            self.blocks = [block(cfg, self.lora) for _ in range(cfg.n_layers)]
+            self.blocks = [block(cfg, self.lora, layer=i) for i in range(cfg.n_layers)]
         self.ln_f = RMSNorm(cfg.norm_eps, dtype, pdtype)
         if not cfg.tie_embeddings:
             self.ff_out = Projection(cfg.vocab_size, ("embed", "vocab"), dtype=dtype, param_dtype=pdtype,
@@ -223,42 +249,50 @@ class LLaDA(nn.Module):
 
     def __call__(self, ids: jax.Array | None = None, *, embeds: jax.Array | None = None,
                  positions: jax.Array | None = None, attention_mask: jax.Array | None = None,
-                 prefix_kv: KV | None = None, prefix_mask: jax.Array | None = None,
-                 prefix_positions: jax.Array | None = None, return_kv: bool = False,
+                 cache: KV | None = None, cache_index: jax.Array | int = 0, cache_mask: jax.Array | None = None,
+                 cache_positions: jax.Array | None = None, return_kv: bool = False,
                  return_hidden: bool = False, deterministic: bool = True) -> LLMOutput:
         """Forward over ``ids (B, S)`` or ``embeds (B, S, D)``.
 
-        positions: ``(B, S)`` RoPE positions (default ``P + 0..S-1`` with a prefix of length P).
-        attention_mask: ``(B, S)`` True for real tokens (keys that may be attended to).
-        prefix_kv / prefix_mask / prefix_positions: a cache of P earlier positions (see module doc).
+        positions: ``(B, S)`` RoPE positions (default ``0..S-1``; with a cache, the slots written).
+        attention_mask: ``(B, S)`` True for real tokens (keys that may be attended to; no cache).
+        cache / cache_index / cache_mask / cache_positions: a K/V buffer of T slots written in
+        place (see module doc); ``cache_mask (B, T)`` defaults to every slot, ``cache_positions``
+        to ``0..T-1``. The output's ``kv`` is then the updated buffer.
         """
         cfg = self.config
         if (ids is None) == (embeds is None):
             raise ValueError("LLaDA: give exactly one of ids or embeds")
         x = self.embed(ids) if embeds is None else embeds.astype(dtype_of(cfg.dtype))
         b, s, _ = x.shape
-        p = 0 if prefix_kv is None else prefix_kv.k.shape[2]
+        cache_index = jnp.asarray(cache_index, jnp.int32)
         if positions is None:
-            positions = jnp.broadcast_to(p + jnp.arange(s, dtype=jnp.int32), (b, s))
+            start = cache_index if cache is not None else jnp.zeros((), jnp.int32)
+            positions = (jnp.broadcast_to(start + jnp.arange(s, dtype=jnp.int32), (b, s)) if start.ndim == 0
+                         else start)
         key_mask = jnp.ones((b, s), bool) if attention_mask is None else attention_mask.astype(bool)
-        if prefix_kv is not None:
-            if prefix_mask is None:
-                prefix_mask = jnp.ones((b, p), bool)
-            if prefix_positions is None:
-                prefix_positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
-            prefix_mask = prefix_mask.astype(bool)
+        layer_kv = None
+        if cache is not None:
+            t = cache.k.shape[2]
+            cache_mask = jnp.ones((b, t), bool) if cache_mask is None else cache_mask.astype(bool)
+            if cache_positions is None:
+                cache_positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+            layer_kv = (cache.k, cache.v)
+            return_kv = True
         x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
 
         if cfg.scan_layers:
-            layer_kv = None if prefix_kv is None else (prefix_kv.k, prefix_kv.v)
-            x, kv = self.blocks(x, layer_kv, positions, key_mask, prefix_mask, prefix_positions,
+            x, kv = self.blocks(x, layer_kv, positions, key_mask, cache_mask, cache_positions, cache_index,
                                 deterministic, return_kv)
+        elif cache is not None:  # one stacked buffer threaded through the layers, updated in place
+            kv = layer_kv
+            for block in self.blocks:
+                x, kv = block(x, kv, positions, key_mask, cache_mask, cache_positions, cache_index,
+                              deterministic, return_kv)
         else:
             ks, vs = [], []
-            for i, block in enumerate(self.blocks):
-                layer_kv = None if prefix_kv is None else (prefix_kv.k[i], prefix_kv.v[i])
-                x, kv_i = block(x, layer_kv, positions, key_mask, prefix_mask, prefix_positions,
-                                deterministic, return_kv)
+            for block in self.blocks:
+                x, kv_i = block(x, None, positions, key_mask, None, None, cache_index, deterministic, return_kv)
                 if return_kv:
                     ks.append(kv_i[0])
                     vs.append(kv_i[1])

@@ -1,0 +1,66 @@
+"""The decoders' K/V buffers are updated in place: the compiled decode programs (prefix cache,
+dual cache, length prior, autoregressive baseline) hold no copy and no concatenation of a
+cache-sized array (one layer's or the whole stack's) apart from the buffer's one
+initialisation, on a 3-layer model whose cache shape no other array has. The code before the
+in-place writes joined ``[cache ; new]`` in every layer of every cached forward."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import reference_decode as ref
+from whisper_llada_jax.decoding import api
+from whisper_llada_jax.decoding.config import DecodeConfig
+
+B, GEN, LAYERS, KV_HEADS = 2, 16, 3, 2
+
+
+def _cache_sized_ops(hlo: str, slots: int) -> list[str]:
+    """Copies of a cache-sized array (one layer's or the stack's, ``slots`` or more) and
+    concatenations along its slot axis (RoPE's rotate-half joins along the feature axis, a full
+    forward's fresh K/V are stacked along the layer axis: neither copies an old cache)."""
+    layer = re.compile(rf"= \w+\[{B},(\d+),{KV_HEADS},8\]\S* (copy|concatenate)\(")
+    stack = re.compile(rf"= \w+\[{LAYERS},{B},(\d+),{KV_HEADS},8\]\S* (copy|concatenate)\(")
+    out = []
+    for line in hlo.splitlines():
+        for pattern, slot_axis in ((layer, "dimensions={1}"), (stack, "dimensions={2}")):
+            m = pattern.search(line)
+            if m and int(m.group(1)) >= slots and (m.group(2) == "copy" or slot_axis in line):
+                out.append(line.strip())
+    return out
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual", "length_prior"])
+def test_diffusion_caches_are_written_in_place(mode):
+    model = ref.tiny_llm(layers=LAYERS, kv_heads=KV_HEADS)
+    variables, prefix = ref.init_vars(model), ref.random_prefix(B)
+    if mode == "length_prior":
+        cfg = DecodeConfig(gen_len=GEN, steps=GEN, length_prior=True, threshold=0.9, query_slots=4)
+    else:
+        cfg = DecodeConfig(decoder="semi_ar", gen_len=GEN, block_length=8, steps=8, cache=mode)
+    plan = api.diffusion.Plan(num_segments=cfg.num_blocks, segments="blocks", block=cfg.block,
+                              block_window=cfg.cache == "dual", eos_rule=True, threshold=cfg.threshold,
+                              cache=cfg.cache, mask_id=ref.TOKENS.mask, eos_id=ref.TOKENS.eos)
+    prior = None
+    if cfg.length_prior:
+        prior = api.length_prior.LengthPriorPlan(threshold=cfg.threshold, query_slots=cfg.query_slots,
+                                                 length_margin=cfg.length_margin, mask_id=ref.TOKENS.mask,
+                                                 eos_id=ref.TOKENS.eos)
+    hlo = api._diffusion_program.lower(
+        variables, prefix, jnp.int32(4), jax.random.key(0), jnp.arange(B), jnp.ones(B, bool),
+        bb=api.backbone_of(model), cond=api.Conditioner(), plan=plan, gen_len=GEN, buckets=(),
+        prior=prior).compile().as_text()
+    ops = _cache_sized_ops(hlo, ref.PREFIX + GEN)
+    assert len(ops) <= 1, ops  # at most the zero buffer's initialisation
+
+
+def test_autoregressive_buffer_is_written_in_place():
+    model = ref.tiny_llm(causal=True, layers=LAYERS, kv_heads=KV_HEADS)
+    variables, prefix = ref.init_vars(model), ref.random_prefix(B)
+    hlo = api._autoregressive_program.lower(variables, prefix, jnp.ones(B, bool), bb=api.backbone_of(model),
+                                            cond=api.Conditioner(), max_new=GEN,
+                                            eos_id=ref.TOKENS.eos).compile().as_text()
+    ops = _cache_sized_ops(hlo, ref.PREFIX + GEN)
+    assert len(ops) <= 1, ops
