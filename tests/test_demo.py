@@ -159,9 +159,12 @@ def test_demo_quick_end_to_end(tmp_path):
     loaded = load_model_dir(run / "model")
     assert loaded.config.whisper.d_model == 384 and loaded.config.whisper.input_frames == summary["input_frames"]
     assert loaded.config.tokens.prompt_ids and loaded.tokenizer.vocab_size <= loaded.config.llm.vocab_size
-    # Trained on its whole canvas (loss_span: canvas), so it decodes on that canvas by default.
+    # Trained on its whole canvas (loss_span: canvas), so it decodes and deliberates on that canvas
+    # by default (mask-filled confidence pass), reading first passes as its corpus writes them.
     r = demo_run.QUICK.gen_len
-    assert loaded.decode == {"gen_len": r, "block_length": r, "steps": r}
+    assert loaded.decode == {"gen_len": r, "block_length": r, "steps": r, "deliberation_canvas": "training",
+                             "confidence_fill": "mask", "first_pass_normalizer": "spoken_en", "unknown_words": "mask"}
+    assert json.loads((run / "settings.json").read_text())["train_recipe"]["substitution_rate"] == 0.1
     # ... and transcribes a clip.
     clip = sorted((run / "corpus" / "test").glob("*.flac"))[0]
     proc = _cli(["transcribe", "--model", "run/model", str(clip), "--batch-size", "1"], work, timeout=600)
@@ -190,3 +193,65 @@ def test_out_folder_refuses_other_settings(tmp_path):
     demo_run._check_settings(tmp_path, demo_run.QUICK)  # resuming the same run is fine
     with pytest.raises(UserError, match="other settings"):
         demo_run._check_settings(tmp_path, demo_run.FULL)
+
+
+def test_recipe_draws_substitutions_from_the_tokenizers_words_only(tmp_path):
+    from whisper_llada_jax.text.llada_tokenizer import LLaDATokenizer, build_tokenizer_json
+    from whisper_llada_jax.training.config import TrainConfig
+
+    tok = LLaDATokenizer(build_tokenizer_json(["the lamp costs two dollars"] * 10, tmp_path / "t.json", vocab_size=60))
+    recipe = demo_run.substitution_range(demo_run.FULL.train_recipe, tok)
+    low, high = recipe["substitution_range"]
+    assert high == tok.vocab_size and low == max(tok.special_ids) + 1 and low not in tok.special_ids
+    assert demo_run.FULL.train_recipe.get("substitution_range") is None  # the settings are left as they are
+    cfg = TrainConfig(loss_span="canvas", **recipe)  # every recipe field is a TrainConfig field
+    assert cfg.loss_positions == "all" and cfg.loss_norm == "token_mean" and 0 < cfg.audio_drop_rate < 1
+    assert demo_run.substitution_range({"loss_norm": "token_mean"}, tok) == {"loss_norm": "token_mean"}
+
+
+def test_decode_inputs_are_merged_into_decode_yaml(tmp_path):
+    import yaml
+
+    (tmp_path / "decode.yaml").write_text(yaml.safe_dump({"gen_len": 24, "steps": 24}))
+    fields = demo_run.deliberation_inputs(demo_run.FULL)
+    demo_run.write_decode_inputs(tmp_path, fields)
+    assert yaml.safe_load((tmp_path / "decode.yaml").read_text()) == {"gen_len": 24, "steps": 24, **fields}
+    assert [p.name for p in tmp_path.iterdir()] == ["decode.yaml"]
+
+
+def test_deliberate_flags_over_the_demo_models_decode_yaml(tmp_path):
+    """`deliberate` starts from a MODEL_DIR's deliberation inputs (as the demo writes them), each
+    flag overrides its field, and the defaults that cannot apply (a threshold under random masking
+    or --mask-ratio, the training canvas under semi_ar) are dropped rather than refused."""
+    import yaml
+
+    from whisper_llada_jax import cli
+    from whisper_llada_jax.commands import deliberate
+    from whisper_llada_jax.errors import UserError
+
+    decode = {"gen_len": 24, "block_length": 24, "steps": 24, "deliberation_canvas": "training",
+              "confidence_fill": "mask", "mask_threshold": 0.005, **demo_run.deliberation_inputs(demo_run.FULL)}
+    (tmp_path / "decode.yaml").write_text(yaml.safe_dump(decode))
+    parser = cli.build_parser()
+
+    def cfg(*flags):
+        return deliberate.decode_config(parser.parse_args(["deliberate", "--model", str(tmp_path), "--manifest", "m",
+                                                           "--first-pass", "f", *flags]))
+
+    c = cfg()
+    assert (c.deliberation_canvas, c.confidence_fill, c.mask_threshold) == ("training", "mask", 0.005)
+    assert (c.first_pass_normalizer, c.unknown_words, c.gen_len, c.steps) == ("spoken_en", "mask", 24, 24)
+    c = cfg("--deliberation-canvas", "first_pass", "--confidence-fill", "pad", "--first-pass-normalizer", "none",
+            "--unknown-words", "keep", "--mask-threshold", "0.01")
+    assert (c.deliberation_canvas, c.confidence_fill, c.first_pass_normalizer, c.unknown_words, c.mask_threshold) == (
+        "first_pass", "pad", "none", "keep", 0.01)
+    c = cfg("--mask-ratio", "0.2")
+    assert c.mask_threshold is None and c.mask_ratio == 0.2
+    assert cfg("--masking", "random").mask_threshold is None
+    c = cfg("--strategy", "semi_ar")
+    assert c.deliberation_canvas == "first_pass" and c.mask_threshold is None
+    assert cfg("--edit-length").deliberation_canvas == "first_pass"
+    with pytest.raises(UserError, match="deliberation_canvas"):
+        cfg("--strategy", "semi_ar", "--deliberation-canvas", "training")
+    with pytest.raises(UserError, match="mask_threshold"):
+        cfg("--masking", "random", "--mask-threshold", "0.01")

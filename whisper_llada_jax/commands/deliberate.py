@@ -23,6 +23,13 @@ EXAMPLES = """examples:
   # chunk by chunk (4 chunks), 64 steps in total
   whisper-llada deliberate --model runs/demo/model --manifest test.jsonl \\
       --first-pass whisper_llama.jsonl --strategy semi_ar --num-chunks 4 --steps 64
+  # deliberation inputs matched to how a small model trained (docs/decoding.md "Deliberation
+  # inputs"): its training canvas, a mask-filled confidence pass, first passes spelled as its
+  # corpus writes them, unknown words masked, re-masking tokens with p < 0.005 (the demo's MODEL_DIR
+  # has all but the threshold in its decode.yaml)
+  whisper-llada deliberate --model runs/demo/model --manifest test.jsonl --first-pass fp.jsonl \
+      --deliberation-canvas training --confidence-fill mask --first-pass-normalizer spoken_en \
+      --unknown-words mask --mask-threshold 0.005
   # the text-only ablation (no audio), and the length-editing fast mode
   whisper-llada deliberate --model runs/demo/model --manifest test.jsonl --first-pass fp.jsonl --text-only
   whisper-llada deliberate --model runs/demo/model --manifest test.jsonl --first-pass fp.jsonl --edit-length
@@ -40,7 +47,23 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="JSON lines with id and hypothesis (or first_pass)")
     p.add_argument("--strategy", choices=["diffusion", "semi_ar"], default="diffusion")
     p.add_argument("--masking", choices=["random", "low_confidence"], default="low_confidence")
-    p.add_argument("--mask-ratio", type=float, default=0.3, metavar="R", help="share of first-pass tokens to mask")
+    p.add_argument("--mask-ratio", type=float, metavar="R",
+                   help="share of first-pass tokens to mask (default: the MODEL_DIR's decode.yaml, else 0.3)")
+    p.add_argument("--mask-threshold", type=float, metavar="TAU",
+                   help="low_confidence diffusion: re-mask the first-pass tokens with p < TAU instead of a "
+                        "share (default: the MODEL_DIR's decode.yaml unless --mask-ratio is given, else off)")
+    p.add_argument("--deliberation-canvas", choices=["first_pass", "training"],
+                   help="first_pass: the first pass alone (the reference); training: followed by the eos tail "
+                        "to --gen-len, as a model trained on its whole canvas saw text (default: decode.yaml; "
+                        "first_pass for semi_ar and --edit-length, which need it)")
+    p.add_argument("--confidence-fill", choices=["pad", "mask"],
+                   help="response filler of the confidence forward (default: decode.yaml, else pad)")
+    p.add_argument("--first-pass-normalizer", choices=["none", "spoken_en"],
+                   help="rewrite the first pass as the model's corpus writes text, e.g. numbers spelled out "
+                        "(default: decode.yaml, else none)")
+    p.add_argument("--unknown-words", choices=["keep", "mask"],
+                   help="first-pass words the vocabulary cannot represent: keep their <unk> tokens, or one "
+                        "always re-masked slot each (default: decode.yaml, else keep)")
     p.add_argument("--num-chunks", type=int, default=4, metavar="K", help="semi_ar: chunks re-decoded in turn")
     p.add_argument("--steps", type=int, metavar="N",
                    help="denoising steps in total (default: the MODEL_DIR's decode.yaml, else 64)")
@@ -96,8 +119,21 @@ def decode_config(args: argparse.Namespace):
 
     base = read_decode_defaults(args.model)
     gen_len = base.gen_len if args.gen_len is None else args.gen_len  # --gen-len 0 is an error, not the default
+    # decode.yaml's threshold and training canvas apply where they can: an explicit --mask-ratio,
+    # random masking or chunked (semi_ar) deliberation drops the threshold; semi_ar and
+    # --edit-length read the first pass alone. Given as flags, they are validated as given.
+    threshold = args.mask_threshold
+    if threshold is None and args.mask_ratio is None and args.masking == "low_confidence" and args.strategy == "diffusion":
+        threshold = base.mask_threshold
+    canvas = args.deliberation_canvas
+    if canvas is None:
+        canvas = "first_pass" if args.strategy == "semi_ar" or args.edit_length else base.deliberation_canvas
     return validate(dataclasses.replace(
-        base, strategy=args.strategy, masking=args.masking, mask_ratio=args.mask_ratio, num_chunks=args.num_chunks,
+        base, strategy=args.strategy, masking=args.masking, num_chunks=args.num_chunks,
+        mask_ratio=base.mask_ratio if args.mask_ratio is None else args.mask_ratio, mask_threshold=threshold,
+        deliberation_canvas=canvas, confidence_fill=args.confidence_fill or base.confidence_fill,
+        first_pass_normalizer=args.first_pass_normalizer or base.first_pass_normalizer,
+        unknown_words=args.unknown_words or base.unknown_words,
         steps=min(base.steps, gen_len) if args.steps is None else args.steps, gen_len=gen_len, block_length=gen_len,
         remasking=args.remasking, threshold=args.threshold, cache=args.cache, text_only=args.text_only,
         edit_length=args.edit_length, audio_span=args.audio_span, batch_size=args.batch_size))

@@ -33,10 +33,14 @@ STEP_CHOICES = "best, latest or a step number"
 # --------------------------------------------------------------------------- the trainer's side
 def decode_defaults(cfg, data_cfg) -> dict | None:
     """The decode.yaml of a run's MODEL_DIR: a model trained on its whole canvas decodes on
-    exactly that canvas by default."""
+    exactly that canvas by default, and deliberates on it too: the first pass followed by the
+    eos tail it always saw (a first pass alone, padding hidden, is a canvas it never saw), with a
+    mask-filled confidence pass (pad is eos here, and an all-eos canvas reads as an empty
+    transcript to such a model; docs/decoding.md "Deliberation inputs")."""
     r = data_cfg.max_response_len
     if cfg.loss_span == "canvas" and cfg.objective != "autoregressive":
-        return {"gen_len": r, "block_length": r, "steps": r}
+        return {"gen_len": r, "block_length": r, "steps": r, "deliberation_canvas": "training",
+                "confidence_fill": "mask"}
     return None
 
 
