@@ -55,26 +55,18 @@ def _worker(mode, workdir, tokenizer, pid, port):
         trainer_lib.Trainer._global = global_batch
     from whisper_llada_jax.checkpoints import model_dir as model_dir_lib
 
-    gathered, writing = [], []
-    original_gather, original_save = multihost_utils.process_allgather, model_dir_lib.save_model_dir
+    gathered = []
+    original_gather = model_dir_lib._gather_to_process_0
 
-    def gather(x, *a, **kw):  # what the final MODEL_DIR write gathers: one array per call
-        if writing:
-            gathered.append(isinstance(x, jax.Array))
+    def gather(x, *a, **kw):  # what the final MODEL_DIR write gathers: one leaf (an array) per call
+        gathered.append(isinstance(x, jax.Array))
         return original_gather(x, *a, **kw)
 
-    def save(*a, **kw):
-        writing.append(1)
-        try:
-            return original_save(*a, **kw)
-        finally:
-            writing.clear()
-
-    multihost_utils.process_allgather, model_dir_lib.save_model_dir = gather, save
+    model_dir_lib._gather_to_process_0 = gather
     t = trainer_lib.Trainer(cfg)
     assert t.train_iter.get_state is not None  # the real per-host pipeline
     summary = t.run()
-    multihost_utils.process_allgather = original_gather
+    model_dir_lib._gather_to_process_0 = original_gather
     with open(os.path.join(workdir, f"gathers{pid}.txt"), "w") as f:
         f.write(f"{len(gathered)} {all(gathered)}")
     params = multihost_utils.process_allgather(t.state.trainable, tiled=True)
