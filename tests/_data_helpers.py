@@ -41,3 +41,23 @@ def fake_librispeech(root: Path, subsets: dict[str, tuple[int, ...]], utts: int 
     (root / "LibriSpeech" / "SPEAKERS.TXT").write_text("; ID | SEX | SUBSET | MINUTES | NAME\n")
     (root / "LibriSpeech" / "CHAPTERS.TXT").write_text("; ID | READER | MINUTES | SUBSET\n")
     return texts
+
+
+def tiny_model_dir(root: Path, variables=None):
+    """A tiny MODEL_DIR at ``root/model`` with a word tokenizer over the synthetic corpus.
+    ``variables(cfg)`` gives its weights (default: the model's own initialisation)."""
+    import dataclasses
+
+    import jax
+
+    from whisper_llada_jax.checkpoints.model_dir import save_model_dir
+    from whisper_llada_jax.config import load_model_config
+    from whisper_llada_jax.data.sources import _WORDS
+    from whisper_llada_jax.models.composite import init_variables
+    from whisper_llada_jax.text.llada_tokenizer import LLaDATokenizer, build_tokenizer_json
+
+    tok_json = build_tokenizer_json([" ".join(_WORDS)] * 4, root / "tokenizer.json", vocab_size=120)
+    cfg = load_model_config("tiny")
+    cfg = dataclasses.replace(cfg, tokens=LLaDATokenizer(tok_json).token_config())
+    weights = init_variables(cfg, jax.random.key(0)) if variables is None else variables(cfg)
+    return save_model_dir(root / "model", cfg, weights, tok_json)

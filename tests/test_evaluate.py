@@ -1,33 +1,27 @@
 """evaluate / cascade on a tiny random MODEL_DIR: files written, numbers consistent."""
 
-import dataclasses
 import json
 
-import jax
 import pytest
 
-from whisper_llada_jax.checkpoints.model_dir import load_model_dir, save_model_dir
+from whisper_llada_jax.checkpoints.model_dir import load_model_dir
 from whisper_llada_jax.cli import main
 from whisper_llada_jax.config import load_model_config
-from whisper_llada_jax.data.sources import _WORDS, SyntheticSource
+from whisper_llada_jax.data.sources import SyntheticSource
 from whisper_llada_jax.decoding.config import DecodeConfig
 from whisper_llada_jax.errors import ConfigError
 from whisper_llada_jax.evaluation.evaluate import GRIDS, evaluate, expand_grid, parse_decode_spec
 from whisper_llada_jax.evaluation.tables import grid_table
 from whisper_llada_jax.evaluation.wer import corpus_wer
-from whisper_llada_jax.models.composite import init_variables
-from whisper_llada_jax.text.llada_tokenizer import LLaDATokenizer, build_tokenizer_json
 
 DATA = "synthetic:n=5,seed=0,max_s=2"
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evalmodel")
-    tok_json = build_tokenizer_json([" ".join(_WORDS)] * 4, root / "tokenizer.json", vocab_size=120)
-    cfg = load_model_config("tiny")
-    cfg = dataclasses.replace(cfg, tokens=LLaDATokenizer(tok_json).token_config())
-    return save_model_dir(root / "model", cfg, init_variables(cfg, jax.random.key(0)), tok_json)
+    from tests._data_helpers import tiny_model_dir
+
+    return tiny_model_dir(tmp_path_factory.mktemp("evalmodel"))
 
 
 def test_decode_specs_and_grid_layouts():

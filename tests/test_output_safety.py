@@ -2,7 +2,6 @@
 an input, writes through a temporary file renamed at the end (a failure half-way keeps the old
 output), uses the user's umask, and never gives two utterances one id."""
 
-import dataclasses
 import json
 import os
 import shutil
@@ -13,14 +12,11 @@ import pytest
 import soundfile as sf
 
 from whisper_llada_jax import cli
-from whisper_llada_jax.checkpoints.model_dir import load_model_dir, save_model_dir
+from whisper_llada_jax.checkpoints.model_dir import load_model_dir
 from whisper_llada_jax.checkpoints.tensors import SafetensorsSource, save_safetensors
-from whisper_llada_jax.config import load_model_config
-from whisper_llada_jax.data.sources import _WORDS
 from whisper_llada_jax.inference import driver
 from whisper_llada_jax.errors import CheckpointError
 from whisper_llada_jax.outputs import atomic_file
-from whisper_llada_jax.text.llada_tokenizer import LLaDATokenizer, build_tokenizer_json
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +26,11 @@ def model_dir(tmp_path_factory):
 
     from whisper_llada_jax.models.composite import abstract_variables
 
-    root = tmp_path_factory.mktemp("safety")
-    tok_json = build_tokenizer_json([" ".join(_WORDS)] * 4, root / "tokenizer.json", vocab_size=120)
-    cfg = load_model_config("tiny")
-    cfg = dataclasses.replace(cfg, tokens=LLaDATokenizer(tok_json).token_config())
+    from tests._data_helpers import tiny_model_dir
+
     rng = np.random.default_rng(0)
-    variables = jax.tree.map(lambda s: np.asarray(0.02 * rng.normal(size=s.shape), s.dtype),
-                             nn.unbox(abstract_variables(cfg)))
-    return save_model_dir(root / "model", cfg, variables, tok_json)
+    return tiny_model_dir(tmp_path_factory.mktemp("safety"), lambda cfg: jax.tree.map(
+        lambda s: np.asarray(0.02 * rng.normal(size=s.shape), s.dtype), nn.unbox(abstract_variables(cfg))))
 
 
 def _fails(capsys, argv, *match: str) -> str:

@@ -9,7 +9,6 @@ hypotheses file, equal to the one-process one-device outputs. Each process runs 
 script.
 """
 
-import dataclasses
 import json
 import os
 import socket
@@ -21,12 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from whisper_llada_jax.checkpoints.model_dir import save_model_dir
 from whisper_llada_jax.cli import main
-from whisper_llada_jax.config import load_model_config
-from whisper_llada_jax.data.sources import _WORDS
 from whisper_llada_jax.models.composite import init_variables
-from whisper_llada_jax.text.llada_tokenizer import LLaDATokenizer, build_tokenizer_json
 
 CLIPS = Path(__file__).parent / "data" / "clips"
 MESH = ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]
@@ -36,13 +31,11 @@ DECODE = ["--gen-len", "8", "--steps", "8", "--batch-size", "3"]
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny MODEL_DIR with large random weights (hypotheses of several words, not all eos)."""
-    root = tmp_path_factory.mktemp("sharded")
-    tok_json = build_tokenizer_json([" ".join(_WORDS)] * 4, root / "tokenizer.json", vocab_size=120)
-    cfg = load_model_config("tiny")
-    cfg = dataclasses.replace(cfg, tokens=LLaDATokenizer(tok_json).token_config())
+    from tests._data_helpers import tiny_model_dir
+
     rng = np.random.default_rng(1)
-    loud = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(x.dtype), init_variables(cfg, jax.random.key(0)))
-    return save_model_dir(root / "model", cfg, loud, tok_json)
+    return tiny_model_dir(tmp_path_factory.mktemp("sharded"), lambda cfg: jax.tree.map(
+        lambda x: rng.normal(size=x.shape).astype(x.dtype), init_variables(cfg, jax.random.key(0))))
 
 
 @pytest.fixture(scope="module")
