@@ -199,17 +199,15 @@ def substitution_range(recipe: dict, tokenizer) -> dict:
 def write_decode_inputs(model_dir: Path, fields: dict) -> None:
     """Merges ``fields`` into ``model_dir/decode.yaml`` (atomically; a no-op once they are there,
     so a resumed run leaves it as it is)."""
-    import os
-
     import yaml
+
+    from whisper_llada_jax.outputs import write_text
 
     path = model_dir / "decode.yaml"
     doc = yaml.safe_load(path.read_text()) if path.exists() else {}
     if {**doc, **fields} == doc:
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump({**doc, **fields}, sort_keys=False))
-    os.replace(tmp, path)
+    write_text(path, yaml.safe_dump({**doc, **fields}, sort_keys=False))
 
 
 
@@ -403,11 +401,9 @@ def results_json(rows: list[Row], settings: DemoSettings) -> dict:
 
 def write_json_atomic(path: Path, doc: dict) -> None:
     """Written to a temporary file beside ``path``, then renamed over it: never half-written."""
-    import os
+    from whisper_llada_jax.outputs import write_text
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(doc, indent=1) + "\n")
 
 
 def format_table(rows: list[Row]) -> str:

@@ -15,8 +15,6 @@ dataset (``dataset_decoder``) and on a bare test model.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -27,6 +25,7 @@ from whisper_llada_jax import config as config_lib
 from whisper_llada_jax.decoding.config import DecodeConfig, validate
 from whisper_llada_jax.errors import CheckpointError, UserError
 from whisper_llada_jax.evaluation.wer import corpus_wer
+from whisper_llada_jax.outputs import write_text
 
 # the fields a tuned choice sets in decode.yaml (everything else there is kept)
 TUNED_FIELDS = ("decoder", "steps", "block_length", "threshold", "length_prior", "query_slots")
@@ -142,15 +141,7 @@ def write_decode_choice(model_dir: str | Path, cfg: DecodeConfig, decode_file: s
     # the tuned fields, plus any field of the file the choice had to change (e.g. cache)
     new = {**old, **choice_fields(cfg), **{k: chosen[k] for k in old if k in chosen and old[k] != chosen[k]}}
     validate(config_lib.from_dict(DecodeConfig, dict(new), str(path)))
-    fd, tmp = tempfile.mkstemp(prefix=".decode.", suffix=".yaml.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            yaml.safe_dump(new, f, sort_keys=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, yaml.safe_dump(new, sort_keys=False))
 
 
 def report(best: Result, results: list[Result], budget: float) -> str:
