@@ -89,7 +89,7 @@ def forward_probe(cfg: LLMConfig, b: int, t: int, n: int) -> dict[bool, float]:
             return jax.lax.while_loop(lambda carry: carry[0] < n, body, (0, x0))[1]
 
         x0 = jnp.zeros((b, t, c.d_model), jnp.bfloat16)
-        out[scan] = 1e3 * timed(lambda: loop(params, x0), 1) / n
+        out[scan] = 1e3 * timed(lambda p=params: loop(p, x0), 1) / n
         del params
     return out
 

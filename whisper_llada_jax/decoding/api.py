@@ -26,7 +26,6 @@ from whisper_llada_jax.decoding import autoregressive, deliberation, diffusion, 
 from whisper_llada_jax.decoding.backbone import Backbone, Prefix, full_forward
 from whisper_llada_jax.decoding.config import DecodeConfig, validate
 from whisper_llada_jax.errors import DataError, DecodeConfigError
-from whisper_llada_jax.text.first_pass import first_pass_ids
 
 
 class DecodeOutput(NamedTuple):

@@ -8,7 +8,7 @@ and handed to optax, so frozen parameters carry neither gradients nor optimiser 
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
