@@ -39,6 +39,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
 from whisper_llada_jax.errors import CheckpointError
+from whisper_llada_jax.outputs import write_text
 from whisper_llada_jax.training.config import CheckpointConfig
 
 VAL_METRIC = "val_loss"
@@ -62,9 +63,7 @@ def _files(step_dir: Path) -> dict[str, Path]:
 def seal_step(step_dir: Path) -> None:
     """Writes ``integrity.json`` ({relative path: [size, crc32]}) for a committed step."""
     record = {name: [p.stat().st_size, _crc32(p)] for name, p in _files(step_dir).items()}
-    tmp = step_dir / f".{INTEGRITY_FILE}.tmp"
-    tmp.write_text(json.dumps({"files": record}, indent=0))
-    os.replace(tmp, step_dir / INTEGRITY_FILE)
+    write_text(step_dir / INTEGRITY_FILE, json.dumps({"files": record}, indent=0))
 
 
 def verify_step(step_dir: Path) -> str | None:

@@ -23,6 +23,7 @@ from whisper_llada_jax import config as config_lib
 from whisper_llada_jax import mesh as mesh_lib
 from whisper_llada_jax.config import ModelConfig
 from whisper_llada_jax.errors import ConfigError, UserError
+from whisper_llada_jax.outputs import write_text
 from whisper_llada_jax.training import export as export_lib
 from whisper_llada_jax.training import step as step_lib
 from whisper_llada_jax.training.batch import BatchLayout, batch_layout
@@ -406,8 +407,7 @@ class Trainer:
                           str(self.ckpt.directory), model_dir, preempted, val_wer, best_wer)
         if self.is_main:
             self.print(summary.lines())
-            (self.workdir / "summary.json").parent.mkdir(parents=True, exist_ok=True)
-            (self.workdir / "summary.json").write_text(json.dumps(dataclasses.asdict(summary), indent=1))
+            write_text(self.workdir / "summary.json", json.dumps(dataclasses.asdict(summary), indent=1))
         return summary
 
     def _writer(self):
