@@ -23,7 +23,7 @@ import ml_dtypes
 import numpy as np
 
 from whisper_llada_jax import config as config_lib
-from whisper_llada_jax.checkpoints.tensors import IDENTITY, TRANSPOSE, Rule, export_params, import_params
+from whisper_llada_jax.checkpoints.tensors import IDENTITY, TRANSPOSE, Rule, export_params, import_params, subtree
 from whisper_llada_jax.config import ModelConfig
 from whisper_llada_jax.errors import CheckpointError
 from whisper_llada_jax.outputs import atomic_file
@@ -163,7 +163,7 @@ def import_reference_pth(path: str | Path, config: ModelConfig, abstract: Mappin
     if unused:
         log.info("%s: ignoring %d unused Q-Former tensors (word/position embeddings, text-path "
                  "intermediate/output, cls.*)", path, len(unused))
-    shard = lambda *keys: _sub(shardings, *keys)  # noqa: E731
+    shard = lambda *keys: subtree(shardings, *keys)  # noqa: E731
     projector = import_params(source, projector_rules(), abstract["params"]["projector"],
                               shardings=shard("params", "projector"), ignore=UNUSED + (_LORA_KEY,))
     has_lora = any(re.search(_LORA_KEY, k) for k in names)
@@ -181,12 +181,6 @@ def import_reference_pth(path: str | Path, config: ModelConfig, abstract: Mappin
     return projector, lora
 
 
-def _sub(tree: Mapping | None, *keys: str) -> Mapping | None:
-    for k in keys:
-        if tree is None:
-            return None
-        tree = tree.get(k)
-    return tree
 
 
 def reference_state(variables: Mapping) -> dict[str, np.ndarray]:

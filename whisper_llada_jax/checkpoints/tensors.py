@@ -339,6 +339,16 @@ def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def subtree(tree: Mapping | None, *keys: str) -> Mapping | None:
+    """``tree[k1][k2]...``, or None once a level is missing (e.g. shardings that do not exist
+    for a one-device import)."""
+    for k in keys:
+        if tree is None:
+            return None
+        tree = tree.get(k)
+    return tree
+
+
 def unflatten(flat: Mapping[str, object]) -> dict:
     out: dict = {}
     for path, v in flat.items():

@@ -84,12 +84,6 @@ def load_whisper_encoder(spec: str, cfg, shardings=None):
     return found, import_whisper_tensors(source, found, encoder_only=True, shardings=tree)["encoder"]
 
 
-def _sub(tree, *keys):
-    for k in keys:
-        if tree is None:
-            return None
-        tree = tree.get(k)
-    return tree
 
 
 def fresh_projector_and_lora(config, seed: int):
@@ -129,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
     from whisper_llada_jax.checkpoints.llada_hf import import_llada_hf
     from whisper_llada_jax.checkpoints.model_dir import FILES, save_model_dir
     from whisper_llada_jax.checkpoints.reference_pth import import_reference_pth
+    from whisper_llada_jax.checkpoints.tensors import subtree
     from whisper_llada_jax.config import load_model_config
     from whisper_llada_jax.errors import CheckpointError
     from whisper_llada_jax.models.composite import abstract_variables
@@ -158,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         mesh = mesh_lib.make_mesh(mesh_cfg)
         shardings = mesh_shardings(cfg, mesh, mesh_lib.rules(mesh_cfg))
         print(f"mesh: {dict(mesh.shape)}")
-    shard = lambda *keys: _sub(shardings, *keys)  # noqa: E731
+    shard = lambda *keys: subtree(shardings, *keys)  # noqa: E731
     llada_dir = Path(args.llada)
     if not (llada_dir / "tokenizer.json").is_file():
         raise CheckpointError(f"{llada_dir}: no tokenizer.json", hint="give the Hugging Face LLaDA directory")
