@@ -73,7 +73,13 @@ def _gather_to_process_0(arr) -> np.ndarray | None:
             full = multihost_utils.process_allgather(arr, tiled=True)
             return np.asarray(full) if jax.process_index() == 0 else None
         whole = _replicate(arr, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
-        return np.asarray(whole.addressable_data(0)) if jax.process_index() == 0 else None
+        if jax.process_index() != 0:
+            # Wait for it: a process that only dispatched its part would queue the next leaf's
+            # gather behind it, and two collective programs in flight at once on the CPU's gloo
+            # collectives paired up wrongly with process 0's (the import / export hung).
+            whole.block_until_ready()
+            return None
+        return np.asarray(whole.addressable_data(0))
     if jax.process_index() != 0:
         return None
     if isinstance(arr, jax.Array):

@@ -39,6 +39,17 @@ class DecodeOutput(NamedTuple):
     llm_tokens: np.ndarray | None = None
 
 
+def _host(x) -> np.ndarray:
+    """A program output on the host. Outputs of a model placed on a mesh that spans several
+    processes (validation WER during multi-host training: every process decodes the same
+    batch) are split over all of them: gathered, which every process does in step."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
 # ----------------------------------------------------------------------------- conditioning
 @dataclasses.dataclass(frozen=True)
 class Conditioner:
@@ -163,7 +174,7 @@ def diffusion_decode(model: Any, variables: Any, inputs: Any, cfg: DecodeConfig,
     out, nfe, toks = _diffusion_program(variables, inputs, spb, rng, ids, lv, bb=backbone_of(model),
                                         cond=_cond(cfg, audio_tokens), plan=plan, gen_len=cfg.gen_len,
                                         buckets=tuple(sorted(cfg.length_buckets)), prior=prior)
-    return DecodeOutput(np.asarray(out), np.full((b,), cfg.gen_len, np.int32), np.asarray(nfe), np.asarray(toks))
+    return DecodeOutput(_host(out), np.full((b,), cfg.gen_len, np.int32), _host(nfe), _host(toks))
 
 
 def pad_first_pass(first_pass: list[list[int]], width: int, pad_id: int, where: list[str] | None = None):
@@ -213,10 +224,10 @@ def deliberate(model: Any, variables: Any, inputs: Any, first_pass: list[list[in
     out, nfe = _deliberation_program(variables, inputs, jnp.asarray(first), jnp.asarray(lens), jnp.asarray(num_masked),
                                      jnp.asarray(cfg.steps, jnp.int32), None if mask is None else jnp.asarray(mask, bool), rng, ids, lv,
                                      bb=backbone_of(model), cond=_cond(cfg, audio_tokens), plan=plan)
-    out = np.asarray(out)
+    out = _host(out)
     whole = cfg.edit_length or cfg.deliberation_canvas == "training"
     length = np.full(len(lens), out.shape[1], np.int32) if whole else lens
-    return DecodeOutput(out, length, np.asarray(nfe))
+    return DecodeOutput(out, length, _host(nfe))
 
 
 def autoregressive_decode(model: Any, variables: Any, inputs: Any, cfg: DecodeConfig, *, tokens: Any = None,
@@ -229,7 +240,7 @@ def autoregressive_decode(model: Any, variables: Any, inputs: Any, cfg: DecodeCo
     out, length, nfe = _autoregressive_program(variables, inputs, lv, bb=backbone_of(model),
                                                cond=_cond(cfg, audio_tokens), max_new=cfg.max_new_tokens,
                                                eos_id=tok.eos)
-    return DecodeOutput(np.asarray(out), np.asarray(length), np.asarray(nfe))
+    return DecodeOutput(_host(out), _host(length), _host(nfe))
 
 
 def _tokens_of(model: Any):

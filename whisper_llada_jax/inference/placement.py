@@ -32,9 +32,17 @@ from whisper_llada_jax import mesh as mesh_lib
 def inference_mesh(overrides: Sequence[str], command: str) -> tuple[Mesh | None, tuple | None]:
     """``(mesh, rules)`` from the ``mesh.*`` overrides, over this process's devices, or
     ``(None, None)`` (one device) without them. ``distributed.*`` (or a pod's environment)
-    start a multi-process run first."""
+    start a multi-process run first.
+
+    Callers check their output paths before this; with several processes it waits until every
+    process is here, so no process checks an output that process 0 has begun writing (commands
+    run one after another in one process, where jax.distributed is already up, raced)."""
     mesh_cfg, dist_cfg = mesh_lib.placement_from_overrides(overrides, command)
     mesh_lib.initialize_distributed(dist_cfg)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"whisper-llada {command}: outputs checked")
     if mesh_cfg is None:
         return None, None
     from whisper_llada_jax import backend
