@@ -78,6 +78,34 @@ def test_best_step_uses_the_selected_metric(tmp_path):
     ro.close()
 
 
+def test_remote_checkpoint_dirs_reach_orbax_as_given(tmp_path, monkeypatch):
+    """checkpoint.dir=gs://bucket/run on a pod: Orbax (and export --checkpoint) get the URL, not
+    pathlib's `$PWD/gs:/bucket/run`; a relative local directory is made absolute. Orbax's manager
+    is replaced by a recorder: no storage is touched."""
+    from whisper_llada_jax import config as config_lib
+    from whisper_llada_jax.training import checkpointing
+    from whisper_llada_jax.training.config import CheckpointConfig, load_train_config
+    from whisper_llada_jax.training.export import _write_meta, open_run
+
+    given = []
+
+    class Recorder:
+        def __init__(self, directory, **kw):
+            given.append(directory)
+
+    monkeypatch.setattr(checkpointing, "_SealingManager", Recorder)
+    monkeypatch.chdir(tmp_path)
+    for directory, want in [("gs://bucket/run/checkpoints", "gs://bucket/run/checkpoints"),
+                            ("s3://bucket/run", "s3://bucket/run"), ("runs/x/checkpoints", f"{tmp_path}/runs/x/checkpoints")]:
+        ck = checkpointing.Checkpointer(directory, CheckpointConfig(), read_only=True)
+        assert str(ck.directory) == str(given[-1]) == want
+        assert str(ck.directory / "4" / checkpointing.INTEGRITY_FILE) == f"{want}/4/{checkpointing.INTEGRITY_FILE}"
+    # a run trained with a remote checkpoint.dir, as `export --checkpoint RUN` reads it
+    cfg = load_train_config("tiny", ["checkpoint.dir=gs://bucket/run1", f"workdir={tmp_path / 'run'}"])
+    _write_meta(tmp_path / "run" / "run", cfg, config_lib.load_model_config("tiny"), "{}", None)
+    assert str(open_run(tmp_path / "run").checkpoint_dir) == "gs://bucket/run1"
+
+
 def test_bad_eval_and_profile_fields_fail_at_start():
     from whisper_llada_jax.training.config import load_train_config
     from whisper_llada_jax.training.trainer import validate_eval_and_profile

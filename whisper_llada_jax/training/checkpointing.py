@@ -19,13 +19,14 @@ the Grain data iterator, so a restart continues exactly where the run stopped.
   since the last save started, plus one interval while that save is still being written (the
   worst moment is just after a save step, before its save has begun). With
   ``async_save=false`` at most ``save_interval_steps``. SIGTERM saves the current step.
+- Remote directories: ``checkpoint.dir=gs://bucket/run`` (any ``etils.epath`` path, as Orbax
+  takes it) is used as given; every file operation here goes through ``epath``, never ``os``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import threading
 import zlib
@@ -36,6 +37,7 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as cm
 
 from whisper_llada_jax.errors import CheckpointError
@@ -47,30 +49,45 @@ INTEGRITY_FILE = "integrity.json"
 CORRUPT_SUFFIX = ".corrupt"
 
 
-def _crc32(path: Path) -> int:
+def checkpoint_path(directory: str | Path) -> epath.Path:
+    """A checkpoint directory as Orbax takes it: a URL (``gs://bucket/run``) as given, a local
+    path made absolute. (``Path.absolute()`` would turn ``gs://bucket/run`` into
+    ``$PWD/gs:/bucket/run``, and so would ``epath.Path.absolute()``.)"""
+    path = epath.Path(directory)
+    return path if path.is_absolute() else path.absolute()
+
+
+def _crc32(path: epath.Path) -> int:
     crc = 0
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         while chunk := f.read(1 << 24):
             crc = zlib.crc32(chunk, crc)
     return crc
 
 
-def _files(step_dir: Path) -> dict[str, Path]:
-    return {p.relative_to(step_dir).as_posix(): p for p in sorted(step_dir.rglob("*"))
-            if p.is_file() and p.name != INTEGRITY_FILE}
+def _files(step_dir: epath.Path) -> dict[str, epath.Path]:
+    # walk(), not rglob(): epath refuses recursive globs (one listing per folder on GCS)
+    files = [epath.Path(folder) / name for folder, _, names in step_dir.walk() for name in names]
+    return {p.relative_to(step_dir).as_posix(): p for p in sorted(files) if p.name != INTEGRITY_FILE}
 
 
-def seal_step(step_dir: Path) -> None:
+def seal_step(step_dir: str | Path) -> None:
     """Writes ``integrity.json`` ({relative path: [size, crc32]}) for a committed step."""
-    record = {name: [p.stat().st_size, _crc32(p)] for name, p in _files(step_dir).items()}
-    write_text(step_dir / INTEGRITY_FILE, json.dumps({"files": record}, indent=0))
+    step_dir = epath.Path(step_dir)
+    record = {name: [p.stat().length, _crc32(p)] for name, p in _files(step_dir).items()}
+    text = json.dumps({"files": record}, indent=0)
+    if "://" in str(step_dir):  # an object store writes an object whole or not at all
+        (step_dir / INTEGRITY_FILE).write_text(text)
+    else:
+        write_text(Path(step_dir) / INTEGRITY_FILE, text)
 
 
-def verify_step(step_dir: Path) -> str | None:
+def verify_step(step_dir: str | Path) -> str | None:
     """None if every file matches the step's integrity record, else what is wrong.
 
     A step without a record (the run was killed between Orbax's commit and the record, a
     window of milliseconds) returns None too: Orbax's commit is atomic, so it is complete."""
+    step_dir = epath.Path(step_dir)
     path = step_dir / INTEGRITY_FILE
     if not path.exists():
         return None
@@ -82,8 +99,8 @@ def verify_step(step_dir: Path) -> str | None:
         p = step_dir / name
         if not p.is_file():
             return f"{name} is missing"
-        if p.stat().st_size != size:
-            return f"{name} has {p.stat().st_size} bytes, {size} were written"
+        if p.stat().length != size:
+            return f"{name} has {p.stat().length} bytes, {size} were written"
         if _crc32(p) != crc:
             return f"{name} does not match its checksum"
     return None
@@ -111,7 +128,7 @@ class Checkpointer:
 
     def __init__(self, directory: str | Path, cfg: CheckpointConfig, *, with_data: bool = True,
                  read_only: bool = False):
-        self.directory = Path(directory).absolute()
+        self.directory = checkpoint_path(directory)
         self.cfg = cfg
         self.with_data = with_data
         metric = cfg.best_metric
@@ -241,7 +258,7 @@ class Checkpointer:
             n = 1
             while dst.exists():
                 dst, n = src.with_name(f"{step}{CORRUPT_SUFFIX}{n}"), n + 1
-            os.replace(src, dst)
+            src.rename(dst)
             report(f"checkpoint step {step} is damaged ({reason}): skipped, kept as {dst}")
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils

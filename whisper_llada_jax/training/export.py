@@ -97,7 +97,7 @@ class Run:
     meta: Path  # <run>/run: config.yaml, tokenizer.json, decode.yaml, train.yaml
     cfg: Any  # TrainConfig
     mcfg: Any  # ModelConfig (with the run's token ids)
-    checkpoint_dir: Path
+    checkpoint_dir: Any  # etils.epath.Path: local, or gs:// as the run was given
 
 
 def open_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> Run:
@@ -121,8 +121,11 @@ def open_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> Run:
     data["distributed"] = {k: recorded[k] for k in ("cpu_collectives", "initialization_timeout") if k in recorded}
     cfg = load_train_config(data, list(overrides))
     mcfg = read_model_config(meta)
-    # the trainer's default; an explicit checkpoint.dir as given to the run
-    ckdir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
+    # the trainer's default; an explicit checkpoint.dir as given to the run (never through
+    # pathlib, which reads gs://bucket/run as the local gs:/bucket/run)
+    from whisper_llada_jax.training.checkpointing import checkpoint_path
+
+    ckdir = checkpoint_path(cfg.checkpoint.dir or run_dir / "checkpoints")
     return Run(run_dir, meta, cfg, mcfg, ckdir)
 
 
