@@ -46,6 +46,34 @@ def test_every_documented_command_parses():
     assert checked >= 12
 
 
+def _launched_train_args(command: str) -> list[str] | None:
+    """``launch/X.sh ... -- TRAIN_ARGS``: the arguments the launcher hands `whisper-llada train`."""
+    words = shlex.split(command, comments=True)
+    if not words or not words[0].startswith("launch/"):
+        return None
+    return ["train", *words[words.index("--") + 1:]] if "--" in words else ["train", *words[1:]]
+
+
+def test_documented_train_commands_build_their_config():
+    """Beyond parsing: each `train` command (typed, or through a launcher) reads its config
+    with its overrides, so a renamed or misspelt field in the docs fails here."""
+    from whisper_llada_jax.commands.train import config_from_args
+
+    parser = cli.build_parser()
+    checked = set()
+    for page, _, body in blocks():
+        for command in commands(body):
+            args = cli_args(command) or _launched_train_args(command)
+            if not args or args[0] != "train":
+                continue
+            try:
+                config_from_args(parser.parse_args(args))
+            except Exception as e:  # noqa: BLE001
+                pytest.fail(f"{page.relative_to(ROOT)}: `{command}`: {e}")
+            checked.add(page.name)
+    assert {"pod.md", "README.md"} <= checked
+
+
 def test_launchers_in_docs_exist_and_are_valid_bash():
     for page, _, body in blocks():
         for command in commands(body):

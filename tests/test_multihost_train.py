@@ -8,28 +8,19 @@ Each process runs this file as a script: ``python THIS MODE WORKDIR TOKENIZER PR
 
 import os
 import signal
-import socket
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from tests import _multiprocess as mp
+
 STEPS = 4
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def _worker(mode, workdir, tokenizer, pid, port):
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
-    os.environ["JAX_PLATFORMS"] = "cpu"
+    mp.worker_setup()
     import jax
-
-    jax.config.update("jax_default_matmul_precision", "highest")
     from jax.experimental import multihost_utils
 
     from whisper_llada_jax.training import trainer as trainer_lib
@@ -38,9 +29,7 @@ def _worker(mode, workdir, tokenizer, pid, port):
     cfg = load_train_config("tiny", [
         f"workdir={workdir}", f"tokenizer={tokenizer}", f"steps={STEPS}", "data.batch_size=8",
         "checkpoint.save_interval_steps=2", "eval_interval=0", "progress_bar=false", "log_interval=1",
-        "memory_report=false", f"distributed.coordinator_address=localhost:{port}",
-        "distributed.num_processes=2", f"distributed.process_id={pid}", "distributed.cpu_collectives=gloo",
-        "distributed.initialization_timeout=120"])
+        "memory_report=false", *mp.distributed_args(pid, port)])
     if mode == "killed":
         original = trainer_lib.Trainer._global
         calls = {"n": 0}
@@ -80,11 +69,8 @@ def _worker(mode, workdir, tokenizer, pid, port):
 
 
 def _launch(mode, workdir, tokenizer):
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    procs = [subprocess.Popen([sys.executable, __file__, mode, str(workdir), str(tokenizer), str(i), str(port)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    port = mp.free_port()
+    procs = mp.start(__file__, [[mode, str(workdir), str(tokenizer), str(i), str(port)] for i in range(2)])
     outs = [p.communicate(timeout=900) for p in procs]
     return [p.returncode for p in procs], outs
 

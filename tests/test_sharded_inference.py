@@ -4,15 +4,12 @@
 fsdp x tensor, each batch over data x fsdp (3 rows padded to 4); `transcribe`, `deliberate` and
 `evaluate` write the same hypotheses as without a mesh.
 (b) two processes x 4 CPU devices (jax.distributed over gloo): each decodes every other batch on
-its own fsdp x tensor mesh and process 0 writes one `transcribe` output and one `evaluate`
-hypotheses file, equal to the one-process one-device outputs. Each process runs this file as a
-script.
+its own fsdp x tensor mesh and process 0 writes one `transcribe` output, equal to the
+one-process one-device output (`evaluate` on two processes: tests/test_pod_rehearsal.py). Each
+process runs this file as a script.
 """
 
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -139,54 +136,25 @@ def test_cascade_first_pass_split_over_processes_equals_one_process(monkeypatch)
     assert {i // 4 % 2 for i, _ in sent[1]} == {1}  # groups of 4 x batch_size: process 1 has groups 1, 3, ...
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_processes_transcribe_and_evaluate_like_one_device(model_dir, manifest, tmp_path):
-    """5 clips in batches of 2: process 0 decodes batches 0 and 2, process 1 batch 1."""
+def test_two_processes_transcribe_like_one_device(model_dir, manifest, tmp_path):
+    """5 clips in batches of 2: process 0 decodes batches 0 and 2, process 1 batch 1 (evaluate
+    on two processes: tests/test_pod_rehearsal.py)."""
+    from tests import _multiprocess as mp
+
     tr = ["transcribe", "--model", str(model_dir), "--manifest", str(manifest), "--gen-len", "8", "--steps", "8",
           "--batch-size", "2"]
-    ev = ["evaluate", "--model", str(model_dir), "--data", f"manifest:{manifest}", "--decode",
-          "gen_len=8,steps=8,batch_size=2"]
     assert main([*tr, "-o", str(tmp_path / "one.jsonl")]) == 0
-    assert main([*ev, "--out", str(tmp_path / "e_one")]) == 0
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    placement = ["mesh.data=1", "mesh.fsdp=2", "mesh.tensor=2", f"distributed.coordinator_address=localhost:{port}",
-                 "distributed.num_processes=2", "distributed.cpu_collectives=gloo",
-                 "distributed.initialization_timeout=120"]
-    runs = [[*tr, "-o", str(tmp_path / "two.jsonl"), *placement], [*ev, "--out", str(tmp_path / "e_two"), *placement]]
-    procs = [subprocess.Popen([sys.executable, __file__, json.dumps([[*a, f"distributed.process_id={i}"] for a in runs])],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(err[-3000:] for _, err in outs)
+    port = mp.free_port()
+    two = [*tr, "-o", str(tmp_path / "two.jsonl"), "mesh.data=1", "mesh.fsdp=2", "mesh.tensor=2"]
+    outs = mp.finish(mp.start(__file__, [[json.dumps([[*two, *mp.distributed_args(i, port)]])] for i in range(2)]))
     one = (tmp_path / "one.jsonl").read_text()
     assert len(one.splitlines()) == 5 and (tmp_path / "two.jsonl").read_text() == one
     assert "wrote 5 transcripts" in outs[0][1] and "wrote" not in outs[1][1]  # process 0 writes, alone
-    (hyp,) = (tmp_path / "e_one" / "hypotheses").glob("*.jsonl")
-    assert len(hyp.read_text().splitlines()) == 5
-    assert (tmp_path / "e_two" / "hypotheses" / hyp.name).read_text() == hyp.read_text()
-    a, b = (json.loads((tmp_path / d / "results.json").read_text())["results"][0] for d in ("e_one", "e_two"))
-    assert a["wer"] == b["wer"] and a["utterances"] == b["utterances"] == 5 and a["data"] == b["data"]
-
-
-def _worker(runs):
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    import jax
-
-    jax.config.update("jax_default_matmul_precision", "highest")
-    from whisper_llada_jax import cli
-
-    for argv in runs:  # one jax.distributed start-up serves every command of the process
-        if cli.main(argv):
-            sys.exit(1)
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    _worker(json.loads(sys.argv[1]))
+    from tests import _multiprocess as mp  # the tests' root is on PYTHONPATH (mp.start)
+
+    mp.worker_setup()
+    mp.run_commands(json.loads(sys.argv[1]))
