@@ -6,7 +6,8 @@ every command line is the runbook's.
    tensor 2 mesh spanning both hosts (the same bytes as a one-device import);
 2. `train` from it with global batch 8 over data 2 x fsdp 2 x tensor 2 and validation WER every
    checkpoint; one host is SIGKILLed after a checkpoint has committed (its partner is stopped
-   as a pod's scheduler would), both restart and the run resumes and finishes;
+   as a pod's scheduler would), both restart, and the run resumes and finishes with the weights
+   of an uninterrupted run, bit for bit;
 3. `export --checkpoint RUN --step best`: the step with the lowest recorded validation WER;
 4. `evaluate` on both hosts (each its own fsdp 2 x tensor 2 mesh): the hypotheses of a
    one-process one-device evaluation of the same MODEL_DIR, token for token;
@@ -19,6 +20,7 @@ Each host runs this file as a script: ``python THIS JSON_LIST_OF_ARGV``.
 
 import json
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -71,7 +73,7 @@ def _kill_after_first_commit(procs, ckdir: Path, timeout: float = 400.0):
     procs[1].send_signal(signal.SIGKILL)
     try:
         procs[0].wait(timeout=20)
-    except Exception:  # noqa: BLE001  (subprocess.TimeoutExpired: still blocked in a collective)
+    except subprocess.TimeoutExpired:  # still blocked in a collective its partner never joins
         procs[0].send_signal(signal.SIGKILL)
     return [p.communicate() for p in procs]
 
@@ -114,6 +116,12 @@ def test_runbook_on_a_simulated_two_host_pod(tmp_path):
     assert resumed == killed_at[-1] < STEPS
     assert "validation WER" in outs[0][0] and (run / "model" / "params.safetensors").is_file()
 
+    # and ends where an uninterrupted run ends, bit for bit (both hosts' data iterators resumed)
+    straight = [*train[:4], f"workdir={tmp_path / 'runs' / 'straight'}", *train[5:]]
+    mp.finish(_on_both_hosts(lambda pid: [straight], mp.free_port()))
+    for name in ("params.safetensors", "lora.safetensors"):
+        assert (run / "model" / name).read_bytes() == (tmp_path / "runs" / "straight" / "model" / name).read_bytes()
+
     # export the best step, evaluate with it (a new command on every host, as on a pod)
     outs = mp.finish(_on_both_hosts(lambda pid: [
         ["export", "--checkpoint", str(run), "--step", "best", "--format", "model-dir", "--out", str(best)],
@@ -155,10 +163,9 @@ def _check_pytorch_logits(model_dir, whisper_dir, pth, hf, hf_merged, init):
     import torch
     from safetensors.torch import load_file
 
-    from tests.reference_torch.composite import WhisperLLaDARef, random_inputs
+    from tests.reference_torch.composite import WhisperLLaDARef, build_reference, random_inputs
     from tests.reference_torch.llada import LLaDAReference, apply_lora
     from tests.reference_torch.qformer import WindowQFormerRef
-    from tests.reference_torch.composite import build_reference
     from whisper_llada_jax.checkpoints.model_dir import load_model_dir
 
     loaded = load_model_dir(model_dir)
