@@ -57,16 +57,21 @@ def _on_both_hosts(runs_of, port):
                     env=[mp.distributed_env(pid, port) for pid in range(2)])
 
 
-def _committed(ckdir: Path) -> list[int]:
+def _sealed(ckdir: Path) -> list[int]:
     """Steps Orbax committed and process 0 sealed (integrity.json is written after the commit)."""
     return sorted(int(p.parent.name) for p in ckdir.glob("*/integrity.json") if p.parent.name.isdigit())
+
+
+def _committed(ckdir: Path) -> list[int]:
+    """Steps Orbax committed (renamed from its temporary name), sealed yet or not."""
+    return sorted(int(p.name) for p in ckdir.iterdir() if p.name.isdigit()) if ckdir.is_dir() else []
 
 
 def _kill_after_first_commit(procs, ckdir: Path, timeout: float = 400.0):
     """SIGKILL host 1 once a step has committed; host 0, whose collectives then fail or hang, is
     stopped after a grace period, as a pod's scheduler restarts a slice that lost a host."""
     t0 = time.monotonic()
-    while not _committed(ckdir):
+    while not _sealed(ckdir):
         assert time.monotonic() - t0 < timeout and all(p.poll() is None for p in procs), \
             "\n".join(p.communicate()[1][-3000:] for p in procs)
         time.sleep(0.05)
