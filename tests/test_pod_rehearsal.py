@@ -115,22 +115,19 @@ def test_runbook_on_a_simulated_two_host_pod(tmp_path):
     assert not (run / "model").exists()
     killed_at = _committed(run / "checkpoints")
 
-    # the same command on both hosts resumes and finishes
-    outs = mp.finish(_on_both_hosts(lambda pid: [train], mp.free_port()))
+    # the same command on both hosts resumes and finishes, where an uninterrupted run (the
+    # same processes, next) ends, bit for bit: both hosts' data iterators resumed. Then the best
+    # step is exported and evaluated on both hosts.
+    straight = [*train[:4], f"workdir={tmp_path / 'runs' / 'straight'}", *train[5:]]
+    export = ["export", "--checkpoint", str(run), "--step", "best", "--format", "model-dir", "--out", str(best)]
+    outs = mp.finish(_on_both_hosts(lambda pid: [train, straight, export,
+                                                 [*evaluate, "--out", str(tmp_path / "eval_two"), *HOST_MESH]],
+                                    mp.free_port()))
     resumed = int(outs[0][0].split(f"resumed from {run / 'checkpoints'}/", 1)[1].split()[0])
     assert resumed == killed_at[-1] < STEPS
     assert "validation WER" in outs[0][0] and (run / "model" / "params.safetensors").is_file()
-
-    # and ends where an uninterrupted run ends, bit for bit (both hosts' data iterators resumed)
-    straight = [*train[:4], f"workdir={tmp_path / 'runs' / 'straight'}", *train[5:]]
-    mp.finish(_on_both_hosts(lambda pid: [straight], mp.free_port()))
     for name in ("params.safetensors", "lora.safetensors"):
         assert (run / "model" / name).read_bytes() == (tmp_path / "runs" / "straight" / "model" / name).read_bytes()
-
-    # export the best step, evaluate with it (a new command on every host, as on a pod)
-    outs = mp.finish(_on_both_hosts(lambda pid: [
-        ["export", "--checkpoint", str(run), "--step", "best", "--format", "model-dir", "--out", str(best)],
-        [*evaluate, "--out", str(tmp_path / "eval_two"), *HOST_MESH]], mp.free_port()))
 
     # best: the kept step with the lowest recorded validation WER (ties: the earliest)
     ck = Checkpointer(run / "checkpoints", CheckpointConfig(), with_data=False, read_only=True)
