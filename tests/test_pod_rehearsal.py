@@ -10,7 +10,7 @@ every command line is the runbook's.
    of an uninterrupted run, bit for bit;
 3. `export --checkpoint RUN --step best`: the step with the lowest recorded validation WER;
 4. `evaluate` on both hosts (each its own fsdp 2 x tensor 2 mesh): the hypotheses of a
-   one-process one-device evaluation of the same MODEL_DIR, token for token;
+   one-process one-device evaluation of the same MODEL_DIR, the same file byte for byte;
 5. `export` to the published `.pth` and to Hugging Face: loaded in PyTorch (transformers'
    WhisperEncoder, the reference Q-Former and LLaDA of tests/reference_torch), they give the
    JAX model's logits.
