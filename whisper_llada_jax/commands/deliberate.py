@@ -145,9 +145,9 @@ def run(args: argparse.Namespace) -> int:
 
     from whisper_llada_jax.checkpoints.model_dir import read_model_config
     from whisper_llada_jax.data.manifest import read_manifest
-    from whisper_llada_jax.inference.driver import report_cut_first_passes, transcribe_files
     from whisper_llada_jax.decoding.config import check_fits_model
     from whisper_llada_jax.evaluation.evaluate import check_unique_ids
+    from whisper_llada_jax.inference.driver import report_cut_first_passes, transcribe_files
     from whisper_llada_jax.inference.placement import inference_mesh
 
     if args.output != "-":

@@ -263,7 +263,7 @@ def use_cached_encoder(trainer, example: dict) -> None:
 def train(out: Path, settings: DemoSettings, init_dir: Path, enc_train, enc_val, tokenizer, train_rows, val_rows,
           eos: int, progress: bool, print_fn) -> Path:
     """The real trainer on cached encoder outputs; returns the final MODEL_DIR."""
-    from whisper_llada_jax.training.config import (CheckpointConfig, OptimConfig, TrainConfig)
+    from whisper_llada_jax.training.config import CheckpointConfig, OptimConfig, TrainConfig
     from whisper_llada_jax.training.trainer import Trainer
 
     s = settings
@@ -364,7 +364,6 @@ def evaluate_modes(loaded, settings: DemoSettings, corpus: Corpus, first_pass: l
     from whisper_llada_jax.data.sources import ListSource
     from whisper_llada_jax.decoding.config import DecodeConfig
     from whisper_llada_jax.evaluation.evaluate import evaluate
-
     from whisper_llada_jax.text.first_pass import normalize_first_pass
 
     s = settings

@@ -250,9 +250,9 @@ def merge_shares(run: dict) -> dict | None:
     """Every process's ``decode_dataset`` result, merged on process 0 in input order (rows by
     batch number; seconds as the slowest process; counts and skips, the same on every
     process, from process 0); None on the others."""
-    from whisper_llada_jax.inference.placement import gather_to_process_0
-
     import jax
+
+    from whisper_llada_jax.inference.placement import gather_to_process_0
 
     if jax.process_count() == 1:
         return run
@@ -286,9 +286,8 @@ def evaluate(loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str,
     """Decodes and scores each ``(name, config)``; writes ``results.json``, ``results.md`` and
     ``hypotheses/<name>.jsonl`` under ``out_dir``; returns the results dict. ``progress``
     shows a bar over the configs."""
-    from tqdm import tqdm
-
     import jax
+    from tqdm import tqdm
 
     from whisper_llada_jax.inference.driver import report_cut_first_passes
 

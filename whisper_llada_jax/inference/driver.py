@@ -23,7 +23,6 @@ from whisper_llada_jax.errors import DataError
 from whisper_llada_jax.inference import placement
 from whisper_llada_jax.text.first_pass import first_pass_ids, fit_canvas
 
-
 SORT_WINDOW = 8  # transcribe_files sorts clips by length within this many batches
 TRIM_BUCKETS = 8  # trimmed audio spans: finer than quarters of 30 s, still a small fixed set of shapes
 

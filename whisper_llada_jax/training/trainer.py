@@ -19,13 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from whisper_llada_jax import config as config_lib
-from whisper_llada_jax import mesh as mesh_lib
+from whisper_llada_jax import config as config_lib, mesh as mesh_lib
 from whisper_llada_jax.config import ModelConfig
 from whisper_llada_jax.errors import ConfigError, UserError
 from whisper_llada_jax.outputs import write_text
-from whisper_llada_jax.training import export as export_lib
-from whisper_llada_jax.training import step as step_lib
+from whisper_llada_jax.training import export as export_lib, step as step_lib
 from whisper_llada_jax.training.batch import BatchLayout, batch_layout
 from whisper_llada_jax.training.checkpointing import Checkpointer
 from whisper_llada_jax.training.config import TrainConfig
