@@ -181,3 +181,18 @@ def test_transcribe_files_sorts_batches_by_length_and_keeps_input_order(tmp_path
     assert [r["hypothesis"] for r in out] == [f"hc{i}" for i in range(len(secs))]
     assert [r["nfe"] for r in out] == [int(16000 * s) for s in secs]
     assert [[i for i, _ in b] for b in seen] == [["c5", "c1"], ["c3", "c2"], ["c0", "c4"]]
+
+
+def test_schedule_argmax_is_the_first_maximum_without_a_variadic_reduce():
+    """``schedule.argmax`` equals ``jnp.argmax`` (ties: the lowest index) and on CPU compiles to
+    plain max / min reductions, not the (value, index) reduce XLA's CPU backend runs slowly."""
+    from whisper_llada_jax.decoding import schedule
+
+    logits = jnp.asarray(np.random.default_rng(0).integers(0, 4, (3, 5, 37)).astype(np.float32))  # many ties
+    fn = jax.jit(schedule.argmax)
+    np.testing.assert_array_equal(np.asarray(fn(logits)), np.asarray(jnp.argmax(logits, -1)))
+    assert fn(logits).dtype == jnp.int32
+    hlo = fn.lower(logits).compile().as_text()
+    assert not [line for line in hlo.splitlines() if ") reduce(" in line and "= (" in line]
+    plain = jax.jit(lambda z: jnp.argmax(z, -1)).lower(logits).compile().as_text()
+    assert [line for line in plain.splitlines() if ") reduce(" in line and "= (" in line]  # the check sees one

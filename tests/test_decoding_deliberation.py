@@ -67,7 +67,7 @@ def test_semi_ar_chunks(setup):
     for name, (model, variables, prefix) in models.items():
         for chunks, steps in ((4, 8), (2, 8), (3, 4)):
             cfg = DecodeConfig(strategy="semi_ar", num_chunks=chunks, steps=steps, gen_len=GEN)
-            out = _compare(model, variables, prefix, first, cfg, jax.random.key(1))
+            _compare(model, variables, prefix, first, cfg, jax.random.key(1))
 
 
 def test_random_masking_draws_from_rng(setup):

@@ -132,3 +132,43 @@ def test_grid_run_writes_the_paper_layout(tmp_path, monkeypatch):
     md = (tmp_path / "results.md").read_text()
     assert "| masking \\ mask ratio | 0.1 | 0.3 | 0.5 | 0.7 | 0.9 |" in md
     assert "| random | " in md and "| low_confidence | " in md
+
+
+def test_too_long_first_pass_is_cut_reported_and_deliberated(model_dir, tmp_path, capsys):
+    """A first pass longer than the canvas is cut to it, named on stderr with a total, and
+    deliberated with the others (``deliberate``), the same in ``evaluate`` (where the demo's table
+    comes from); the one that fits is not reported."""
+    import shutil
+
+    from whisper_llada_jax.assets import BUNDLED_CLIPS
+    from whisper_llada_jax.text.first_pass import first_pass_ids
+
+    loaded = load_model_dir(model_dir)
+    long_text = "the train to boston leaves at seven " * 6  # 42 words: well past a 16-slot canvas
+    assert len(first_pass_ids(loaded.tokenizer, long_text)) > 16
+    manifest = tmp_path / "clips.jsonl"
+    recs = [r for r in map(json.loads, BUNDLED_CLIPS.read_text().splitlines()) if r["seconds"] < 4][:2]
+    manifest.write_text("".join(json.dumps({**r, "id": f"clip{i}"}) + "\n" for i, r in enumerate(recs)))
+    for rec in recs:
+        shutil.copy(BUNDLED_CLIPS.parent / rec["audio"], tmp_path / rec["audio"])
+    fp = tmp_path / "fp.jsonl"
+    fp.write_text(json.dumps({"id": "clip0", "hypothesis": long_text}) + "\n"
+                  + json.dumps({"id": "clip1", "hypothesis": "my sister bought apples"}) + "\n")
+    out = tmp_path / "delib.jsonl"
+    rc = main(["deliberate", "--model", str(model_dir), "--manifest", str(manifest), "--first-pass", str(fp),
+               "--gen-len", "16", "--steps", "4", "--batch-size", "2", "--output", str(out)])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "deliberate: the first pass of clip0 has" in err and "cut to the 16-slot canvas" in err
+    assert "clip1" not in err and "deliberate: cut 1 of 2 first passes to the 16-slot canvas" in err
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["clip0", "clip1"] and all(r["nfe"] >= 1 for r in rows)
+    assert rows[0]["first_pass"] == long_text  # the output keeps the first pass as given
+    # evaluate (and so the demo's table): cut, reported once per clip, the total per config
+    cfg = DecodeConfig(strategy="diffusion", gen_len=16, steps=4, batch_size=2)
+    first = {"clip0": long_text, "clip1": "my sister bought apples"}
+    doc = evaluate(loaded, f"manifest:{manifest}", [("a", cfg), ("b", cfg)], tmp_path / "eval", first_pass=first)
+    err = capsys.readouterr().err
+    assert err.count("the first pass of clip0 has") == 1 and err.count("cut 1 of 2 first passes") == 2
+    hyps = [json.loads(x) for x in (tmp_path / "eval" / doc["results"][0]["hypotheses"]).read_text().splitlines()]
+    assert hyps[0]["first_pass_tokens"] > 16 >= hyps[1]["first_pass_tokens"] and hyps[0]["nfe"] >= 1

@@ -235,3 +235,37 @@ def test_cached_forward_does_not_concatenate_the_cache(reference, index):
     for line in hlo.splitlines():
         if " concatenate(" in line:
             assert f",{t}," not in line.split("concatenate(")[0], line
+
+
+@pytest.mark.parametrize("scan,causal,cache", [(False, False, False), (False, True, False), (False, False, True),
+                                               (True, False, False)])
+def test_outputs_from_runs_the_last_layer_for_those_positions_only(reference, scan, causal, cache):
+    """``outputs_from=p`` gives the full forward's positions ``p..`` and the same K/V of every
+    position; unrolled, the last block's queries and MLP run on those positions only (fewer
+    flops), scanned it slices the full result. ``fixed_prefix`` changes no number either."""
+    _, cfg, params, path = reference
+    cfg = dataclasses.replace(cfg, causal=causal)
+    if scan:
+        cfg, params = import_llada_hf(path, dataclasses.replace(cfg, scan_layers=True))
+    ids, p = jnp.asarray(_ids()), 7
+    model = LLaDA(cfg)
+    kw = {}
+    if cache:  # the whole sequence written in place into a 12-slot buffer, as a cache refresh
+        kw = {"cache": KV(*(jnp.zeros((cfg.n_layers, 2, 12, cfg.n_kv_heads, cfg.head_dim)),) * 2), "cache_index": 0}
+
+    def fwd(params, outputs_from, fixed_prefix=0):
+        return jax.jit(lambda prm: model.apply({"params": prm}, ids, return_kv=True, outputs_from=outputs_from,
+                                               fixed_prefix=fixed_prefix, **kw))
+
+    full = fwd(params, 0)(params)
+    for fixed in (0, p, 3):  # the first block's prefix rows projected apart: the same numbers
+        part = fwd(params, p, fixed)(params)
+        assert part.logits.shape == (2, 12 - p, cfg.vocab_size)
+        np.testing.assert_allclose(np.asarray(part.logits), np.asarray(full.logits[:, p:]), atol=1e-5)
+        for a, b in zip(part.kv, full.kv):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    if not scan:
+        flops = lambda f: f.lower(params).compile().cost_analysis()["flops"]  # noqa: E731
+        saved = 1 - flops(fwd(params, p)) / flops(fwd(params, 0))
+        # the last block's q / out projections and MLP skip 7 of 12 positions: ~5/12 of a layer
+        assert saved > 0.15, saved

@@ -20,7 +20,6 @@ import yaml
 from whisper_llada_jax.errors import ConfigError
 
 
-
 def _config_dir() -> Path:
     """The named configs: inside the package in an installed wheel (setup.py maps the top-level
     ``configs/`` folder to ``whisper_llada_jax/configs``), next to the package in a checkout."""

@@ -18,8 +18,7 @@ import numpy as np
 
 from whisper_llada_jax.checkpoints import peft
 from whisper_llada_jax.checkpoints.tensors import (IDENTITY, TRANSPOSE, JsonFields, Rule, SafetensorsSource,
-                                                   export_params, import_params, read_json_object,
-                                                   save_safetensors)
+                                                   export_params, import_params, read_json_object, save_safetensors)
 from whisper_llada_jax.config import LLMConfig, LoRAConfig, TokenConfig
 from whisper_llada_jax.errors import CheckpointError, ConfigError
 from whisper_llada_jax.outputs import atomic_dir

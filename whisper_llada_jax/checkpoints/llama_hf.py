@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from whisper_llada_jax.checkpoints.llada_hf import (DEFAULT_SHARD_BYTES, check_config_matches, export_hf, import_hf,
-                                                     read_config_json)
+                                                    read_config_json)
 from whisper_llada_jax.checkpoints.tensors import IDENTITY, TRANSPOSE, JsonFields, Rule
 from whisper_llada_jax.config import LLMConfig, LoRAConfig, TokenConfig
 from whisper_llada_jax.errors import CheckpointError, ConfigError

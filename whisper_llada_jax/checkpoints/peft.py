@@ -18,9 +18,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from whisper_llada_jax.checkpoints.tensors import (TRANSPOSE, JsonFields, Rule, SafetensorsSource,
-                                                   export_params, import_params, read_json_object,
-                                                   save_safetensors)
+from whisper_llada_jax.checkpoints.tensors import (TRANSPOSE, JsonFields, Rule, SafetensorsSource, export_params,
+                                                   import_params, read_json_object, save_safetensors)
 from whisper_llada_jax.config import LLMConfig, LoRAConfig
 from whisper_llada_jax.errors import CheckpointError, ConfigError
 from whisper_llada_jax.outputs import atomic_dir

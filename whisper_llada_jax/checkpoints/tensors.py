@@ -29,6 +29,7 @@ from safetensors import SafetensorError, safe_open
 from whisper_llada_jax.errors import CheckpointError
 from whisper_llada_jax.outputs import atomic_file
 
+
 # ----------------------------------------------------------------------------- tensor sources
 def read_json_object(file: str | Path, hint: str | None = None) -> dict:
     """A checkpoint's JSON file (``config.json``, ``adapter_config.json``, ...) as a dict; one

@@ -19,18 +19,9 @@ from typing import Any, Mapping
 import flax.linen as nn
 import numpy as np
 
-from whisper_llada_jax.checkpoints.tensors import (
-    IDENTITY,
-    TRANSPOSE,
-    Rule,
-    SafetensorsSource,
-    TensorSource,
-    conv1d_transform,
-    export_params,
-    import_params,
-    read_json_object,
-    save_safetensors,
-)
+from whisper_llada_jax.checkpoints.tensors import (IDENTITY, TRANSPOSE, Rule, SafetensorsSource, TensorSource,
+                                                   conv1d_transform, export_params, import_params, read_json_object,
+                                                   save_safetensors)
 from whisper_llada_jax.config import WhisperConfig
 from whisper_llada_jax.errors import CheckpointError, ConfigError
 from whisper_llada_jax.models.whisper import abstract_params

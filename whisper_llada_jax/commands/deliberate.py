@@ -68,7 +68,8 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, metavar="N",
                    help="denoising steps in total (default: the MODEL_DIR's decode.yaml, else 64)")
     p.add_argument("--gen-len", type=int, metavar="L",
-                   help="longest first pass in tokens (default: the MODEL_DIR's decode.yaml, else 128)")
+                   help="the canvas in tokens: a longer first pass is cut to it, each cut clip named on stderr "
+                        "(default: the MODEL_DIR's decode.yaml, else 128)")
     p.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
     p.add_argument("--threshold", type=float, metavar="P", help="fast mode: reveal every token with p >= P")
     p.add_argument("--cache", choices=["none", "prefix"], default="none", help="fast mode: approximate prefix cache")
@@ -144,9 +145,9 @@ def run(args: argparse.Namespace) -> int:
 
     from whisper_llada_jax.checkpoints.model_dir import read_model_config
     from whisper_llada_jax.data.manifest import read_manifest
-    from whisper_llada_jax.inference.driver import transcribe_files
     from whisper_llada_jax.decoding.config import check_fits_model
     from whisper_llada_jax.evaluation.evaluate import check_unique_ids
+    from whisper_llada_jax.inference.driver import report_cut_first_passes, transcribe_files
     from whisper_llada_jax.inference.placement import inference_mesh
 
     if args.output != "-":
@@ -172,10 +173,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     # A temporary file renamed into place at the end: a bad clip half-way or a kill leaves the
     # old output as it was, never a partial file that looks complete.
+    done = []
     with contextlib.nullcontext(sys.stdout) if args.output == "-" else atomic_file(args.output) as out:
         for rec in decoded:
             out.write(json.dumps({k: rec.get(k) for k in ("id", "hypothesis", "reference", "first_pass", "nfe")}) + "\n")
             out.flush()
+            done.append(rec)
+    # a first pass longer than the canvas is deliberated cut to it: named, and counted
+    report_cut_first_passes(done, cfg.gen_len, "deliberate")
     if args.output != "-":
         print(f"wrote {len(items)} transcripts to {args.output}", file=sys.stderr)
     return 0

@@ -120,22 +120,19 @@ def _place(tree, shardings):
 
 
 def run(args: argparse.Namespace) -> int:
+    import flax.linen as nn
+
+    from whisper_llada_jax import backend, mesh as mesh_lib
     from whisper_llada_jax.checkpoints.llada_hf import import_llada_hf
     from whisper_llada_jax.checkpoints.model_dir import FILES, save_model_dir
     from whisper_llada_jax.checkpoints.reference_pth import import_reference_pth
     from whisper_llada_jax.checkpoints.tensors import subtree
     from whisper_llada_jax.config import load_model_config
     from whisper_llada_jax.errors import CheckpointError
-    from whisper_llada_jax.models.composite import abstract_variables
+    from whisper_llada_jax.models.composite import abstract_variables, mesh_shardings
     from whisper_llada_jax.models.llada import count_params
-    from whisper_llada_jax.text.llada_tokenizer import LLaDATokenizer
-
-    import flax.linen as nn
-
-    from whisper_llada_jax import backend
-    from whisper_llada_jax.models.composite import mesh_shardings
     from whisper_llada_jax.outputs import check_output
-    from whisper_llada_jax import mesh as mesh_lib
+    from whisper_llada_jax.text.llada_tokenizer import LLaDATokenizer
 
     config_path = args.config if Path(args.config).exists() else None
     check_output(args.out, [args.whisper, args.llada, args.projector_checkpoint, args.first_pass, config_path],

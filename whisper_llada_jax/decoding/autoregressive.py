@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from whisper_llada_jax.decoding import schedule
 from whisper_llada_jax.decoding.backbone import Backbone, Prefix
 from whisper_llada_jax.models.llada import KV
 
@@ -42,10 +43,11 @@ def greedy(bb: Backbone, variables: Any, prefix: Prefix, max_new: int, eos_id: i
     kv0 = KV(*(jnp.zeros(a.shape[:2] + (t_all,) + a.shape[3:], a.dtype) for a in shape))
     kv_valid = jnp.concatenate([prefix.valid, jnp.zeros((b, max_new), bool)], axis=1)
     kv_pos = jnp.concatenate([pos, jnp.zeros((b, max_new), jnp.int32)], axis=1)
+    # Prefixes are left-padded, so the last slot is every row's last real token: the last layer's
+    # queries and the head run on it only.
     first = bb.hidden(variables, embeds=prefix.embeds, positions=pos, cache=kv0, cache_index=0,
-                      cache_mask=kv_valid, cache_positions=kv_pos)
-    # Prefixes are left-padded, so the last slot is every row's last real token: the head runs on it only.
-    tok = jnp.argmax(bb.head(variables, first.hidden[:, -1:]), axis=-1)[:, 0].astype(jnp.int32)
+                      cache_mask=kv_valid, cache_positions=kv_pos, outputs_from=p - 1)
+    tok = schedule.argmax(bb.head(variables, first.hidden[:, -1:]))[:, 0]
     next_pos = pos[:, -1] + 1
 
     def body(s: _Carry) -> _Carry:
@@ -56,7 +58,7 @@ def greedy(bb: Backbone, variables: Any, prefix: Prefix, max_new: int, eos_id: i
         kv_pos = jax.lax.dynamic_update_slice_in_dim(s.kv_pos, step_pos, slot, axis=1)
         o = bb.hidden(variables, embeds=bb.embed(variables, last), positions=step_pos, cache=s.kv,
                       cache_index=slot, cache_mask=kv_valid, cache_positions=kv_pos)
-        tok = jnp.argmax(bb.head(variables, o.hidden), axis=-1)[:, 0].astype(jnp.int32)
+        tok = schedule.argmax(bb.head(variables, o.hidden))[:, 0]
         tok = jnp.where(s.done, eos_id, tok)
         return _Carry(s.t + 1, o.kv, kv_valid, kv_pos,
                       jax.lax.dynamic_update_slice_in_dim(s.out, tok[:, None], s.t, axis=1),

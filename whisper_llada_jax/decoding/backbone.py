@@ -71,15 +71,21 @@ def full_forward(bb: Backbone, variables, prefix: Prefix, ids: jax.Array, resp_v
                  return_kv: bool, kv: KV | None = None) -> tuple[jax.Array, KV | None]:
     """Hidden states of the response ``(B, R, D)`` (and the K/V of every position). With a
     buffer ``kv`` of ``P + R`` slots, every layer writes its keys and values into it in place
-    (no per-layer stacking) and the updated buffer is returned."""
+    (no per-layer stacking) and the updated buffer is returned. Only the response's states are
+    computed in the last layer (``outputs_from``): nothing reads the prefix's. The prefix is the
+    same at every step of a decode loop (``fixed_prefix``): the first layer's projections of it
+    are computed once, outside the loop."""
     emb = jnp.concatenate([prefix.embeds, bb.embed(variables, ids).astype(prefix.embeds.dtype)], axis=1)
     mask = jnp.concatenate([prefix.valid, resp_valid], axis=1)
     pos = positions(prefix.valid, resp_valid)
+    p = prefix.embeds.shape[1]
     if kv is not None:
-        out = bb.hidden(variables, embeds=emb, positions=pos, cache=kv, cache_index=0, cache_mask=mask)
+        out = bb.hidden(variables, embeds=emb, positions=pos, cache=kv, cache_index=0, cache_mask=mask, outputs_from=p,
+                        fixed_prefix=p)
     else:
-        out = bb.hidden(variables, embeds=emb, positions=pos, attention_mask=mask, return_kv=return_kv)
-    return out.hidden[:, prefix.embeds.shape[1]:], out.kv
+        out = bb.hidden(variables, embeds=emb, positions=pos, attention_mask=mask, return_kv=return_kv,
+                        outputs_from=p, fixed_prefix=p)
+    return out.hidden, out.kv
 
 
 def cached_forward(bb: Backbone, variables, ids: jax.Array, pos: jax.Array, kv: KV, index: jax.Array,

@@ -107,7 +107,7 @@ def decode(bb: Backbone, variables, prefix: Prefix, gen_len: int, rng: jax.Array
     h, kv = full_forward(bb, variables, prefix, x, resp_valid, return_kv=True, kv=kv)
     logits = bb.head(variables, h)
     keys = schedule.row_keys(rng, jnp.zeros((b,), jnp.int32), row_ids)
-    x0_all = jnp.argmax(logits, -1)
+    x0_all = schedule.argmax(logits)
     length = estimate_length(x0_all, plan.eos_id, plan.length_margin)
     in_len = slots < length[:, None]
     x0, reveal = _reveal(plan, logits, in_len, keys)

@@ -45,6 +45,21 @@ def remask_uniforms(keys: jax.Array, n: int) -> jax.Array:
     return jax.vmap(lambda k: jax.random.uniform(jax.random.split(k)[1], (n,), jnp.float32))(keys)
 
 
+def argmax(logits: jax.Array) -> jax.Array:
+    """``jnp.argmax(logits, -1)`` as int32 (the first index of the maximum; NaN-free input).
+
+    On CPU it is computed as one max and one min reduction: XLA's CPU backend runs argmax as a
+    variadic (value, index) reduce that it does not vectorise, ~8x slower over a vocabulary
+    (a tenth of a small model's decode step). Elsewhere the plain argmax (one pass)."""
+    def two_reductions(z):
+        top = jnp.max(z, axis=-1, keepdims=True)
+        idx = jnp.arange(z.shape[-1], dtype=jnp.int32)
+        return jnp.minimum(jnp.min(jnp.where(z == top, idx, z.shape[-1]), axis=-1), z.shape[-1] - 1)
+
+    return jax.lax.platform_dependent(logits, cpu=two_reductions,
+                                      default=lambda z: jnp.argmax(z, axis=-1).astype(jnp.int32))
+
+
 def sample_tokens(logits: jax.Array, temperature: float, gumbel_u: jax.Array | None) -> jax.Array:
     """argmax at temperature 0, else Gumbel-max ``argmax(logits / T - log(-log u))``.
 
@@ -52,9 +67,9 @@ def sample_tokens(logits: jax.Array, temperature: float, gumbel_u: jax.Array | N
     and dividing by T > 0 gives the same argmax without overflow, so fp32 suffices.
     """
     if temperature == 0.0 or gumbel_u is None:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return argmax(logits)
     noisy = logits.astype(jnp.float32) / temperature - jnp.log(-jnp.log(gumbel_u))
-    return jnp.argmax(noisy, axis=-1).astype(jnp.int32)
+    return argmax(noisy)
 
 
 def token_probability(logits: jax.Array, tokens: jax.Array) -> jax.Array:

@@ -263,7 +263,7 @@ def use_cached_encoder(trainer, example: dict) -> None:
 def train(out: Path, settings: DemoSettings, init_dir: Path, enc_train, enc_val, tokenizer, train_rows, val_rows,
           eos: int, progress: bool, print_fn) -> Path:
     """The real trainer on cached encoder outputs; returns the final MODEL_DIR."""
-    from whisper_llada_jax.training.config import (CheckpointConfig, OptimConfig, TrainConfig)
+    from whisper_llada_jax.training.config import CheckpointConfig, OptimConfig, TrainConfig
     from whisper_llada_jax.training.trainer import Trainer
 
     s = settings
@@ -343,13 +343,6 @@ def decode_modes(settings: DemoSettings) -> list[tuple[str, str, dict, str]]:
     ]
 
 
-def _fit(tokenizer, text: str, width: int) -> str:
-    """The first pass cut to ``width`` tokens (deliberation keeps the token count, so a longer
-    one, e.g. a repetition loop, cannot be deliberated whole; the cut words count as errors)."""
-    ids = tokenizer.encode(text)
-    return text if len(ids) <= width else tokenizer.decode(ids[:width])
-
-
 def vocabulary_filter_row(tokenizer, settings: DemoSettings, texts: list[str], first_pass: list[dict],
                           first_rtf: float) -> Row:
     """The model-free baseline: the first pass, normalised as deliberation sees it, with every
@@ -371,12 +364,12 @@ def evaluate_modes(loaded, settings: DemoSettings, corpus: Corpus, first_pass: l
     from whisper_llada_jax.data.sources import ListSource
     from whisper_llada_jax.decoding.config import DecodeConfig
     from whisper_llada_jax.evaluation.evaluate import evaluate
-
     from whisper_llada_jax.text.first_pass import normalize_first_pass
 
     s = settings
-    fp = {x["id"]: _fit(loaded.tokenizer, normalize_first_pass(x["first_pass"], s.first_pass_normalizer), s.gen_len)
-          for x in first_pass}
+    # A first pass longer than the canvas (a repetition loop) is cut to it by the decoding driver,
+    # which names each cut clip (``inference.driver.report_cut_first_passes``).
+    fp = {x["id"]: normalize_first_pass(x["first_pass"], s.first_pass_normalizer) for x in first_pass}
     records = [{**r, "first_pass": fp[r["id"]]} for r in read_manifest(corpus.manifest("test"))]
     modes = decode_modes(s)
     configs = [(label, DecodeConfig(batch_size=s.eval_batch, **fields)) for _, label, fields, _ in modes]
@@ -450,7 +443,8 @@ Numbers are whatever this run gave; nothing is tuned per row.
   Forward passes: LLM (or Whisper decoder) calls per utterance.
 - Deliberation reads the first pass as this model was trained to read text (`docs/decoding.md`,
   "Deliberation inputs"): on its training canvas, numbers and times spelled out
-  (`{s.first_pass_normalizer}`), one always re-masked slot per word its vocabulary cannot represent.
+  (`{s.first_pass_normalizer}`), one always re-masked slot per word its vocabulary cannot represent;
+  a first pass longer than the {s.gen_len}-slot canvas is cut to it (the cut words count as errors).
   The vocabulary filter row deletes those words with no model at all: deliberation must beat it,
   not only the first pass. Its forward passes are the LLM's alone (the first pass comes on top).
 

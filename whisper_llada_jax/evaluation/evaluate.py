@@ -224,6 +224,8 @@ def decode_dataset(loaded: Any, source: RecordSource, cfg: DecodeConfig, *, firs
                    "hypothesis": out[i]["hypothesis"] if live else "", "nfe": out[i]["nfe"] if live else 0}
             if fp is not None:
                 row["first_pass"] = fp[i]
+                if live and "first_pass_tokens" in out[i]:  # its length before the cut to the canvas
+                    row["first_pass_tokens"] = out[i]["first_pass_tokens"]
             rows.append(row)
             audio_s += float(batch["audio_len"][i]) / 16000.0
     it.close()
@@ -248,9 +250,9 @@ def merge_shares(run: dict) -> dict | None:
     """Every process's ``decode_dataset`` result, merged on process 0 in input order (rows by
     batch number; seconds as the slowest process; counts and skips, the same on every
     process, from process 0); None on the others."""
-    from whisper_llada_jax.inference.placement import gather_to_process_0
-
     import jax
+
+    from whisper_llada_jax.inference.placement import gather_to_process_0
 
     if jax.process_count() == 1:
         return run
@@ -284,9 +286,10 @@ def evaluate(loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str,
     """Decodes and scores each ``(name, config)``; writes ``results.json``, ``results.md`` and
     ``hypotheses/<name>.jsonl`` under ``out_dir``; returns the results dict. ``progress``
     shows a bar over the configs."""
+    import jax
     from tqdm import tqdm
 
-    import jax
+    from whisper_llada_jax.inference.driver import report_cut_first_passes
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -304,7 +307,7 @@ def evaluate(loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str,
                 expanded.append((name, cfg))
                 cells[name] = cell
         configs = expanded
-    results = []
+    results, cut_listed = [], set()
     bar = tqdm(configs, desc="evaluation", unit="config", disable=not progress)
     for index, (name, cfg) in enumerate(bar):
         bar.set_postfix_str(name[:40])
@@ -317,6 +320,8 @@ def evaluate(loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str,
             report_skipped(run["counts"], run["skipped"])
         for r in run["rows"]:
             r.pop("batch")
+        if cfg.strategy != "none":  # first passes longer than the canvas were cut: say so, naming them
+            report_cut_first_passes(run["rows"], cfg.gen_len, name, listed=cut_listed)
         res = score(name, cfg, run)
         res["hypotheses"] = f"hypotheses/{_safe(name)}.jsonl"
         if name in cells:

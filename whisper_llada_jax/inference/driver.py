@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Iterable, Iterator
 
 import jax
@@ -20,8 +21,7 @@ from whisper_llada_jax.decoding import api
 from whisper_llada_jax.decoding.config import DecodeConfig, validate
 from whisper_llada_jax.errors import DataError
 from whisper_llada_jax.inference import placement
-from whisper_llada_jax.text.first_pass import first_pass_ids
-
+from whisper_llada_jax.text.first_pass import first_pass_ids, fit_canvas
 
 SORT_WINDOW = 8  # transcribe_files sorts clips by length within this many batches
 TRIM_BUCKETS = 8  # trimmed audio spans: finer than quarters of 30 s, still a small fixed set of shapes
@@ -43,8 +43,10 @@ def trimmed_audio_tokens(audio_len: np.ndarray, model_cfg: Any, margin_windows: 
 def run_decode(loaded: Any, batch: dict, cfg: DecodeConfig, rng: jax.Array) -> list[dict]:
     """Decodes one batch (see docs/architecture.md) with ``loaded`` (a ``LoadedModel``).
 
-    Returns one dict per row with ``hypothesis``, ``tokens`` and ``nfe``; padding rows
-    (``valid`` False) are included, so results line up with ``batch["ids"]``. A model placed
+    Returns one dict per row with ``hypothesis``, ``tokens`` and ``nfe`` (deliberation: also
+    ``first_pass_tokens``, the first pass's length before it was cut to the ``gen_len`` canvas,
+    see ``text.first_pass.fit_canvas``); padding rows (``valid`` False) are included, so
+    results line up with ``batch["ids"]``. A model placed
     on a mesh decodes the batch split over ``data`` x ``fsdp``, padded to a multiple of it
     with rows that are not decoded (a row's tokens do not depend on the others).
     """
@@ -63,6 +65,7 @@ def run_decode(loaded: Any, batch: dict, cfg: DecodeConfig, rng: jax.Array) -> l
     inputs = {key: placement.put_rows(placement.pad_rows(batch[key], n), mesh)}
     live, row_ids = placement.pad_rows(live, n, False), placement.pad_rows(row_ids, n)
     names += [f"padding row {i}" for i in range(n - b)]
+    first_len = None  # deliberation: first-pass lengths before the cut to the canvas
     if cfg.decoder == "autoregressive":
         out = api.autoregressive_decode(loaded.model, loaded.variables, inputs, cfg, tokens=tok, live=live,
                                         audio_tokens=audio_tokens)
@@ -74,6 +77,8 @@ def run_decode(loaded: Any, batch: dict, cfg: DecodeConfig, rng: jax.Array) -> l
         first = [first_pass_ids(loaded.tokenizer, t, normalizer=cfg.first_pass_normalizer,
                                 unknown_words=cfg.unknown_words, mask_id=tok.mask) if ok else [tok.eos]
                  for t, ok in zip(texts, live)]
+        first_len = [len(ids) for ids in first]
+        first = [fit_canvas(ids, cfg.gen_len) for ids in first]
         out = api.deliberate(loaded.model, loaded.variables, inputs, first, cfg, rng, tokens=tok, row_ids=row_ids,
                              live=live, audio_tokens=audio_tokens, names=names)
     else:
@@ -83,7 +88,28 @@ def run_decode(loaded: Any, batch: dict, cfg: DecodeConfig, rng: jax.Array) -> l
     for i in range(b):
         ids = api.response_tokens(out.tokens[i], int(out.length[i]), tok)
         rows.append({"hypothesis": loaded.tokenizer.decode(ids).strip(), "tokens": ids, "nfe": int(out.nfe[i])})
+        if first_len is not None:
+            rows[-1]["first_pass_tokens"] = first_len[i]
     return rows
+
+
+def report_cut_first_passes(rows: Iterable[dict], width: int, what: str, *, listed: set | None = None) -> int:
+    """One stderr line per decoded row whose first pass was cut to the ``width``-slot canvas
+    (naming the clip) and the total, so that no cut is silent; returns how many were cut.
+    ``listed``: ids already named (several configs over the same clips name each clip once)."""
+    rows = list(rows)
+    cut = [r for r in rows if r.get("first_pass_tokens", 0) > width]
+    for r in cut:
+        if listed is None or r["id"] not in listed:
+            print(f"{what}: the first pass of {r['id']} has {r['first_pass_tokens']} tokens, cut to the "
+                  f"{width}-slot canvas", file=sys.stderr)
+            if listed is not None:
+                listed.add(r["id"])
+    if cut:
+        print(f"{what}: cut {len(cut)} of {len(rows)} first passes to the {width}-slot canvas (deliberation keeps "
+              f"the token count; the cut words count as errors; a longer gen_len deliberates them whole)",
+              file=sys.stderr)
+    return len(cut)
 
 
 def _stable_id(x: Any) -> int:
@@ -145,6 +171,8 @@ def transcribe_files(model_dir: str, items: Iterable[dict], cfg: DecodeConfig, b
                 rec = {"id": it["id"], "hypothesis": row["hypothesis"], "reference": it.get("text"), "nfe": row["nfe"]}
                 if "first_pass" in it:
                     rec["first_pass"] = it["first_pass"]
+                if "first_pass_tokens" in row:
+                    rec["first_pass_tokens"] = row["first_pass_tokens"]
                 done[i] = rec
         if hosts > 1:  # one gather per window, on every process alike
             parts = placement.gather_to_process_0(sorted(done.items()))

@@ -139,7 +139,13 @@ class Block(nn.Module):
     """One pre-norm LLaDA / LLaMA block. Returns ``(x, kv)`` so it can be scanned: ``kv`` is the
     updated cache buffer with a cache, the tokens' own ``(k, v)`` with ``return_kv``, else None.
     ``layer``: this block's index into a stacked (unrolled) cache buffer; None when the buffer
-    handed in is this layer's own (scanned stack)."""
+    handed in is this layer's own (scanned stack). ``queries_from`` (static): only positions
+    ``[queries_from, S)`` are queries, the output is theirs ``(B, S - queries_from, D)``, while
+    every position still gives keys and values (the last block of a forward whose reader needs
+    the response only: the same numbers for those positions, less work). ``fixed_rows``
+    (static): rows ``[0, fixed_rows)`` of ``x`` are the same at every call of a decode loop (the
+    first block's ``[prompt | audio]`` embeddings); they are normalised and projected apart from
+    the rest, so XLA hoists their queries, keys and values out of the loop (the same numbers)."""
 
     config: LLMConfig
     lora: LoRAConfig | None = None
@@ -153,20 +159,31 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x, layer_kv, positions, key_mask, cache_mask, cache_positions, cache_index,
-                 deterministic: bool = True, return_kv: bool = False):
+                 deterministic: bool = True, return_kv: bool = False, queries_from: int = 0, fixed_rows: int = 0):
         cfg = self.config
         dtype, pdtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
         b, s, _ = x.shape
         hd = cfg.head_dim
 
-        n = RMSNorm(cfg.norm_eps, dtype, pdtype, name="attn_norm")(x)
-        q = self._proj("q_proj", cfg.n_heads * hd, ("embed", "heads"))(n, deterministic)
-        k = self._proj("k_proj", cfg.n_kv_heads * hd, ("embed", "kv_heads"))(n, deterministic)
-        v = self._proj("v_proj", cfg.n_kv_heads * hd, ("embed", "kv_heads"))(n, deterministic)
+        norm = RMSNorm(cfg.norm_eps, dtype, pdtype, name="attn_norm")
+        bounds = (0, fixed_rows, s) if 0 < fixed_rows < s else (0, s)
+        parts = [norm(x[:, lo:hi]) for lo, hi in zip(bounds, bounds[1:])]  # row-wise: the same as norm(x)
+
+        def project(name: str, features: int, axes: tuple[str, str], start: int = 0) -> jax.Array:
+            """The projection of rows ``[start, S)``, each part of ``parts`` apart."""
+            layer = self._proj(name, features, axes)
+            outs = [layer(part[:, max(start - lo, 0):], deterministic)
+                    for part, lo, hi in zip(parts, bounds, bounds[1:]) if start < hi]
+            return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+
+        q_pos = positions[:, queries_from:]
+        q = project("q_proj", cfg.n_heads * hd, ("embed", "heads"), queries_from)
+        k = project("k_proj", cfg.n_kv_heads * hd, ("embed", "kv_heads"))
+        v = project("v_proj", cfg.n_kv_heads * hd, ("embed", "kv_heads"))
         q = nn.with_logical_constraint(q, ("act_batch", "act_length", "act_heads"))
         k = nn.with_logical_constraint(k, ("act_batch", "act_length", "act_kv_heads"))
         v = nn.with_logical_constraint(v, ("act_batch", "act_length", "act_kv_heads"))
-        q = rope(q.reshape(b, s, cfg.n_heads, hd), positions, cfg.rope_theta)
+        q = rope(q.reshape(b, s - queries_from, cfg.n_heads, hd), q_pos, cfg.rope_theta)
         k = rope(k.reshape(b, s, cfg.n_kv_heads, hd), positions, cfg.rope_theta)
         v = v.reshape(b, s, cfg.n_kv_heads, hd)
 
@@ -181,10 +198,10 @@ class Block(nn.Module):
             kmask, kpos = cache_mask, cache_positions
         mask = kmask[:, None, :]  # (B, 1, T)
         if cfg.causal:
-            mask = mask & (positions[:, :, None] >= kpos[:, None, :])
+            mask = mask & (q_pos[:, :, None] >= kpos[:, None, :])
         attn = attention(q, keys_k, keys_v, mask)
         attn = nn.with_logical_constraint(attn, ("act_batch", "act_length", "act_heads"))
-        x = x + self._proj("attn_out", cfg.d_model, ("heads", "embed"))(attn, deterministic)
+        x = x[:, queries_from:] + self._proj("attn_out", cfg.d_model, ("heads", "embed"))(attn, deterministic)
         x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
 
         h = RMSNorm(cfg.norm_eps, dtype, pdtype, name="ff_norm")(x)
@@ -201,7 +218,7 @@ def _block_class(cfg: LLMConfig) -> type[nn.Module]:
     if cfg.remat == "none":
         return Block
     return nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers,
-                    static_argnums=(8, 9))
+                    static_argnums=(8, 9, 10, 11))
 
 
 class LLaDA(nn.Module):
@@ -222,7 +239,7 @@ class LLaDA(nn.Module):
             scanned = nn.scan(block, variable_axes={"params": 0, "lora": 0},
                               split_rngs={"params": True, "dropout": True},
                               in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast,
-                                       nn.broadcast, nn.broadcast, nn.broadcast),
+                                       nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                               length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: "layers"})
             self.blocks = scanned(cfg, self.lora)
         else:
@@ -251,7 +268,8 @@ class LLaDA(nn.Module):
                  positions: jax.Array | None = None, attention_mask: jax.Array | None = None,
                  cache: KV | None = None, cache_index: jax.Array | int = 0, cache_mask: jax.Array | None = None,
                  cache_positions: jax.Array | None = None, return_kv: bool = False,
-                 return_hidden: bool = False, deterministic: bool = True) -> LLMOutput:
+                 return_hidden: bool = False, deterministic: bool = True, outputs_from: int = 0,
+                 fixed_prefix: int = 0) -> LLMOutput:
         """Forward over ``ids (B, S)`` or ``embeds (B, S, D)``.
 
         positions: ``(B, S)`` RoPE positions (default ``0..S-1``; with a cache, the slots written).
@@ -259,6 +277,13 @@ class LLaDA(nn.Module):
         cache / cache_index / cache_mask / cache_positions: a K/V buffer of T slots written in
         place (see module doc); ``cache_mask (B, T)`` defaults to every slot, ``cache_positions``
         to ``0..T-1``. The output's ``kv`` is then the updated buffer.
+        outputs_from: logits / hidden states only for positions ``[outputs_from, S)`` (a decoder
+        reads the response, not the prefix); ``kv`` still covers every position. In an unrolled
+        stack the last block then runs queries and MLP for those positions only, which is most of
+        a layer; a scanned stack computes every position and slices.
+        fixed_prefix: the first positions hold the same inputs at every call of a loop (a
+        decoder's ``[prompt | audio]``); an unrolled stack's first block projects them apart, so
+        inside a ``while_loop`` their queries / keys / values are computed once (hoisted by XLA).
         """
         cfg = self.config
         if (ids is None) == (embeds is None):
@@ -282,17 +307,21 @@ class LLaDA(nn.Module):
         x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
 
         if cfg.scan_layers:
+            # (one compiled block for every layer: all of them run every position)
             x, kv = self.blocks(x, layer_kv, positions, key_mask, cache_mask, cache_positions, cache_index,
-                                deterministic, return_kv)
+                                deterministic, return_kv, 0, 0)
+            x = x[:, outputs_from:]
         elif cache is not None:  # one stacked buffer threaded through the layers, updated in place
             kv = layer_kv
-            for block in self.blocks:
+            for i, block in enumerate(self.blocks):
                 x, kv = block(x, kv, positions, key_mask, cache_mask, cache_positions, cache_index,
-                              deterministic, return_kv)
+                              deterministic, return_kv, outputs_from if i == cfg.n_layers - 1 else 0,
+                              fixed_prefix if i == 0 else 0)
         else:
             ks, vs = [], []
-            for block in self.blocks:
-                x, kv_i = block(x, None, positions, key_mask, None, None, cache_index, deterministic, return_kv)
+            for i, block in enumerate(self.blocks):
+                x, kv_i = block(x, None, positions, key_mask, None, None, cache_index, deterministic, return_kv,
+                                outputs_from if i == cfg.n_layers - 1 else 0, fixed_prefix if i == 0 else 0)
                 if return_kv:
                     ks.append(kv_i[0])
                     vs.append(kv_i[1])

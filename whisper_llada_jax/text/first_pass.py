@@ -112,6 +112,14 @@ def first_pass_ids(tokenizer: Any, text: str, *, normalizer: str = "none", unkno
     return out
 
 
+def fit_canvas(ids: list[int], width: int) -> list[int]:
+    """First-pass ids cut to the deliberation canvas's ``width`` slots. Deliberation keeps the
+    token count, so a longer first pass (a repetition loop, say) cannot be deliberated whole:
+    its head is, and the cut words count as errors against the reference. Decoding drivers cut
+    and report every cut clip (``inference.driver.report_cut_first_passes``)."""
+    return list(ids[:width])
+
+
 def vocabulary_filter(tokenizer: Any, text: str, normalizer: str = "none") -> str:
     """The model-free baseline: ``text`` normalised, with every word the vocabulary cannot
     represent (one that encodes to an unknown piece) deleted."""

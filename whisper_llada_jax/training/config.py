@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any, Literal
 
 from whisper_llada_jax import config as config_lib
+from whisper_llada_jax.errors import ConfigError
 
 Objective = Literal["diffusion", "diffusion_inv_t", "autoregressive"]
 
@@ -163,6 +164,21 @@ class TrainConfig:
                                                    or self.audio_drop_rate or self.audio_span != "full"):
             raise ValueError("objective autoregressive scores every response token and sees the whole audio: "
                              "substitution_rate, loss_positions, audio_drop_rate and audio_span are diffusion options")
+        if self.eval.wer_every < 0 or self.eval.wer_utterances < 1:
+            raise ConfigError(f"eval.wer_every={self.eval.wer_every} / eval.wer_utterances={self.eval.wer_utterances} "
+                              "must be >= 0 / >= 1")
+        if self.checkpoint.best_metric == "val_wer" and not self.eval.wer_every:
+            raise ConfigError("checkpoint.best_metric: val_wer needs validation WER", hint="set eval.wer_every=N")
+        if self.profile_steps:
+            check_steps(self.profile_steps)
+
+
+def check_steps(steps, where: str = "profile_steps") -> tuple[int, int]:
+    """``[START, STOP]`` of a profiler trace, checked: ``0 <= START < STOP``."""
+    if len(steps) != 2 or not 0 <= steps[0] < steps[1]:
+        raise ConfigError(f"{where}: {list(steps)} is not [START, STOP] with 0 <= START < STOP",
+                          hint="e.g. [10, 15]: a trace of steps 11..15 (after compilation and warm-up)")
+    return int(steps[0]), int(steps[1])
 
 
 def load_train_config(source: Any = None, overrides=()) -> TrainConfig:

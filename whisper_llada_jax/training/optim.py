@@ -14,8 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from whisper_llada_jax.checkpoints.tensors import flatten as _flatten
-from whisper_llada_jax.checkpoints.tensors import unflatten as _unflatten
+from whisper_llada_jax.checkpoints.tensors import flatten as _flatten, unflatten as _unflatten
 from whisper_llada_jax.errors import ConfigError
 from whisper_llada_jax.training.config import OptimConfig
 

@@ -14,6 +14,7 @@ from typing import Iterator, Sequence
 import jax
 
 from whisper_llada_jax.errors import ConfigError
+from whisper_llada_jax.training.config import check_steps
 
 
 def parse_steps(spec: str) -> tuple[int, int]:
@@ -23,13 +24,6 @@ def parse_steps(spec: str) -> tuple[int, int]:
     except ValueError:
         raise ConfigError(f"--profile-steps {spec!r}: expected START:STOP, e.g. 10:15") from None
     return check_steps((start, stop), "--profile-steps")
-
-
-def check_steps(steps: Sequence[int], where: str = "profile_steps") -> tuple[int, int]:
-    if len(steps) != 2 or not 0 <= steps[0] < steps[1]:
-        raise ConfigError(f"{where}: {list(steps)} is not [START, STOP] with 0 <= START < STOP",
-                          hint="e.g. [10, 15]: a trace of steps 11..15 (after compilation and warm-up)")
-    return int(steps[0]), int(steps[1])
 
 
 def start(out_dir: str | Path) -> None:

@@ -14,8 +14,7 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 import optax
-from flax import linen as nn
-from flax import struct
+from flax import linen as nn, struct
 from jax.sharding import Mesh, PartitionSpec
 
 from whisper_llada_jax import mesh as mesh_lib

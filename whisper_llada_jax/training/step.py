@@ -19,9 +19,9 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
+from whisper_llada_jax import mesh as mesh_lib
 from whisper_llada_jax.config import ModelConfig
 from whisper_llada_jax.errors import ConfigError
-from whisper_llada_jax import mesh as mesh_lib
 from whisper_llada_jax.training import objectives, optim
 from whisper_llada_jax.training.config import TrainConfig
 from whisper_llada_jax.training.state import StateSetup, TrainState

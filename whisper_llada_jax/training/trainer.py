@@ -19,13 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from whisper_llada_jax import config as config_lib
-from whisper_llada_jax import mesh as mesh_lib
+from whisper_llada_jax import config as config_lib, mesh as mesh_lib
 from whisper_llada_jax.config import ModelConfig
 from whisper_llada_jax.errors import ConfigError, UserError
 from whisper_llada_jax.outputs import write_text
-from whisper_llada_jax.training import export as export_lib
-from whisper_llada_jax.training import step as step_lib
+from whisper_llada_jax.training import export as export_lib, step as step_lib
 from whisper_llada_jax.training.batch import BatchLayout, batch_layout
 from whisper_llada_jax.training.checkpointing import Checkpointer
 from whisper_llada_jax.training.config import TrainConfig
@@ -108,8 +106,7 @@ def validate(cfg: TrainConfig, data_cfg, num_devices: int) -> BatchLayout:
     ici, dcn = mesh_lib.resolve_mesh_shape(cfg.mesh, num_devices, mesh_lib.num_slices_of(jax.devices()))
     batch_ways = ici[0] * ici[1] * dcn[0] * dcn[1]
     layout = batch_layout(data_cfg.batch_size, jax.process_count(), batch_ways, cfg.optim.grad_accum)
-    check_output_paths(cfg)  # the counts (steps, intervals) are checked where the config is read
-    validate_eval_and_profile(cfg)
+    check_output_paths(cfg)  # the counts, eval and profile fields are checked where the config is built
     return layout
 
 
@@ -118,18 +115,6 @@ def check_output_paths(cfg: TrainConfig) -> None:
     for field, path in (("workdir", cfg.workdir), ("output_dir", cfg.output_dir), ("checkpoint.dir", cfg.checkpoint.dir)):
         if path and "://" not in path and Path(path).exists() and not Path(path).is_dir():
             raise ConfigError(f"{field}: {path} is a file, not a folder", hint=f"set {field} to a folder path")
-
-
-def validate_eval_and_profile(cfg: TrainConfig) -> None:
-    from whisper_llada_jax.training.profiling import check_steps
-
-    if cfg.eval.wer_every < 0 or cfg.eval.wer_utterances < 1:
-        raise ConfigError(f"eval.wer_every={cfg.eval.wer_every} / eval.wer_utterances={cfg.eval.wer_utterances} "
-                          "must be >= 0 / >= 1")
-    if cfg.checkpoint.best_metric == "val_wer" and not cfg.eval.wer_every:
-        raise ConfigError("checkpoint.best_metric: val_wer needs validation WER", hint="set eval.wer_every=N")
-    if cfg.profile_steps:
-        check_steps(cfg.profile_steps)
 
 
 def load_data_config(cfg: TrainConfig):

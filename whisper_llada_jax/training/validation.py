@@ -63,8 +63,8 @@ class WerValidator:
         return self._batches
 
     def __call__(self, variables: Any, seed: int = 0):
-        from whisper_llada_jax.inference.driver import run_decode
         from whisper_llada_jax.evaluation.wer import corpus_wer
+        from whisper_llada_jax.inference.driver import run_decode
 
         loaded = types.SimpleNamespace(config=self.mcfg, model=self.model, variables=variables,
                                        tokenizer=self.tokenizer)
