@@ -54,12 +54,24 @@ def test_train_batches_shuffle_deterministically_and_cover_an_epoch():
 def test_ordered_batches_pad_the_last_batch():
     enc, ids, lens, texts, names = _toy(n=10)
     batches = list(demo_run.ordered_batches(enc, ids, lens, texts, names, batch_size=4, eos=2))
-    assert len(batches) == 3
+    assert len(batches) == 3 and "audio_len" not in batches[0]
     last = batches[-1]
     assert last["valid"].tolist() == [True, True, False, False]
     assert last["ids"] == ["u8", "u9", "", ""]
     assert (last["response_ids"][2:] == 2).all() and (last["response_len"][2:] == 0).all()
     assert [u for b in batches for u, ok in zip(b["ids"], b["valid"]) if ok] == names
+
+
+def test_batches_carry_each_clips_audio_len():
+    """audio_span (variable training spans) trims by each clip's length: the cached-encoder
+    batches carry it, row for row, and 0 on padding rows."""
+    enc, ids, lens, texts, names = _toy(n=10)
+    audio_len = 1000 * np.arange(1, 11, dtype=np.int32)
+    x = next(demo_run.train_batches(enc, ids, lens, texts, names, batch_size=4, seed=1, eos=2, audio_len=audio_len))
+    assert x["audio_len"].dtype == np.int32
+    assert x["audio_len"].tolist() == [1000 * (int(u[1:]) + 1) for u in x["ids"]]
+    last = list(demo_run.ordered_batches(enc, ids, lens, texts, names, batch_size=4, eos=2, audio_len=audio_len))[-1]
+    assert last["audio_len"].tolist() == [9000, 10000, 0, 0]
 
 
 def test_format_table_and_decode_modes():
