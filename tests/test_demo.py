@@ -114,6 +114,19 @@ def test_results_json_is_written_atomically(tmp_path):
     assert json.loads(path.read_text()) == {"a": 1.5} and [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
+def test_results_page_keeps_the_hand_written_text_around_its_markers(tmp_path):
+    """docs/results.md: a new run replaces only its block; the analysis around it survives."""
+    page = tmp_path / "results.md"
+    page.write_text(f"# Title\n\n{demo_run.RUN_BEGIN}\nold table\n{demo_run.RUN_END}\n\n## Analysis\nby hand\n")
+    demo_run.write_results_page(page, "# Results\n\n| new table |\n")
+    assert page.read_text() == (f"# Title\n\n{demo_run.RUN_BEGIN}\n# Results\n\n| new table |\n"
+                                f"{demo_run.RUN_END}\n\n## Analysis\nby hand\n")
+    other = tmp_path / "mine.md"  # a page without the markers (--results FILE) is the run's page
+    other.write_text("anything\n")
+    demo_run.write_results_page(other, "# Results\n")
+    assert other.read_text() == "# Results\n"
+
+
 def test_encoder_cache_is_reused(tmp_path):
     import flax.linen as nn
     import jax

@@ -27,7 +27,8 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="working folder (default runs/demo)")
     p.add_argument("--quick", action="store_true", help="tiny corpus and model: every stage in under 3 minutes")
     p.add_argument("--results", metavar="FILE.md", default=None,
-                   help="also write the results page here (default: docs/results.md for the full run "
+                   help="also write the results page here; a page with the demo-run markers gets only its run "
+                        "block replaced (default: docs/results.md for the full run "
                         "from a source checkout, nowhere for --quick)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

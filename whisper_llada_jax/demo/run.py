@@ -30,6 +30,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from whisper_llada_jax.demo.corpus import Corpus, build_corpus
+from whisper_llada_jax.outputs import write_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,9 +153,9 @@ def whisper_first_pass(recognizer, corpus: Corpus, cache: Path, batch_size: int,
     nfe = [len(recognizer.tokenizer.encode(" " + h)) + 1 if h else 1 for h in hyps]
     out = [{"id": r["id"], "text": r["text"], "first_pass": h, "nfe": n} for r, h, n in zip(rows, hyps, nfe)]
     cache.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(o) + "\n" for o in out))
     meta = {"seconds": seconds, "audio_seconds": sum(len(a) for a in audios) / 16000}
-    (cache / "first_pass_test.json").write_text(json.dumps(meta))
+    write_text(cache / "first_pass_test.json", json.dumps(meta))  # first: the .jsonl marks the stage done
+    write_text(path, "".join(json.dumps(o) + "\n" for o in out))
     return {"rows": out, **meta}
 
 
@@ -207,8 +208,6 @@ def write_decode_inputs(model_dir: Path, fields: dict) -> None:
     """Merges ``fields`` into ``model_dir/decode.yaml`` (atomically; a no-op once they are there,
     so a resumed run leaves it as it is)."""
     import yaml
-
-    from whisper_llada_jax.outputs import write_text
 
     path = model_dir / "decode.yaml"
     doc = yaml.safe_load(path.read_text()) if path.exists() else {}
@@ -411,8 +410,6 @@ def results_json(rows: list[Row], settings: DemoSettings) -> dict:
 
 def write_json_atomic(path: Path, doc: dict) -> None:
     """Written to a temporary file beside ``path``, then renamed over it: never half-written."""
-    from whisper_llada_jax.outputs import write_text
-
     write_text(path, json.dumps(doc, indent=1) + "\n")
 
 
@@ -474,6 +471,20 @@ Total demo time: {info['total_minutes']:.1f} min; peak resident memory {info['pe
 """
 
 
+RUN_BEGIN, RUN_END = "<!-- BEGIN demo run (written by whisper-llada demo) -->", "<!-- END demo run -->"
+
+
+def write_results_page(path: Path, doc: str) -> None:
+    """Writes this run's page to ``path`` (atomically). A page that already has the
+    ``RUN_BEGIN`` / ``RUN_END`` markers (docs/results.md) gets only the text between them
+    replaced: the hand-written analysis around them survives a new run."""
+    text = path.read_text() if path.exists() else ""
+    if RUN_BEGIN in text and RUN_END in text.split(RUN_BEGIN, 1)[1]:
+        head, rest = text.split(RUN_BEGIN, 1)
+        doc = f"{head}{RUN_BEGIN}\n{doc.strip()}\n{RUN_END}{rest.split(RUN_END, 1)[1]}"
+    write_text(path, doc)
+
+
 def _check_settings(out: Path, settings: DemoSettings) -> None:
     """A folder holds one run: resuming with other settings would mix their stages."""
     from whisper_llada_jax.errors import UserError
@@ -485,7 +496,7 @@ def _check_settings(out: Path, settings: DemoSettings) -> None:
             raise UserError(f"{out}: holds a demo run with other settings (--quick or not)",
                             hint="give another --out folder, or delete this one")
         return
-    path.write_text(json.dumps(mine, indent=1))
+    write_text(path, json.dumps(mine, indent=1))
 
 
 def _peak_rss_gb() -> float:
@@ -580,9 +591,9 @@ def run_demo(out_dir: str | Path, quick: bool = False, progress: bool = True,
             "train_minutes": train_minutes, "total_minutes": (time.perf_counter() - t_start) / 60,
             "peak_rss_gb": _peak_rss_gb()}
     doc = results_markdown(table, s, info)
-    (out / "results.md").write_text(doc)
+    write_text(out / "results.md", doc)
     if results_doc is not None:
-        Path(results_doc).write_text(doc)
+        write_results_page(Path(results_doc), doc)
     print_fn(table)
     print_fn(f"MODEL_DIR: {model_dir}    (try: whisper-llada transcribe --model {model_dir} AUDIO.flac)")
     summary = {"rows": [dataclasses.asdict(r) for r in table_rows], "model_dir": str(model_dir),
