@@ -37,6 +37,7 @@ def test_scanned_lora_model_unrolled_and_merged_at_load(tmp_path):
     want = _logits(cfg, variables, emb, ids)
     dcfg, dvars = for_decoding(cfg, variables)
     assert not dcfg.llm.scan_layers and not dcfg.lora.enabled and "lora" not in dvars
+    assert dcfg.llm.ff_row_chunks == 2  # on CPU (these tests run there): the chunked feed-forward is in the logits
     assert {"blocks_0", "blocks_1"} <= set(dvars["params"]["llm"]) and "blocks" not in dvars["params"]["llm"]
     np.testing.assert_allclose(_logits(dcfg, dvars, emb, ids), want, atol=2e-4, rtol=2e-4)
     assert np.abs(_logits(cfg, {"params": variables["params"], "lora": jax.tree.map(jnp.zeros_like, variables["lora"])},
@@ -45,3 +46,19 @@ def test_scanned_lora_model_unrolled_and_merged_at_load(tmp_path):
     loaded = load_model_dir(md, for_decoding=True)
     assert not loaded.config.llm.scan_layers and not loaded.config.lora.enabled
     np.testing.assert_allclose(_logits(loaded.config, loaded.variables, emb, ids), want, atol=2e-4, rtol=2e-4)
+
+
+def test_feed_forward_in_row_chunks_gives_the_same_states():
+    """``ff_row_chunks`` splits positions unevenly (7 in 3: 2 + 2 + 3) and puts them back in order:
+    the hidden states equal the one-chunk forward's, with and without a cache prefix split."""
+    from whisper_llada_jax.config import LLMConfig
+    from whisper_llada_jax.models.llada import LLaDA
+
+    llm = LLMConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, mlp_hidden=48,
+                    rope_theta=10000.0, max_len=64)
+    ids = jax.random.randint(jax.random.key(0), (2, 7), 0, 64)
+    variables = LLaDA(llm).init(jax.random.key(1), ids)
+    for kw in ({}, {"fixed_prefix": 3, "outputs_from": 3}):
+        one = LLaDA(llm).apply(variables, ids, return_hidden=True, **kw).hidden
+        three = LLaDA(dataclasses.replace(llm, ff_row_chunks=3)).apply(variables, ids, return_hidden=True, **kw).hidden
+        np.testing.assert_allclose(np.asarray(three), np.asarray(one), atol=1e-5, rtol=1e-5)

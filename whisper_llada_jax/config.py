@@ -153,10 +153,15 @@ class LLMConfig:
     param_dtype: DType = "float32"
     scan_layers: bool = False
     remat: Remat = "none"
+    # The feed-forward runs its positions in this many chunks, one after another (row-wise: the
+    # same numbers). A CPU decoding knob: XLA's CPU matmuls spread over cores once large enough,
+    # and at batch-1 decode sizes the hand-off between cores costs more than it saves, while a
+    # chunk stays on one core. ``for_decoding`` sets 2 on CPU.
+    ff_row_chunks: int = 1
 
     def __post_init__(self):
         _positive(self, "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_hidden",
-                  "rope_theta", "norm_eps", "max_len")
+                  "rope_theta", "norm_eps", "max_len", "ff_row_chunks")
         _divides(self, "n_kv_heads", "n_heads")
         if self.head_dim % 2:
             raise ConfigError(f"head_dim: {self.head_dim} must be even (RoPE rotates pairs of dimensions)")

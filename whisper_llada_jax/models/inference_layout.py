@@ -1,4 +1,5 @@
-"""Variables laid out for decoding: the layer stack unrolled and LoRA merged, once, at load.
+"""Variables laid out for decoding: the layer stack unrolled and LoRA merged, once, at load
+(and, on CPU, the feed-forward run in row chunks: ``LLMConfig.ff_row_chunks``).
 
 Training scans the layer stack (``llm.scan_layers``: one compiled block, a leading ``layers``
 axis on every block weight). Inside a decode ``while_loop`` a scanned stack is an inner loop
@@ -41,6 +42,10 @@ def for_decoding(config: Any, variables: Mapping, *, unscan: bool = True, merge:
         variables = {"params": merge_lora(variables["params"], variables.pop("lora"), config.lora),
                      **{k: v for k, v in variables.items() if k != "params"}}
         config = dataclasses.replace(config, lora=dataclasses.replace(config.lora, enabled=False))
+    if jax.default_backend() == "cpu" and config.llm.ff_row_chunks == 1:
+        # the feed-forward in two row chunks on CPU (LLMConfig.ff_row_chunks): +10 % exact batch-1
+        # decoding on a 2-core x86 (benchmarks/decode_throughput.py), the same numbers
+        config = dataclasses.replace(config, llm=dataclasses.replace(config.llm, ff_row_chunks=2))
     if unscan and config.llm.scan_layers:  # the LLM's stack only (the encoder's has its own flag)
         variables = {k: {**v, "llm": unscan_blocks(v["llm"], config.llm.n_layers)} if "llm" in v else v
                      for k, v in variables.items()}

@@ -205,10 +205,21 @@ class Block(nn.Module):
         x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
 
         h = RMSNorm(cfg.norm_eps, dtype, pdtype, name="ff_norm")(x)
-        gate = self._proj("ff_proj", cfg.mlp_hidden, ("embed", "mlp"))(h, deterministic)
-        up = self._proj("up_proj", cfg.mlp_hidden, ("embed", "mlp"))(h, deterministic)
-        hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("act_batch", "act_length", "act_mlp"))
-        x = x + self._proj("ff_out", cfg.d_model, ("mlp", "embed"))(hidden, deterministic)
+        gate_proj = self._proj("ff_proj", cfg.mlp_hidden, ("embed", "mlp"))
+        up_proj = self._proj("up_proj", cfg.mlp_hidden, ("embed", "mlp"))
+        out_proj = self._proj("ff_out", cfg.d_model, ("mlp", "embed"))
+
+        def feed_forward(h):
+            hidden = nn.silu(gate_proj(h, deterministic)) * up_proj(h, deterministic)
+            hidden = nn.with_logical_constraint(hidden, ("act_batch", "act_length", "act_mlp"))
+            return out_proj(hidden, deterministic)
+
+        n = min(cfg.ff_row_chunks, h.shape[1])
+        if n > 1:  # positions in chunks (LLMConfig.ff_row_chunks)
+            bounds = [h.shape[1] * i // n for i in range(n + 1)]
+            x = x + jnp.concatenate([feed_forward(h[:, lo:hi]) for lo, hi in zip(bounds, bounds[1:])], axis=1)
+        else:
+            x = x + feed_forward(h)
         x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
         return x, out_kv
 
