@@ -218,6 +218,14 @@ def test_out_folder_refuses_other_settings(tmp_path):
     demo_run._check_settings(tmp_path, demo_run.QUICK)  # resuming the same run is fine
     with pytest.raises(UserError, match="other settings"):
         demo_run._check_settings(tmp_path, demo_run.FULL)
+    # A run on an older corpus (other audio) is refused too: its first pass, encoder outputs and
+    # model were made from that audio. Before version 2, settings.json did not record the corpus.
+    path = tmp_path / "settings.json"
+    settings = json.loads(path.read_text())
+    assert settings["corpus"]["version"] >= 2
+    path.write_text(json.dumps({k: v for k, v in settings.items() if k != "corpus"}))
+    with pytest.raises(UserError, match="corpus version 1;"):
+        demo_run._check_settings(tmp_path, demo_run.QUICK)
 
 
 def test_recipe_draws_substitutions_from_the_tokenizers_words_only(tmp_path):

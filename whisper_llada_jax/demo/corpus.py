@@ -3,9 +3,12 @@
 ``build_corpus(out_dir, ...)`` writes ``out_dir/{train,val,test}/<id>.flac`` and
 ``out_dir/{train,val,test}.jsonl`` (``id``, ``audio`` relative to the manifest, ``text``,
 ``voice``, ``wpm``, ``seconds``). Voice and speed of every utterance are drawn from the seed,
-so the corpus is deterministic. A stamp file records the parameters; a second call with the
-same parameters returns the cached corpus at once. Synthesis runs in worker processes (one
-eSpeak NG instance each: the library is not re-entrant).
+and each clip is a pure function of its text, voice and speed (``demo.tts`` speaks every
+utterance from a fresh eSpeak NG state with a fixed noise seed), so the corpus is the same
+bit for bit whatever the number of workers and the order they take the clips in. A stamp file
+records the parameters; a second call with the same parameters returns the cached corpus at
+once. Synthesis runs in worker processes (one eSpeak NG instance each: the library is not
+re-entrant).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import multiprocessing
 import os
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +30,9 @@ SPLITS = ("train", "val", "test")
 DEFAULT_VOICES = ("en-us", "en", "en-gb-x-rp", "en+f3", "en+m3", "en-us+f2", "en-gb-scotland", "en-029")
 DEFAULT_SPEEDS = (130, 190)  # words per minute, drawn uniformly in this range
 STAMP = "corpus.json"
-_VERSION = 1
+# 2: every clip from a fresh eSpeak NG state, noise seed 1 (version 1's audio depended on which
+# clips a worker had spoken before and on the clock).
+_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +58,8 @@ def _init_worker(engine: str) -> None:
     _SYNTH = Synthesizer(engine)
 
 
-def _engine_name() -> str:
-    return _SYNTH.name
+def _engine_info() -> tuple[str, bool]:
+    return _SYNTH.name, _SYNTH.deterministic
 
 
 def _speak(job: tuple[str, str, str, int, str]) -> tuple[str, float]:
@@ -65,7 +71,9 @@ def _speak(job: tuple[str, str, str, int, str]) -> tuple[str, float]:
     return uid, len(audio) / 16000
 
 
-def _params(n_train, n_val, n_test, seed, voices, speeds) -> dict:
+def corpus_params(n_train: int, n_val: int, n_test: int, seed: int, voices: tuple[str, ...] = DEFAULT_VOICES,
+                  speeds: tuple[int, int] = DEFAULT_SPEEDS) -> dict:
+    """The corpus's identity as its stamp records it (``version`` changes when the audio does)."""
     return {"version": _VERSION, "n_train": n_train, "n_val": n_val, "n_test": n_test, "seed": seed,
             "voices": list(voices), "speeds": list(speeds)}
 
@@ -106,7 +114,7 @@ def build_corpus(out_dir: str | Path, n_train: int = 2000, n_val: int = 200, n_t
     if len(set(voices)) < 1 or speeds[0] > speeds[1] or min(n_train, n_val, n_test) < 1:
         raise UserError(f"build_corpus: bad parameters voices={voices} speeds={speeds}",
                         hint="give at least one voice, speeds as (low, high) wpm and >= 1 utterance per split")
-    params = _params(n_train, n_val, n_test, seed, voices, speeds)
+    params = corpus_params(n_train, n_val, n_test, seed, voices, speeds)
     root = Path(out_dir)
     cached = load_cached(root, params)
     if cached is not None:
@@ -122,12 +130,18 @@ def build_corpus(out_dir: str | Path, n_train: int = 2000, n_val: int = 200, n_t
 
     seconds: dict[str, float] = {}
     bar = tqdm(total=len(jobs), desc="speech corpus (eSpeak NG)", unit="utt", disable=not progress)
-    # Always in fresh worker processes (spawn, not fork: the parent may hold JAX's threads),
-    # so eSpeak NG's process-global state cannot depend on what the caller did before.
+    # Workers are spawned, not forked: the parent may hold JAX's threads and gigabytes, and each
+    # worker forks once per utterance (demo.tts), which is cheap only from a small process.
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(engine,)) as pool:
-        engine_name = pool.apply(_engine_name)
-        for uid, sec in pool.imap_unordered(_speak, jobs, chunksize=16):
+        engine_name, deterministic = pool.apply(_engine_info)
+        if not deterministic:
+            warnings.warn(f"{engine_name}: this eSpeak NG (< 1.52, no -D) seeds its breath noise from the "
+                          "clock, so clips of breathy voices differ from run to run; install espeakng-loader "
+                          "for a reproducible corpus", stacklevel=2)
+        # Small corpora still reach every worker (the clips do not depend on who speaks them).
+        chunk = max(1, min(16, len(jobs) // (4 * workers)))
+        for uid, sec in pool.imap_unordered(_speak, jobs, chunksize=chunk):
             seconds[uid] = sec
             bar.update()
     bar.close()

@@ -486,16 +486,26 @@ def write_results_page(path: Path, doc: str) -> None:
 
 
 def _check_settings(out: Path, settings: DemoSettings) -> None:
-    """A folder holds one run: resuming with other settings would mix their stages."""
+    """A folder holds one run: resuming with other settings, or from a corpus this package no
+    longer makes (the corpus ``version``), would mix their stages."""
+    from whisper_llada_jax.demo.corpus import corpus_params
     from whisper_llada_jax.errors import UserError
 
     path = out / "settings.json"
-    mine = dataclasses.asdict(settings)
+    s = settings
+    corpus = corpus_params(s.n_train, s.n_val, s.n_test, s.seed)
+    mine = json.loads(json.dumps({**dataclasses.asdict(s), "corpus": corpus}))  # as the file holds it
     if path.exists():
-        if json.loads(path.read_text()) != mine:
-            raise UserError(f"{out}: holds a demo run with other settings (--quick or not)",
+        theirs = json.loads(path.read_text())
+        if theirs == mine:
+            return
+        if {**theirs, "corpus": corpus} == mine:  # settings.json from before the corpus was recorded: version 1
+            old = theirs.get("corpus", {}).get("version", 1)
+            raise UserError(f"{out}: holds a demo run on speech corpus version {old}; this package makes version "
+                            f"{corpus['version']} (other audio), so its cached stages would not match",
                             hint="give another --out folder, or delete this one")
-        return
+        raise UserError(f"{out}: holds a demo run with other settings (--quick or not)",
+                        hint="give another --out folder, or delete this one")
     write_text(path, json.dumps(mine, indent=1))
 
 
