@@ -10,7 +10,9 @@ Stages (each cached in ``out`` so a re-run resumes where it stopped):
    shortened to the longest clip (``whisper.input_frames``; a documented departure from the
    30 s padding that saves most of the encoder's compute on 2-5 s clips).
 4. ``tokenizer.json``: a small BPE trained on the training text; ``init/``: a MODEL_DIR with
-   the real encoder and a randomly initialised window Q-Former + small LLaDA.
+   the real encoder and a randomly initialised window Q-Former + small LLaDA; with
+   ``first_pass_rate`` in the recipe, ``cache/first_pass_train.jsonl``: tiny.en's first pass of
+   the training split over the cached encoder outputs.
 5. ``train/``, ``model/``: the real trainer (masked diffusion plus the denoising recipe of
    ``DemoSettings.train_recipe``, Orbax checkpoints), fed the cached encoder outputs; ``model/``
    is the final MODEL_DIR, its ``decode.yaml`` holding the deliberation inputs it needs.
@@ -98,7 +100,10 @@ class DemoSettings:
     # reads a prefix the model saw; trimming then cost it 0.47 WER points): on this model it cost
     # most of what the audio gives (52.2 % diffusion WER against 29.5 %, both with 5 % audio-free
     # rows), and the demo's encoder input is already cut to its longest clip. The batches carry
-    # audio_len, so it is one recipe field away.
+    # audio_len, so it is one recipe field away. Nor first_pass_rate (a share of the rows reads
+    # tiny.en's first pass of the training split, computed when the recipe sets it): 0.25 gave
+    # 26.2 / 19.5 % diffusion / deliberation WER against 29.5 / 21.2, one seed, within run-to-run
+    # noise (docs/results.md, "Controlled runs").
     train_recipe: dict = dataclasses.field(default_factory=lambda: {
         "substitution_rate": 0.1, "loss_positions": "all", "loss_norm": "token_mean", "audio_drop_rate": 0.05})
 
