@@ -288,3 +288,54 @@ def test_deliberate_flags_over_the_demo_models_decode_yaml(tmp_path):
         cfg("--strategy", "semi_ar", "--deliberation-canvas", "training")
     with pytest.raises(UserError, match="mask_threshold"):
         cfg("--masking", "random", "--mask-threshold", "0.01")
+
+
+def test_training_batches_carry_first_passes_as_deliberation_reads_them(tmp_path):
+    """``first_pass_rate``'s inputs: each training row's first pass normalised, one mask slot per
+    unknown word and cut to the canvas (what deliberation reads), eos-padded, row for row."""
+    from whisper_llada_jax.text.first_pass import first_pass_ids, fit_canvas
+    from whisper_llada_jax.text.llada_tokenizer import LLaDATokenizer, build_tokenizer_json
+
+    tok = LLaDATokenizer(build_tokenizer_json(["the lamp costs two dollars"] * 10, tmp_path / "t.json", vocab_size=60))
+    mask, eos = tok.token_config().mask, tok.token_config().eos
+    texts = ["the lamp costs $2", "the zebra lamp", "the lamp the lamp the lamp", ""]
+    ids, lens = demo_run.first_pass_canvas(tok, texts, 4, eos, "spoken_en", mask)
+    for i, text in enumerate(texts):
+        want = fit_canvas(first_pass_ids(tok, text, normalizer="spoken_en", unknown_words="mask", mask_id=mask), 4)
+        assert ids[i, :lens[i]].tolist() == want and (ids[i, lens[i]:] == eos).all()
+    assert ids[0].tolist() == tok.encode("the lamp costs two dollars")[:4]  # "$2" spelled, cut to 4 slots
+    assert mask in ids[1].tolist() and (lens[0], lens[2], lens[3]) == (4, 4, 0)
+    enc, r_ids, r_lens, r_texts, names = _toy(n=4, r=4)
+    x = next(demo_run.train_batches(enc, r_ids, r_lens, r_texts, names, batch_size=2, seed=1, eos=eos,
+                                    first_pass=(ids, lens)))
+    rows = [int(u[1:]) for u in x["ids"]]
+    np.testing.assert_array_equal(x["first_pass_ids"], ids[rows])
+    assert x["first_pass_len"].tolist() == lens[rows].tolist()
+    last = list(demo_run.ordered_batches(enc, r_ids, r_lens, r_texts, names, batch_size=3, eos=eos))[-1]
+    assert "first_pass_ids" not in last  # validation batches carry none
+    padded = demo_run._batch(enc, r_ids, r_lens, r_texts, names, np.arange(3, 4), 3, eos, None, (ids, lens))
+    assert (padded["first_pass_ids"][1:] == eos).all() and padded["first_pass_len"].tolist() == [0, 0, 0]
+
+
+@pytest.mark.slow  # compiles tiny.en's recogniser and its decoder (about 30 s)
+def test_first_pass_from_cached_encoder_outputs_is_the_recognizers():
+    """tiny.en's decoder over stored encoder outputs gives what the recogniser gives from the
+    audio (here the outputs of its own 30 s input, so the two must agree)."""
+    import jax
+
+    from whisper_llada_jax.assets import BUNDLED_WHISPER
+    from whisper_llada_jax.audio.io import load_audio
+    from whisper_llada_jax.inference.recognizer import WhisperRecognizer, _features
+    from whisper_llada_jax.models.whisper import Whisper
+
+    rec = WhisperRecognizer.from_dir(BUNDLED_WHISPER, max_new_tokens=40)
+    audios = [load_audio(CLIPS / f"clip00{i}.flac") for i in range(2)]
+    batch = np.zeros((2, 480000), np.float32)
+    for i, a in enumerate(audios):
+        batch[i, :len(a)] = a
+    feats = _features(batch, np.asarray([len(a) for a in audios]), rec.config.n_mels, rec.feature_padding)
+    enc = np.asarray(jax.jit(lambda p, f: Whisper(rec.config).apply({"params": p}, f, method="encode"))(rec.params,
+                                                                                                         feats))
+    got = demo_run.first_pass_from_encoder(rec, enc, batch_size=3)  # one padded batch
+    want = rec.transcribe(audios, batch_size=2)
+    assert got == want and all(want)

@@ -239,6 +239,7 @@ def test_paper_configs_use_the_reference_recipe():
                                                                                "diffusion")
     assert (cfg.substitution_rate, cfg.loss_positions, cfg.audio_drop_rate, cfg.audio_span) == (0.0, "masked", 0.0,
                                                                                                   "full")
+    assert cfg.first_pass_rate == 0.0
     assert cfg.t_eps == 0.0 and cfg.optim.clip_norm is None and cfg.optim.decay_steps == cfg.steps == 360000
     data = config_lib.from_dict(DataConfig, cfg.data, "data")
     assert data.max_seconds is None and data.long_transcripts == "skip"

@@ -10,7 +10,9 @@ Stages (each cached in ``out`` so a re-run resumes where it stopped):
    shortened to the longest clip (``whisper.input_frames``; a documented departure from the
    30 s padding that saves most of the encoder's compute on 2-5 s clips).
 4. ``tokenizer.json``: a small BPE trained on the training text; ``init/``: a MODEL_DIR with
-   the real encoder and a randomly initialised window Q-Former + small LLaDA.
+   the real encoder and a randomly initialised window Q-Former + small LLaDA; with
+   ``first_pass_rate`` in the recipe, ``cache/first_pass_train.jsonl``: tiny.en's first pass of
+   the training split over the cached encoder outputs.
 5. ``train/``, ``model/``: the real trainer (masked diffusion plus the denoising recipe of
    ``DemoSettings.train_recipe``, Orbax checkpoints), fed the cached encoder outputs; ``model/``
    is the final MODEL_DIR, its ``decode.yaml`` holding the deliberation inputs it needs.
@@ -98,7 +100,10 @@ class DemoSettings:
     # reads a prefix the model saw; trimming then cost it 0.47 WER points): on this model it cost
     # most of what the audio gives (52.2 % diffusion WER against 29.5 %, both with 5 % audio-free
     # rows), and the demo's encoder input is already cut to its longest clip. The batches carry
-    # audio_len, so it is one recipe field away.
+    # audio_len, so it is one recipe field away. Nor first_pass_rate (a share of the rows reads
+    # tiny.en's first pass of the training split, computed when the recipe sets it): 0.25 gave
+    # 26.2 / 19.5 % diffusion / deliberation WER against 29.5 / 21.2, one seed, within run-to-run
+    # noise (docs/results.md, "Controlled runs").
     train_recipe: dict = dataclasses.field(default_factory=lambda: {
         "substitution_rate": 0.1, "loss_positions": "all", "loss_norm": "token_mean", "audio_drop_rate": 0.05})
 
@@ -157,6 +162,48 @@ def whisper_first_pass(recognizer, corpus: Corpus, cache: Path, batch_size: int,
     write_text(cache / "first_pass_test.json", json.dumps(meta))  # first: the .jsonl marks the stage done
     write_text(path, "".join(json.dumps(o) + "\n" for o in out))
     return {"rows": out, **meta}
+
+
+def first_pass_from_encoder(recognizer, encoder_out: np.ndarray, batch_size: int, progress: bool = False,
+                            desc: str = "whisper tiny.en first pass (cached encoder)") -> list[str]:
+    """Whisper greedy transcripts whose decoder reads cached encoder outputs ``(N, frames, d)``:
+    no log-mel and no encoder pass, so tiny.en's first pass of the 2000 training clips takes
+    minutes instead of the half hour of 30 s inputs. The cached outputs are those of the
+    shortened encoder input (``whisper.input_frames``), so these transcripts are not exactly what
+    30 s inputs give (``first_pass_test`` is): a noisy first pass of the same kind, for training."""
+    import jax
+    from tqdm import tqdm
+
+    from whisper_llada_jax.decoding.whisper_greedy import greedy_decode
+    from whisper_llada_jax.models.whisper import Whisper
+
+    model, f = Whisper(recognizer.config), recognizer.facts
+    texts: list[str] = []
+    with tqdm(total=len(encoder_out), desc=desc, unit="clip", disable=not progress) as bar:
+        for start in range(0, len(encoder_out), batch_size):
+            rows = np.asarray(encoder_out[start:start + batch_size], np.float32)
+            n = len(rows)
+            batch = np.concatenate([rows, np.repeat(rows[:1], batch_size - n, axis=0)])  # one compiled shape
+            tokens, lengths = map(np.asarray, jax.device_get(greedy_decode(
+                model, recognizer.params, batch, f.prompt, max_new_tokens=f.max_new_tokens, eos_id=f.eos_id,
+                suppress_tokens=f.suppress_tokens, begin_suppress_tokens=f.begin_suppress_tokens)))
+            texts += [recognizer.tokenizer.decode(tokens[i, :lengths[i]]).strip() for i in range(n)]
+            bar.update(n)
+    return texts
+
+
+def train_first_pass(recognizer, enc_train, rows: list[dict], cache: Path, batch_size: int, progress: bool) -> list[str]:
+    """tiny.en's first pass of the training split over its cached encoder outputs (cached in
+    ``cache/first_pass_train.jsonl``): the noisy inputs of ``first_pass_rate``."""
+    path = cache / "first_pass_train.jsonl"
+    if path.exists():
+        done = _read_jsonl(path)
+        if [d["id"] for d in done] == [r["id"] for r in rows]:
+            return [d["first_pass"] for d in done]
+    hyps = first_pass_from_encoder(recognizer, enc_train.encoder_out, batch_size, progress)
+    write_text(path, "".join(json.dumps({"id": r["id"], "text": r["text"], "first_pass": h}) + "\n"
+                             for r, h in zip(rows, hyps)))
+    return hyps
 
 
 # ----------------------------------------------------------------------------- stage 4: model
@@ -227,8 +274,25 @@ def _response_ids(tokenizer, texts: list[str], width: int, eos: int) -> tuple[np
     return ids, lens
 
 
+def first_pass_canvas(tokenizer, texts: list[str], width: int, eos: int, normalizer: str, mask_id: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """First passes as deliberation reads them (``deliberation_inputs``: normalised, one mask
+    slot per word the vocabulary cannot represent, cut to the canvas), eos-padded to ``width``:
+    the ``first_pass_ids`` / ``first_pass_len`` of ``first_pass_rate``'s training batches."""
+    from whisper_llada_jax.text.first_pass import first_pass_ids, fit_canvas
+
+    ids = np.full((len(texts), width), eos, np.int32)
+    lens = np.zeros(len(texts), np.int32)
+    for i, text in enumerate(texts):
+        row = fit_canvas(first_pass_ids(tokenizer, text, normalizer=normalizer, unknown_words="mask",
+                                        mask_id=mask_id), width)
+        ids[i, :len(row)] = row
+        lens[i] = len(row)
+    return ids, lens
+
+
 def _batch(enc, ids, lens, texts, names, idx: np.ndarray, batch_size: int, eos: int,
-           audio_len: np.ndarray | None = None) -> dict:
+           audio_len: np.ndarray | None = None, first_pass: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     n = len(idx)
     pad = batch_size - n
     sel = np.concatenate([idx, np.full(pad, idx[0] if n else 0, idx.dtype)])
@@ -240,18 +304,24 @@ def _batch(enc, ids, lens, texts, names, idx: np.ndarray, batch_size: int, eos: 
            "ids": [names[i] for i in idx] + [""] * pad, "text": [texts[i] for i in idx] + [""] * pad}
     if audio_len is not None:  # samples of each clip: what `audio_span` trims training spans by
         out["audio_len"] = np.where(live, audio_len[sel], 0).astype(np.int32)
+    if first_pass is not None:  # (ids, lens) from `first_pass_canvas`: what `first_pass_rate` reads
+        fp_ids, fp_len = first_pass
+        out["first_pass_ids"] = np.where(live[:, None], fp_ids[sel], eos).astype(np.int32)
+        out["first_pass_len"] = np.where(live, fp_len[sel], 0).astype(np.int32)
     return out
 
 
 def train_batches(enc, ids, lens, texts, names, batch_size: int, seed: int, eos: int,
-                  audio_len: np.ndarray | None = None) -> Iterator[dict]:
+                  audio_len: np.ndarray | None = None, first_pass: tuple[np.ndarray, np.ndarray] | None = None
+                  ) -> Iterator[dict]:
     """Endless shuffled batches from the cached encoder outputs (a new order every epoch)."""
     rng = np.random.default_rng(seed)
     n = len(ids)
     while True:
         order = rng.permutation(n)
         for start in range(0, n - batch_size + 1, batch_size):
-            yield _batch(enc, ids, lens, texts, names, order[start:start + batch_size], batch_size, eos, audio_len)
+            yield _batch(enc, ids, lens, texts, names, order[start:start + batch_size], batch_size, eos, audio_len,
+                         first_pass)
 
 
 def ordered_batches(enc, ids, lens, texts, names, batch_size: int, eos: int,
@@ -261,22 +331,25 @@ def ordered_batches(enc, ids, lens, texts, names, batch_size: int, eos: int,
                      batch_size, eos, audio_len)
 
 
-def use_cached_encoder(trainer, example: dict) -> None:
+def use_cached_encoder(trainer, example: dict, eval_example: dict | None = None) -> None:
     """Re-jits the trainer's steps for batches that carry ``encoder_out`` instead of features
-    (the trainer compiles for a features batch by default)."""
+    (the trainer compiles for a features batch by default); ``eval_example`` when validation
+    batches carry other fields than training ones (no first passes)."""
     from whisper_llada_jax.training import step as step_lib
 
     trainer.global_example = step_lib.device_batch(example)
     train_fn = step_lib.make_train_step(trainer.model, trainer.cfg, trainer.mcfg, trainer.setup.tx)
     trainer.train_step = step_lib.jit_train_step(train_fn, trainer.setup, trainer.mesh, trainer.global_example)
     trainer.eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(trainer.model, trainer.cfg, trainer.mcfg),
-                                               trainer.setup, trainer.mesh, trainer.global_example)
+                                               trainer.setup, trainer.mesh,
+                                               step_lib.device_batch(eval_example or example))
 
 
 def train(out: Path, settings: DemoSettings, init_dir: Path, enc_train, enc_val, tokenizer, train_rows, val_rows,
-          eos: int, progress: bool, print_fn) -> Path:
+          eos: int, progress: bool, print_fn, train_first_passes: list[str] | None = None) -> Path:
     """The real trainer on cached encoder outputs (``EncodedSplit``s: the batches carry each
-    clip's ``audio_len`` for ``audio_span``); returns the final MODEL_DIR."""
+    clip's ``audio_len`` for ``audio_span``, and with ``first_pass_rate`` in the recipe each
+    row's first pass from ``train_first_passes``); returns the final MODEL_DIR."""
     from whisper_llada_jax.training.config import CheckpointConfig, OptimConfig, TrainConfig
     from whisper_llada_jax.training.trainer import Trainer
 
@@ -308,13 +381,20 @@ def train(out: Path, settings: DemoSettings, init_dir: Path, enc_train, enc_val,
     t_names, v_names = [x["id"] for x in train_rows], [x["id"] for x in val_rows]
     train_args = (enc_train.encoder_out, t_ids, t_len, t_txt, t_names)
     val_args = (enc_val.encoder_out, v_ids, v_len, v_txt, v_names)
+    first_pass = None
+    if cfg.first_pass_rate:
+        if train_first_passes is None or len(train_first_passes) != len(train_rows):
+            raise ValueError("train: first_pass_rate needs one first pass per training row (train_first_passes)")
+        first_pass = first_pass_canvas(tokenizer, train_first_passes, r, eos, s.first_pass_normalizer,
+                                       tokenizer.token_config().mask)
     trainer = Trainer(
         cfg,
-        train_iter=train_batches(*train_args, s.batch_size, s.seed, eos, enc_train.audio_len),
+        train_iter=train_batches(*train_args, s.batch_size, s.seed, eos, enc_train.audio_len, first_pass),
         eval_batches=lambda: ordered_batches(*val_args, s.batch_size, eos, enc_val.audio_len),
         print_fn=print_fn)
-    example = next(ordered_batches(*val_args, s.batch_size, eos, enc_val.audio_len))
-    use_cached_encoder(trainer, example)
+    eval_example = next(ordered_batches(*val_args, s.batch_size, eos, enc_val.audio_len))
+    example = _batch(*train_args, np.arange(s.batch_size), s.batch_size, eos, enc_train.audio_len, first_pass)
+    use_cached_encoder(trainer, example, eval_example)
     summary = trainer.run()
     if summary.model_dir is None:
         raise RuntimeError("the trainer finished without writing a MODEL_DIR")
@@ -574,12 +654,16 @@ def run_demo(out_dir: str | Path, quick: bool = False, progress: bool = True,
     init_dir = out / "init"
     if not (init_dir / "config.yaml").exists():
         write_init_model_dir(init_dir, mcfg, recognizer.params["encoder"], tokenizer, s.seed)
+    train_fp = None
+    if s.train_recipe.get("first_pass_rate"):  # off in FULL / QUICK (docs/results.md, controlled runs)
+        say("4/6 tiny.en first pass of the training split (cached encoder outputs)")
+        train_fp = train_first_pass(recognizer, enc["train"], rows["train"], cache, s.eval_batch, progress)
     del recognizer
 
     say(f"5/6 training ({s.train_steps} steps, batch {s.batch_size})")
     t_train = time.perf_counter()
     model_dir = train(out, s, init_dir, enc["train"], enc["val"], tokenizer,
-                      rows["train"], rows["val"], mcfg.tokens.eos, progress, say)
+                      rows["train"], rows["val"], mcfg.tokens.eos, progress, say, train_fp)
     train_minutes = (time.perf_counter() - t_train) / 60
     # The trainer's decode.yaml has the canvas; these read first passes as this corpus writes.
     write_decode_inputs(model_dir, deliberation_inputs(s))

@@ -120,6 +120,10 @@ class TrainConfig:
     substitution_range: tuple[int, ...] = ()
     loss_positions: Literal["masked", "all"] = "masked"  # all: CE over every span slot
     audio_drop_rate: float = 0.0  # share of rows trained without audio (text-only ablation in one model)
+    # Deliberation training (not in the reference): this share of the rows reads, before masking
+    # and substitution, its own first-pass ids (batch field first_pass_ids, eos-padded, with
+    # first_pass_len) in place of the transcript; the target stays the transcript, slot by slot.
+    first_pass_rate: float = 0.0
     # Audio vectors each row sees: all (the reference), the windows covering the clip plus
     # audio_margin_windows (true_length), or a uniform number between that and all (random).
     audio_span: Literal["full", "true_length", "random"] = "full"
@@ -153,7 +157,7 @@ class TrainConfig:
             raise ValueError("workdir must be a folder path, got an empty string")
         if self.group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
-        for name in ("substitution_rate", "audio_drop_rate"):
+        for name in ("substitution_rate", "audio_drop_rate", "first_pass_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if len(self.substitution_range) not in (0, 2):
@@ -161,9 +165,11 @@ class TrainConfig:
         if self.audio_margin_windows < 0:
             raise ValueError(f"audio_margin_windows must be >= 0, got {self.audio_margin_windows}")
         if self.objective == "autoregressive" and (self.substitution_rate or self.loss_positions != "masked"
-                                                   or self.audio_drop_rate or self.audio_span != "full"):
+                                                   or self.audio_drop_rate or self.audio_span != "full"
+                                                   or self.first_pass_rate):
             raise ValueError("objective autoregressive scores every response token and sees the whole audio: "
-                             "substitution_rate, loss_positions, audio_drop_rate and audio_span are diffusion options")
+                             "substitution_rate, loss_positions, audio_drop_rate, audio_span and first_pass_rate "
+                             "are diffusion options")
         if self.eval.wer_every < 0 or self.eval.wer_utterances < 1:
             raise ConfigError(f"eval.wer_every={self.eval.wer_every} / eval.wer_utterances={self.eval.wer_utterances} "
                               "must be >= 0 / >= 1")

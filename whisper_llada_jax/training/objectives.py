@@ -87,15 +87,17 @@ def vocab_range(tokens, vocab_size: int, explicit: tuple[int, ...] = ()) -> tupl
 def corrupt(rng: jax.Array, response_ids: jax.Array, mask: jax.Array, mask_id: int,
             t_eps: float = 0.0, substitution_rate: float = 0.0,
             substitution_vocab: tuple[int, int] | None = None) -> Corruption:
-    """Masks each position of ``mask`` with its sample's probability t ~ eps + (1 - eps) U(0, 1);
-    then (``substitution_rate`` > 0) replaces each still-unmasked position of ``mask`` with
+    """Masks each position of ``mask`` with its sample's probability t ~ eps + (1 - eps) U(0, 1)
+    (and every one that already holds ``mask_id``); then (``substitution_rate`` > 0) replaces each still-unmasked position of ``mask`` with
     probability ``substitution_rate`` by an id drawn uniformly from ``substitution_vocab``."""
     t_rng, u_rng, s_rng, v_rng = jax.random.split(rng, 4)
     b, r = response_ids.shape
     t = jax.random.uniform(t_rng, (b,), jnp.float32)
     t = t_eps + (1.0 - t_eps) * t
     u = jax.random.uniform(u_rng, (b, r), jnp.float32)
-    masked = (u < t[:, None]) & mask
+    # A slot that already holds the mask id (a first pass's unknown word, ``first_pass_inputs``)
+    # counts as masked; a transcript never holds it.
+    masked = ((u < t[:, None]) | (response_ids == mask_id)) & mask
     noisy = jnp.where(masked, jnp.asarray(mask_id, response_ids.dtype), response_ids)
     if not substitution_rate:
         return Corruption(noisy, masked, t, jnp.zeros_like(masked))
@@ -105,6 +107,31 @@ def corrupt(rng: jax.Array, response_ids: jax.Array, mask: jax.Array, mask_id: i
     sub = (jax.random.uniform(s_rng, (b, r), jnp.float32) < substitution_rate) & mask & ~masked
     random_ids = jax.random.randint(v_rng, (b, r), lo, hi, response_ids.dtype)
     return Corruption(jnp.where(sub, random_ids, noisy), masked, t, sub)
+
+
+def first_pass_inputs(rng: jax.Array, response_ids: jax.Array, response_len: jax.Array, first_pass_ids: jax.Array,
+                      first_pass_len: jax.Array, valid: jax.Array, rate: float, eos_id: int
+                      ) -> tuple[jax.Array, jax.Array]:
+    """Deliberation training on noisy first passes: each valid row, with probability ``rate``,
+    reads its own first pass in place of its transcript before masking; the target stays the
+    transcript. Returns ``(source (B, R), span_len (B,))``: what ``corrupt`` masks, and the
+    lengths ``response_mask`` builds the span from.
+
+    Lengths differ, and the first pass is read slot by slot as deliberation reads it: slot i
+    holds first-pass token i (eos past its end, ``deliberation_canvas: training``) and is
+    scored against transcript token i (eos past its end). Deliberation keeps the first pass's
+    slots and writes its answer into them, so this is the task it decodes; where a word was
+    inserted or dropped the slots after it are shifted against the transcript, and what is
+    learnt there is to rewrite them (with ``loss_positions: all``) or, masked, to fill them in
+    the transcript's order. A chosen row's span covers the longer of the two, so a first pass
+    longer than its transcript is seen and its extra slots learn eos (``canvas`` covers every
+    slot anyway)."""
+    b, r = response_ids.shape
+    use = (jax.random.uniform(rng, (b,)) < rate) & valid
+    first = jnp.where(jnp.arange(r)[None, :] < first_pass_len[:, None], first_pass_ids, eos_id)
+    source = jnp.where(use[:, None], first.astype(response_ids.dtype), response_ids)
+    span_len = jnp.where(use, jnp.maximum(response_len, first_pass_len), response_len)
+    return source, span_len
 
 
 def token_weights(scored: jax.Array, valid: jax.Array, norm: Literal["token_mean", "group_mean"] = "group_mean",

@@ -27,9 +27,14 @@ from whisper_llada_jax.training.config import TrainConfig
 from whisper_llada_jax.training.state import StateSetup, TrainState
 
 # Batch fields that go to the devices (the rest, e.g. ids/text, stay on the host).
-DEVICE_KEYS = ("features", "encoder_out", "audio_len", "response_ids", "response_len", "valid")
+DEVICE_KEYS = ("features", "encoder_out", "audio_len", "response_ids", "response_len", "valid",
+               "first_pass_ids", "first_pass_len")
 
 Metrics = dict[str, jax.Array]
+
+# first_pass_rate's row choice: a stream folded from the step's key, so the other draws (and
+# every run without the option) are unchanged.
+FIRST_PASS_STREAM = 0x66707273
 
 # Encoder frames per audio sample: 160-sample mel hop, then the encoder's stride-2 conv.
 SAMPLES_PER_ENCODER_FRAME = 320
@@ -48,7 +53,7 @@ def audio_windows_needed(audio_len: jax.Array, mcfg: ModelConfig, margin_windows
     return jnp.clip(need, 1, mcfg.num_windows)
 
 
-def _check_batch(tcfg: TrainConfig, batch: dict) -> None:
+def _check_batch(tcfg: TrainConfig, batch: dict, train: bool) -> None:
     """Trace-time checks of what the options need from the (global) batch."""
     b = batch["response_ids"].shape[0]
     grouped = tcfg.loss_span == "group_longest" or tcfg.loss_norm == "group_mean"
@@ -58,6 +63,11 @@ def _check_batch(tcfg: TrainConfig, batch: dict) -> None:
     if tcfg.audio_span != "full" and "audio_len" not in batch:
         raise ConfigError(f"audio_span={tcfg.audio_span} needs each clip's length: the batches carry no audio_len",
                           hint="give batches an audio_len (samples) field, as the data pipeline does")
+    if tcfg.first_pass_rate and train and not {"first_pass_ids", "first_pass_len"} <= set(batch):
+        raise ConfigError(f"first_pass_rate={tcfg.first_pass_rate} needs each row's first pass: the batches carry "
+                          "no first_pass_ids / first_pass_len",
+                          hint="give training batches those fields (the demo's do, from tiny.en on the training "
+                               "split; the manifest pipeline does not), or set first_pass_rate: 0")
 
 
 def prepare(batch: dict, rng: jax.Array, tcfg: TrainConfig, mcfg: ModelConfig, train: bool = True) -> dict:
@@ -68,14 +78,21 @@ def prepare(batch: dict, rng: jax.Array, tcfg: TrainConfig, mcfg: ModelConfig, t
     ``attention_mask`` / ``positions`` over ``[prompt | audio | response]``: a hidden key is
     never attended to and the visible ones keep the positions of the truncated sequence, so
     every visible position computes what the reference's shorter input would.
-    Evaluation (``train=False``) neither drops audio nor draws a random span (true length).
+    With ``first_pass_rate`` a share of the rows reads its first pass instead of the transcript
+    (``objectives.first_pass_inputs``). Evaluation (``train=False``) neither drops audio, draws a
+    random span (true length) nor reads first passes.
     """
-    _check_batch(tcfg, batch)
+    _check_batch(tcfg, batch, train)
     ids, valid = batch["response_ids"], batch["valid"]
     b, r = ids.shape
-    span = objectives.response_mask(batch["response_len"], valid, r, tcfg.loss_span, tcfg.group_size)
     noise_rng, drop_rng, span_rng = jax.random.split(rng, 3)
-    out = {k: v for k, v in batch.items() if k not in ("response_len",)}
+    source, span_len = ids, batch["response_len"]  # what the response slots read before masking
+    if tcfg.first_pass_rate and train:
+        source, span_len = objectives.first_pass_inputs(
+            jax.random.fold_in(rng, FIRST_PASS_STREAM), ids, batch["response_len"], batch["first_pass_ids"],
+            batch["first_pass_len"], valid, tcfg.first_pass_rate, mcfg.tokens.eos)
+    span = objectives.response_mask(span_len, valid, r, tcfg.loss_span, tcfg.group_size)
+    out = {k: v for k, v in batch.items() if k not in ("response_len", "first_pass_ids", "first_pass_len")}
     if tcfg.objective == "autoregressive":
         out["inputs"], scored = ids, span
         weights = objectives.token_weights(span, valid, tcfg.loss_norm, tcfg.group_size)
@@ -83,7 +100,7 @@ def prepare(batch: dict, rng: jax.Array, tcfg: TrainConfig, mcfg: ModelConfig, t
         vocab = None
         if tcfg.substitution_rate:
             vocab = objectives.vocab_range(mcfg.tokens, mcfg.llm.vocab_size, tcfg.substitution_range)
-        c = objectives.corrupt(noise_rng, ids, span, mcfg.tokens.mask, tcfg.t_eps, tcfg.substitution_rate, vocab)
+        c = objectives.corrupt(noise_rng, source, span, mcfg.tokens.mask, tcfg.t_eps, tcfg.substitution_rate, vocab)
         out["inputs"] = c.noisy_ids
         scored = c.masked if tcfg.loss_positions == "masked" else span
         inv_t = {"span_len": jnp.sum(span, axis=1), "t": c.t} if tcfg.objective == "diffusion_inv_t" else {}
