@@ -102,8 +102,8 @@ class DemoSettings:
     # rows), and the demo's encoder input is already cut to its longest clip. The batches carry
     # audio_len, so it is one recipe field away. Nor first_pass_rate (a share of the rows reads
     # tiny.en's first pass of the training split, computed when the recipe sets it): 0.25 gave
-    # 26.2 / 19.5 % diffusion / deliberation WER against 29.5 / 21.2, one seed, within run-to-run
-    # noise (docs/results.md, "Controlled runs").
+    # 26.2 / 19.5 % diffusion / deliberation WER against 29.5 / 21.2, one seed, within what
+    # other seeds or audio moved earlier recipes (docs/results.md, "Controlled runs").
     train_recipe: dict = dataclasses.field(default_factory=lambda: {
         "substitution_rate": 0.1, "loss_positions": "all", "loss_norm": "token_mean", "audio_drop_rate": 0.05})
 
@@ -166,30 +166,16 @@ def whisper_first_pass(recognizer, corpus: Corpus, cache: Path, batch_size: int,
 
 def first_pass_from_encoder(recognizer, encoder_out: np.ndarray, batch_size: int, progress: bool = False,
                             desc: str = "whisper tiny.en first pass (cached encoder)") -> list[str]:
-    """Whisper greedy transcripts whose decoder reads cached encoder outputs ``(N, frames, d)``:
-    no log-mel and no encoder pass, so tiny.en's first pass of the 2000 training clips takes
-    minutes instead of the half hour of 30 s inputs. The cached outputs are those of the
-    shortened encoder input (``whisper.input_frames``), so these transcripts are not exactly what
-    30 s inputs give (``first_pass_test`` is): a noisy first pass of the same kind, for training."""
-    import jax
+    """Whisper greedy transcripts whose decoder reads cached encoder outputs ``(N, frames, d)``
+    (``WhisperRecognizer.transcribe_encoded``): no log-mel and no encoder pass, so tiny.en's
+    first pass of the 2000 training clips takes minutes instead of the half hour of 30 s inputs.
+    The cached outputs are those of the shortened encoder input (``whisper.input_frames``), so
+    these transcripts are not exactly what 30 s inputs give (``first_pass_test`` is): a noisy
+    first pass of the same kind, for training."""
     from tqdm import tqdm
 
-    from whisper_llada_jax.decoding.whisper_greedy import greedy_decode
-    from whisper_llada_jax.models.whisper import Whisper
-
-    model, f = Whisper(recognizer.config), recognizer.facts
-    texts: list[str] = []
     with tqdm(total=len(encoder_out), desc=desc, unit="clip", disable=not progress) as bar:
-        for start in range(0, len(encoder_out), batch_size):
-            rows = np.asarray(encoder_out[start:start + batch_size], np.float32)
-            n = len(rows)
-            batch = np.concatenate([rows, np.repeat(rows[:1], batch_size - n, axis=0)])  # one compiled shape
-            tokens, lengths = map(np.asarray, jax.device_get(greedy_decode(
-                model, recognizer.params, batch, f.prompt, max_new_tokens=f.max_new_tokens, eos_id=f.eos_id,
-                suppress_tokens=f.suppress_tokens, begin_suppress_tokens=f.begin_suppress_tokens)))
-            texts += [recognizer.tokenizer.decode(tokens[i, :lengths[i]]).strip() for i in range(n)]
-            bar.update(n)
-    return texts
+        return recognizer.transcribe_encoded(encoder_out, batch_size, bar)
 
 
 def train_first_pass(recognizer, enc_train, rows: list[dict], cache: Path, batch_size: int, progress: bool) -> list[str]:

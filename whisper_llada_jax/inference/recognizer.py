@@ -91,12 +91,18 @@ def _recognise_batch(params, audio, n_samples, *, config: WhisperConfig, facts: 
     """(B, 480000) samples -> (tokens (B, max_new_tokens), lengths (B,)) in one compiled call.
     Module-level with hashable static arguments, so every recogniser of the same checkpoint
     shape shares the compiled program."""
-    from whisper_llada_jax.decoding.whisper_greedy import greedy_decode
     from whisper_llada_jax.models.whisper import Whisper
 
     model = Whisper(config)
     features = _features(audio, n_samples, config.n_mels, padding)
     encoder_out = model.apply({"params": params}, features, method="encode")
+    return _greedy(model, params, encoder_out, facts)
+
+
+def _greedy(model, params, encoder_out, facts: DecodingFacts):
+    """``greedy_decode`` with a checkpoint's decoding facts: (tokens, lengths)."""
+    from whisper_llada_jax.decoding.whisper_greedy import greedy_decode
+
     return greedy_decode(model, params, encoder_out, facts.prompt,
                          max_new_tokens=facts.max_new_tokens, eos_id=facts.eos_id,
                          suppress_tokens=facts.suppress_tokens,
@@ -181,6 +187,21 @@ class WhisperRecognizer:
             pending = (out, n)
         if pending is not None:
             texts += self._finish(*pending, progress)
+        return texts
+
+    def transcribe_encoded(self, encoder_out: np.ndarray, batch_size: int = 16, progress=None) -> list[str]:
+        """Transcripts from encoder outputs ``(N, frames, d)`` computed elsewhere (a cache): no
+        log-mel and no encoder pass. The last batch is padded with its first row, so every batch
+        has one compiled shape."""
+        from whisper_llada_jax.models.whisper import Whisper
+
+        model = Whisper(self.config)
+        texts: list[str] = []
+        for start in range(0, len(encoder_out), batch_size):
+            rows = np.asarray(encoder_out[start:start + batch_size], np.float32)
+            n = len(rows)
+            batch = np.concatenate([rows, np.repeat(rows[:1], batch_size - n, axis=0)])
+            texts += self._finish(_greedy(model, self.params, batch, self.facts), n, progress)
         return texts
 
     def _finish(self, out, n: int, progress) -> list[str]:
