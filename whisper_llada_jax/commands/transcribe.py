@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, TextIO
 
-from whisper_llada_jax.errors import AudioError, DataError, UserError
+from whisper_llada_jax.errors import DataError, UserError
 from whisper_llada_jax.outputs import atomic_file, check_output
 
 NAME = "transcribe"
@@ -80,33 +80,28 @@ def register(p: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------- inputs
 def read_transcribe_manifest(path: str | Path) -> list[dict]:
     """``{id, audio (absolute), text?}`` per non-empty line; DataError naming the line."""
+    from whisper_llada_jax.data.manifest import id_field, json_lines, string_field
+
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: manifest does not exist", hint="give a JSON-lines file")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read manifest ({e})") from None
+    hint = 'one JSON object per line, e.g. {"id": "u1", "audio": "u1.flac", "text": "..."}'
     items, seen = [], set()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg})", hint="one JSON object per line") from None
-        if not isinstance(entry, dict) or not isinstance(entry.get("audio"), str) or not entry["audio"]:
-            raise DataError(f"{where}: needs an \"audio\" path",
-                            hint='e.g. {"id": "u1", "audio": "u1.flac", "text": "..."}')
-        audio = Path(entry["audio"]).expanduser()
-        uid = str(entry.get("id") or audio.stem)
+    for where, entry in json_lines(path, "manifest", hint):
+        given = string_field(entry, "audio", where, empty_ok=False)
+        if given is None:
+            raise DataError(f"{where}: needs an \"audio\" path", hint=hint)
+        audio = Path(given).expanduser()
+        uid = id_field(entry, where) or audio.stem
         if uid in seen:
-            raise DataError(f"{where}: duplicate id {uid!r}")
+            raise DataError(f"{where}: duplicate id {uid!r}", hint="give every utterance its own id")
         seen.add(uid)
         item = {"id": uid, "audio": str(audio if audio.is_absolute() else path.parent / audio)}
-        if entry.get("text") is not None:
-            item["text"] = str(entry["text"])
+        if not audio.is_absolute() and not Path(item["audio"]).exists() and audio.exists():
+            raise DataError(f"{where}: {given} is not in the manifest's folder ({path.parent}) but in the "
+                            "working directory", hint="manifest paths are relative to the manifest's folder: "
+                                                      "write them so, or absolute")
+        text = string_field(entry, "text", where)
+        if text is not None:
+            item["text"] = text
         items.append(item)
     if not items:
         raise DataError(f"{path}: manifest holds no utterances")
@@ -144,16 +139,33 @@ def _items(args) -> list[dict]:
     if args.manifest and args.audio:
         raise UserError("give either --manifest or AUDIO files, not both")
     if args.manifest:
-        items = read_transcribe_manifest(args.manifest)
-    elif args.audio:
-        items = [{"id": uid, "audio": a} for uid, a in zip(audio_ids(args.audio), args.audio)]
-    else:
-        raise UserError("no input: give AUDIO files or --manifest FILE.jsonl")
-    for item in items:  # fail before loading a model
-        if not Path(item["audio"]).is_file():
-            raise AudioError(f"{item['audio']}: audio file does not exist",
-                             hint="manifest paths are relative to the manifest's folder")
-    return items
+        return read_transcribe_manifest(args.manifest)
+    if args.audio:
+        return [{"id": uid, "audio": a} for uid, a in zip(audio_ids(args.audio), args.audio)]
+    raise UserError("no input: give AUDIO files or --manifest FILE.jsonl")
+
+
+def model_window_seconds(model_dir: str) -> float:
+    """The audio a MODEL_DIR reads at once (``whisper.input_frames``): it cannot chunk."""
+    from whisper_llada_jax.checkpoints.model_dir import read_model_config
+
+    return read_model_config(model_dir).whisper.input_frames * 160 / 16000
+
+
+def window_hint(seconds: float) -> str:
+    return (f"this model reads at most {seconds:g} s of audio: split the file into shorter clips, or "
+            "transcribe it with `--whisper`, which chunks long audio")
+
+
+def check_inputs(items: list[dict], max_seconds: float | None = None, keep: bool = False) -> list:
+    """Every input clip read and checked before any model loads or any output is written: one
+    AudioError lists every file that cannot be used (missing, a folder, empty, not audio,
+    NaN/inf or out-of-range samples, longer than ``max_seconds``). Nothing then fails half-way,
+    so no output line is ever written for some files but not others."""
+    from whisper_llada_jax.audio.io import load_audio_files
+
+    hint = None if max_seconds is None else window_hint(max_seconds)
+    return load_audio_files([it["audio"] for it in items], max_seconds, keep=keep, limit_hint=hint)
 
 
 @contextlib.contextmanager
@@ -173,13 +185,11 @@ def _line(f: TextIO, record: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- run
-def _run_whisper(args, items: list[dict], out: TextIO) -> None:
+def _run_whisper(args, items: list[dict], audios: list, out: TextIO) -> None:
     from tqdm import tqdm
 
-    from whisper_llada_jax.audio.io import load_audio
     from whisper_llada_jax.inference.recognizer import WhisperRecognizer, n_windows
 
-    audios = [load_audio(it["audio"]) for it in items]  # bad audio fails before the model loads
     recognizer = WhisperRecognizer.from_dir(args.whisper, feature_padding=args.feature_padding)
     with tqdm(total=sum(n_windows(a) for a in audios), desc="transcribing", unit="window",
               file=sys.stderr) as bar:
@@ -238,16 +248,20 @@ def run(args) -> int:
     items = _items(args)
     # Batches are padded to a fixed shape: never past the inputs (--batch-size 100000 for two files).
     args.batch_size = min(args.batch_size, len(items))
+    audios = None
     if args.model:
         decode_config(args)  # a bad setting fails before any audio is read
+        check_inputs(items, model_window_seconds(args.model))
         args.mesh, args.rules = inference_mesh(overrides, "transcribe")
+    else:  # Whisper chunks long audio: any length
+        audios = check_inputs(items, keep=True)
     if args.model and jax.process_index() != 0:  # decodes its share of the batches; process 0 writes every result
         with open(os.devnull, "w") as out:
             _run_model(args, items, out)
         return 0
     with _open_output(args.output) as out:
         if args.whisper:
-            _run_whisper(args, items, out)
+            _run_whisper(args, items, audios, out)
         else:
             _run_model(args, items, out)
     if args.output != "-":

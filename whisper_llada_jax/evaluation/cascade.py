@@ -17,7 +17,8 @@ from whisper_llada_jax.data.pipeline import SKIP_REASONS, decode_audio
 from whisper_llada_jax.data.sources import ListSource, RecordSource, parse_source
 from whisper_llada_jax.decoding.config import DecodeConfig
 from whisper_llada_jax.errors import AudioError, DataError
-from whisper_llada_jax.evaluation.evaluate import check_unique_ids, decode_dataset, evaluate, report_skipped
+from whisper_llada_jax.evaluation.evaluate import (check_unique_ids, decode_dataset, evaluate, report_skipped,
+                                                   window_seconds)
 from whisper_llada_jax.evaluation.wer import corpus_wer
 from whisper_llada_jax.outputs import atomic_file
 
@@ -133,7 +134,9 @@ def run_cascade(first: str | Path, loaded: Any, data: str | RecordSource, config
         records, stats = autoregressive_first_pass(first, source, batch_size=batch_size, strict=strict)
         kind = "autoregressive"
     else:
-        records, stats = whisper_first_pass(first, source, batch_size=batch_size, strict=strict)
+        # the deliberating model's window: the first-pass WER is then over the clips it deliberates
+        records, stats = whisper_first_pass(first, source, batch_size=batch_size, strict=strict,
+                                            max_seconds=window_seconds(loaded.config))
         kind = "whisper"
     if not records:
         raise DataError(f"{data}: no usable utterance for the first pass", hint=f"skip counts: {stats}")
