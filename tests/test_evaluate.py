@@ -105,6 +105,9 @@ def test_cascade_whisper_first_pass_then_deliberation(model_dir, tmp_path, capsy
     rows = [json.loads(x) for x in (out / r["hypotheses"]).read_text().splitlines()]
     assert [x["first_pass"] for x in rows] == [f["first_pass"] for f in first]
     assert "first pass (whisper, bundled:tiny.en)" in captured.out
+    # the clip the first pass left out is counted where the WER is read
+    assert "scored 2 of 3 utterances; skipped: too_long 1" in (out / "results.md").read_text()
+    assert [s["id"] for s in doc["skipped"]] == ["clip000"]
 
 
 def test_grid_run_writes_the_paper_layout(tmp_path, monkeypatch):

@@ -220,6 +220,14 @@ def test_manifest_path_relative_to_the_cwd_is_named(tmp_path, monkeypatch):
         read_transcribe_manifest(path)
 
 
+def test_deliberate_manifest_may_leave_out_the_reference(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text(_line(id="a", audio="a.flac") + "\n")
+    with pytest.raises(DataError, match="no audio path or no text"):
+        read_manifest(path)
+    assert read_manifest(path, require_text=False) == [{"id": "a", "audio": str(tmp_path / "a.flac")}]
+
+
 def test_librispeech_transcripts_not_utf8_are_a_data_error(tmp_path):
     d = tmp_path / "19" / "198"
     d.mkdir(parents=True)
@@ -316,6 +324,19 @@ def test_evaluate_skips_names_and_counts_bad_clips(model_dir, hostile, tmp_path,
     assert "skipped nan (unreadable)" in err and "Traceback" not in err
     assert "error: " in err and "no utterance could be decoded (scored 0 of 1 utterances" in err
     assert not (tmp_path / "e2" / "results.json").exists()
+
+
+def test_evaluate_refuses_a_missing_first_pass_before_decoding(model_dir, hostile, tmp_path, capsys,  # noqa: F811
+                                                               monkeypatch):
+    from whisper_llada_jax.inference import driver
+
+    _tripwire(monkeypatch, driver, "run_decode")
+    manifest, first = tmp_path / "m.jsonl", tmp_path / "fp.jsonl"
+    manifest.write_text("".join(_line(id=i, audio=str(hostile / "good.flac"), text="a") + "\n" for i in "ab"))
+    first.write_text(_line(id="a", hypothesis="a") + "\n" + _line(id="zz", hypothesis="z") + "\n")
+    _fails(capsys, ["evaluate", "--model", str(model_dir), "--data", f"manifest:{manifest}", "--first-pass",
+                    str(first), "--decode", "strategy=diffusion,gen_len=8,steps=8", "--out", str(tmp_path / "e")],
+           "no first-pass transcript for 1 of 2 utterance(s): 'b'")
 
 
 def test_tune_names_the_clips_it_leaves_out(model_dir, hostile, tmp_path, capsys, monkeypatch):  # noqa: F811

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterator
 
 from whisper_llada_jax.errors import DataError
 
@@ -44,15 +45,15 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
-def json_lines(path: str | Path, what: str, hint: str, text: str | None = None) -> list[tuple[str, dict]]:
+def json_lines(path: str | Path, what: str, hint: str, text: str | None = None) -> Iterator[tuple[str, dict]]:
     """``(where, object)`` per non-blank line of a JSON-lines file, ``where`` = ``PATH:LINE``.
 
     Lines end at ``\n`` only (CRLF files work): a transcript holding U+2028 or a form feed,
     which JSON writers leave unescaped, stays one record. NaN / Infinity (Python's json
-    extension, not JSON) and anything but an object are errors naming the line."""
+    extension, not JSON) and anything but an object are errors naming the line; lines are
+    yielded in order, so the first problem of the file is the one reported."""
     path = Path(path)
     text = read_text_file(path, what, hint) if text is None else text
-    out = []
     for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
@@ -65,8 +66,7 @@ def json_lines(path: str | Path, what: str, hint: str, text: str | None = None) 
             raise DataError(f"{where}: {e}", hint=hint) from None
         if not isinstance(entry, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(entry).__name__}", hint=hint)
-        out.append((where, entry))
-    return out
+        yield where, entry
 
 
 def string_field(entry: dict, key: str, where: str, *, required: bool = False, empty_ok: bool = True) -> str | None:
@@ -116,11 +116,11 @@ def _first_pass(entry: dict, where: str):
     return None
 
 
-def _record(entry, where: str, base: Path, index: int) -> dict:
+def _record(entry, where: str, base: Path, index: int, require_text: bool = True) -> dict:
     if not isinstance(entry, dict):
         raise DataError(f"{where}: entry is not a JSON object", hint='each entry needs "audio" and "text"')
     key = next((k for k in _AUDIO_KEYS if entry.get(k) is not None), None)
-    if key is None or entry.get("text") is None:
+    if key is None or (require_text and entry.get("text") is None):
         raise DataError(f"{where}: entry has no audio path or no text",
                         hint='give "audio" (or "path") and "text" fields')
     audio = string_field(entry, key, where, empty_ok=False)
@@ -130,14 +130,17 @@ def _record(entry, where: str, base: Path, index: int) -> dict:
         path = base / path
     uid = id_field(entry, where, "id", "key") or Path(audio).stem or str(index)
     rec = {"id": uid, "audio": str(path), "text": text}
+    if text is None:  # require_text=False: no reference
+        del rec["text"]
     fp = _first_pass(entry, where)
     if fp is not None:
         rec["first_pass"] = fp
     return rec
 
 
-def read_manifest(path: str | Path) -> list[dict]:
-    """Records ``{id, audio (absolute path), text, first_pass?}`` from either layout."""
+def read_manifest(path: str | Path, require_text: bool = True) -> list[dict]:
+    """Records ``{id, audio (absolute path), text, first_pass?}`` from either layout
+    (``require_text=False``: ``text``, the reference, may be absent, as for ``deliberate``)."""
     path = Path(path)
     hint = 'one JSON object per line ({"id", "audio", "text"}), or the reference {"annotation": [...]} layout'
     text = read_text_file(path, "manifest", "give a .jsonl or .json manifest file")
@@ -153,11 +156,13 @@ def read_manifest(path: str | Path) -> list[dict]:
         if isinstance(doc, dict) and "annotation" in doc:
             if not isinstance(doc["annotation"], list):
                 raise DataError(f"{path}: \"annotation\" must be a list of entries", hint=hint)
-            records = [_record(e, f"{path}: annotation[{i}]", base, i) for i, e in enumerate(doc["annotation"])]
+            records = [_record(e, f"{path}: annotation[{i}]", base, i, require_text)
+                       for i, e in enumerate(doc["annotation"])]
             if not records:
                 raise DataError(f"{path}: manifest holds no utterances")
             return records
-    records = [_record(entry, where, base, i) for i, (where, entry) in enumerate(json_lines(path, "manifest", hint, text))]
+    records = [_record(entry, where, base, i, require_text)
+               for i, (where, entry) in enumerate(json_lines(path, "manifest", hint, text))]
     if not records:
         raise DataError(f"{path}: manifest holds no utterances")
     return records

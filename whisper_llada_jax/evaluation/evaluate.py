@@ -142,6 +142,21 @@ def check_unique_ids(records, where) -> None:
         seen[r["id"]] = r.get("audio")
 
 
+def check_first_pass_coverage(records, first_pass: dict[str, str] | None) -> None:
+    """Before any decoding: every utterance to deliberate has a first pass (from ``--first-pass``
+    or the manifest), so a gap is one error up front, not a failure after some batches. Sources
+    without a record list (tfds) are checked batch by batch while decoding."""
+    records = getattr(records, "records", records)
+    if not isinstance(records, list):
+        return
+    missing = [r["id"] for r in records if (first_pass is None or r["id"] not in first_pass)
+               and r.get("first_pass") is None]
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise DataError(f"no first-pass transcript for {len(missing)} of {len(records)} utterance(s): {shown}",
+                        hint="give --first-pass FILE with their ids, or first_pass in the manifest")
+
+
 def _audio_name(audio) -> str:
     return audio if isinstance(audio, str) else "in-memory audio"
 
@@ -295,10 +310,13 @@ def score(name: str, cfg: DecodeConfig, run: dict) -> dict:
 
 def evaluate(loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str, DecodeConfig]], out_dir: str | Path,
              *, first_pass: dict[str, str] | None = None, grid: str | None = None, seed: int = 0,
-             num_workers: int = 0, strict: bool = False, extra: dict | None = None, progress: bool = False) -> dict:
+             num_workers: int = 0, strict: bool = False, extra: dict | None = None, progress: bool = False,
+             skipped_before: tuple[dict, list[dict]] | None = None) -> dict:
     """Decodes and scores each ``(name, config)``; writes ``results.json``, ``results.md`` and
     ``hypotheses/<name>.jsonl`` under ``out_dir``; returns the results dict. ``progress``
-    shows a bar over the configs."""
+    shows a bar over the configs. ``skipped_before``: (counts, skipped clips) of an earlier stage
+    over the same data (cascade's first pass), so that results.md and results.json count the
+    clips it left out too."""
     import jax
     from tqdm import tqdm
 
@@ -312,6 +330,8 @@ def evaluate(loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str,
         (out_dir / "hypotheses").mkdir(parents=True, exist_ok=True)
     source = parse_source(data) if isinstance(data, str) else data
     check_unique_ids(source, data if isinstance(data, str) else repr(source))
+    if any(cfg.strategy != "none" for _, cfg in configs):
+        check_first_pass_coverage(source, first_pass)
     cells = {}
     if grid:
         expanded = []
@@ -334,6 +354,11 @@ def evaluate(loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str,
             report_skipped(run["counts"], run["skipped"])
             skipped = [{k: ex[k] for k in ("id", "skip", "message")} for ex in run["skipped"]]
             counts = run["counts"]
+            if skipped_before is not None:
+                before, listed = skipped_before
+                counts = {**counts, "seen": before.get("seen", counts.get("seen", 0)),
+                          **{r: counts.get(r, 0) + before.get(r, 0) for r in SKIP_REASONS}}
+                skipped = list(listed) + skipped
             if not run["rows"]:  # a WER over nothing would read as 0 %
                 raise DataError(f"{doc_data(data, source)}: no utterance could be decoded "
                                 f"({skip_summary(counts)})", hint="fix the clips named above")
