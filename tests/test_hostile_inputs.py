@@ -123,6 +123,16 @@ def test_odd_but_valid_audio_loads_as_16k_mono(tmp_path, write, rate, channels):
     assert 0.45 < peak / (3.0 if peak > 1 else 1.0) < 0.56  # the tone's level survives width, rate, mixdown
 
 
+def test_a_file_name_that_is_not_utf8(tmp_path, capsys):
+    """Linux file names are bytes: one that is not UTF-8 still reads; transcribe, whose output
+    names every file in UTF-8 JSON, refuses it up front instead of failing while writing."""
+    write_clip(tmp_path / "x.wav", 0.5, seed=4)
+    path = tmp_path / os.fsdecode(b"caf\xe9.wav")
+    os.rename(tmp_path / "x.wav", path)
+    assert load_audio(path).shape == (8000,)
+    _fails(capsys, ["transcribe", "--whisper", "bundled:tiny.en", str(path)], "caf\\udce9.wav: the file name is not UTF-8")
+
+
 def test_silence_and_dc_offset_load(tmp_path):
     sf.write(tmp_path / "silence.wav", np.zeros(SR, np.float32), SR)
     sf.write(tmp_path / "dc.wav", np.full(SR, 0.5, np.float32), SR)
@@ -199,6 +209,8 @@ def test_manifest_encodings_and_line_ends(tmp_path):
     ({"id": "a", "audio": "a.flac", "text": "x", "first_pass": 5}, "'first_pass' must be a string"),
     ('{"id": "a", "audio": "a.flac", "text": NaN}', "NaN is not valid JSON"),
     ('["a.flac", "x"]', "expected a JSON object, got list"),
+    ('{"id": "a\\udce9", "audio": "a.flac", "text": "x"}', "'id' holds an unpaired surrogate escape"),
+    ('{"id": "a", "audio": "a.flac", "text": "caf\\udce9"}', "'text' holds an unpaired surrogate escape"),
 ])
 def test_manifest_wrong_types_name_the_line_and_field(tmp_path, entry, words):
     path = tmp_path / "m.jsonl"

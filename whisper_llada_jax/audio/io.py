@@ -52,7 +52,8 @@ def _read(path: Path) -> tuple[np.ndarray, int]:
     import soundfile
 
     try:
-        data, sr = soundfile.read(str(path), dtype="float32", always_2d=True)
+        # bytes: a file name that is not UTF-8 (Linux allows any bytes) still opens
+        data, sr = soundfile.read(os.fsencode(path), dtype="float32", always_2d=True)
         return data, int(sr)
     except Exception as sf_error:  # libsndfile says only "format not recognised"; try audioread
         try:

@@ -112,11 +112,18 @@ def audio_ids(paths: list[str]) -> list[str]:
     """One unique id per AUDIO file: its stem, or where stems collide, its path (without the
     suffix, then with it) relative to the folder the colliding files share. The same file
     given twice is refused: its two records could not be told apart."""
+    for p in paths:  # the path is written into the output (UTF-8 JSON)
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(f"{ascii(p)[1:-1]}: the file name is not UTF-8 text, and the output (UTF-8 JSON) "
+                            "names every file", hint="rename the file") from None
     resolved = [os.path.realpath(p) for p in paths]
     seen: dict[str, str] = {}
     for given, real in zip(paths, resolved):
         if real in seen:
-            raise UserError(f"{given}: the same audio file is given twice ({seen[real]} and {given})")
+            raise UserError(f"{given}: the same audio file is given twice ({seen[real]} and {given})",
+                            hint="give each file once (a --manifest may give one file two ids)")
         seen[real] = given
     ids = [Path(p).stem for p in paths]
     for stem in {i for i in ids if ids.count(i) > 1}:

@@ -69,6 +69,17 @@ def json_lines(path: str | Path, what: str, hint: str, text: str | None = None) 
         yield where, entry
 
 
+def _unicode(value: str, key: str, where: str) -> str:
+    """``value`` if it is text: JSON's ``\\udce9`` escapes make unpaired surrogates, which no
+    UTF-8 output can hold (a transcript file would fail half-written)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{where}: {key!r} holds an unpaired surrogate escape ({ascii(value)[:60]}), not text",
+                        hint="write the file as UTF-8 text") from None
+    return value
+
+
 def string_field(entry: dict, key: str, where: str, *, required: bool = False, empty_ok: bool = True) -> str | None:
     """``entry[key]`` as a string; None when absent or null (an error when ``required``). A
     number, list or object is refused rather than turned into its Python spelling."""
@@ -82,7 +93,7 @@ def string_field(entry: dict, key: str, where: str, *, required: bool = False, e
                         hint=f'quote it: "{key}": "..."')
     if not empty_ok and not value.strip():
         raise DataError(f"{where}: {key!r} is empty", hint=f"give a non-empty {key!r}")
-    return value
+    return _unicode(value, key, where)
 
 
 def id_field(entry: dict, where: str, *keys: str) -> str | None:
@@ -99,7 +110,7 @@ def id_field(entry: dict, where: str, *keys: str) -> str | None:
                             hint=f'e.g. "{key}": "utt-001"')
         if not value.strip():
             raise DataError(f"{where}: {key!r} is empty", hint="give every utterance a non-empty id, or leave it out")
-        return value
+        return _unicode(value, key, where)
     return None
 
 
@@ -111,7 +122,7 @@ def _first_pass(entry: dict, where: str):
             if isinstance(v, list):
                 if not all(isinstance(x, str) for x in v):
                     raise DataError(f"{where}: {k!r} must be a string or a list of strings")
-                return v[0] if v else ""
+                return _unicode(v[0], k, where) if v else ""
             return string_field(entry, k, where)
     return None
 
