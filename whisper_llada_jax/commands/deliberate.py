@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output != "-":
         check_output(args.output, [args.model, args.manifest, args.first_pass], overwrite=args.overwrite,
                      kind="file", flag="--output")
-    items = read_manifest(args.manifest, require_text=False)  # the reference is optional here
+    items = read_manifest(args.manifest, require_text=False, for_files=True)  # the reference is optional here
     # Batches are padded to a fixed shape: never past the inputs (--batch-size 100000 for two clips).
     args.batch_size = min(args.batch_size, len(items)) if args.batch_size >= 1 else args.batch_size
     cfg = decode_config(args)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, TextIO
 
-from whisper_llada_jax.errors import DataError, UserError
+from whisper_llada_jax.errors import UserError
 from whisper_llada_jax.outputs import atomic_file, check_output
 
 NAME = "transcribe"
@@ -32,7 +32,10 @@ EXAMPLES = """examples:
       mesh.data=2 mesh.fsdp=2 mesh.tensor=2
 
 manifest: JSON lines with "id", "audio" (relative to the manifest's folder) and optionally
-"text" (the reference). Output: one JSON line per utterance with "id", "audio",
+"text" (the reference); the layouts `evaluate` reads work too. Every clip is read before a model
+loads: unusable ones (missing, empty, not audio, NaN/inf or out-of-range samples, or with --model
+longer than the model's window) are listed in one error and nothing is written (docs/decoding.md,
+"Bad input"). AUDIO names starting with '-' follow '--'. Output: one JSON line per utterance with "id", "audio",
 "hypothesis", "reference" when known, and "nfe" (forward passes) for --model.
 mesh.* / distributed.* (--model only): the overrides of `train`. Each process places the model
 on its own devices and decodes every n-th batch; process 0 writes the one output, in input order,
@@ -79,33 +82,13 @@ def register(p: argparse.ArgumentParser) -> None:
 
 # ----------------------------------------------------------------------------- inputs
 def read_transcribe_manifest(path: str | Path) -> list[dict]:
-    """``{id, audio (absolute), text?}`` per non-empty line; DataError naming the line."""
-    from whisper_llada_jax.data.manifest import id_field, json_lines, string_field
+    """``{id, audio (absolute), text?}`` per utterance: ``data.manifest.read_manifest``'s layouts
+    and field rules (``path`` / ``audio_filepath`` for ``audio`` too), the reference optional,
+    duplicate ids refused; DataError naming the line."""
+    from whisper_llada_jax.data.manifest import read_manifest
 
-    path = Path(path)
-    hint = 'one JSON object per line, e.g. {"id": "u1", "audio": "u1.flac", "text": "..."}'
-    items, seen = [], set()
-    for where, entry in json_lines(path, "manifest", hint):
-        given = string_field(entry, "audio", where, empty_ok=False)
-        if given is None:
-            raise DataError(f"{where}: needs an \"audio\" path", hint=hint)
-        audio = Path(given).expanduser()
-        uid = id_field(entry, where) or audio.stem
-        if uid in seen:
-            raise DataError(f"{where}: duplicate id {uid!r}", hint="give every utterance its own id")
-        seen.add(uid)
-        item = {"id": uid, "audio": str(audio if audio.is_absolute() else path.parent / audio)}
-        if not audio.is_absolute() and not Path(item["audio"]).exists() and audio.exists():
-            raise DataError(f"{where}: {given} is not in the manifest's folder ({path.parent}) but in the "
-                            "working directory", hint="manifest paths are relative to the manifest's folder: "
-                                                      "write them so, or absolute")
-        text = string_field(entry, "text", where)
-        if text is not None:
-            item["text"] = text
-        items.append(item)
-    if not items:
-        raise DataError(f"{path}: manifest holds no utterances")
-    return items
+    return [{k: r[k] for k in ("id", "audio", "text") if k in r}
+            for r in read_manifest(path, require_text=False, for_files=True)]
 
 
 def audio_ids(paths: list[str]) -> list[str]:

@@ -127,18 +127,24 @@ def _first_pass(entry: dict, where: str):
     return None
 
 
-def _record(entry, where: str, base: Path, index: int, require_text: bool = True) -> dict:
+def _record(entry, where: str, base: Path, index: int, require_text: bool = True, check_paths: bool = False) -> dict:
     if not isinstance(entry, dict):
         raise DataError(f"{where}: entry is not a JSON object", hint='each entry needs "audio" and "text"')
     key = next((k for k in _AUDIO_KEYS if entry.get(k) is not None), None)
-    if key is None or (require_text and entry.get("text") is None):
-        raise DataError(f"{where}: entry has no audio path or no text",
-                        hint='give "audio" (or "path") and "text" fields')
+    if key is None:
+        raise DataError(f"{where}: needs an \"audio\" path",
+                        hint='give "audio" (or "path" / "audio_filepath"), e.g. {"id": "u1", "audio": "u1.flac", '
+                             '"text": "..."}')
+    if require_text and entry.get("text") is None:
+        raise DataError(f"{where}: needs a \"text\" field (the reference transcript)",
+                        hint='e.g. {"id": "u1", "audio": "u1.flac", "text": "..."}')
     audio = string_field(entry, key, where, empty_ok=False)
     text = string_field(entry, "text", where)
-    path = Path(audio).expanduser()
-    if not path.is_absolute():
-        path = base / path
+    given = Path(audio).expanduser()
+    path = given if given.is_absolute() else base / given
+    if check_paths and path != given and not path.exists() and given.exists():
+        raise DataError(f"{where}: {audio} is not in the manifest's folder ({base}) but in the working directory",
+                        hint="manifest paths are relative to the manifest's folder: write them so, or absolute")
     uid = id_field(entry, where, "id", "key") or Path(audio).stem or str(index)
     rec = {"id": uid, "audio": str(path), "text": text}
     if text is None:  # require_text=False: no reference
@@ -149,9 +155,13 @@ def _record(entry, where: str, base: Path, index: int, require_text: bool = True
     return rec
 
 
-def read_manifest(path: str | Path, require_text: bool = True) -> list[dict]:
+def read_manifest(path: str | Path, require_text: bool = True, for_files: bool = False) -> list[dict]:
     """Records ``{id, audio (absolute path), text, first_pass?}`` from either layout
-    (``require_text=False``: ``text``, the reference, may be absent, as for ``deliberate``)."""
+    (``require_text=False``: ``text``, the reference, may be absent, as for ``transcribe``).
+
+    ``for_files`` (commands that read every clip up front: ``transcribe``, ``deliberate``): a
+    duplicate id is an error naming its line, and so is a missing audio path that exists
+    relative to the working directory (the usual slip: paths written relative to the cwd)."""
     path = Path(path)
     hint = 'one JSON object per line ({"id", "audio", "text"}), or the reference {"annotation": [...]} layout'
     text = read_text_file(path, "manifest", "give a .jsonl or .json manifest file")
@@ -167,13 +177,18 @@ def read_manifest(path: str | Path, require_text: bool = True) -> list[dict]:
         if isinstance(doc, dict) and "annotation" in doc:
             if not isinstance(doc["annotation"], list):
                 raise DataError(f"{path}: \"annotation\" must be a list of entries", hint=hint)
-            records = [_record(e, f"{path}: annotation[{i}]", base, i, require_text)
-                       for i, e in enumerate(doc["annotation"])]
-            if not records:
-                raise DataError(f"{path}: manifest holds no utterances")
-            return records
-    records = [_record(entry, where, base, i, require_text)
-               for i, (where, entry) in enumerate(json_lines(path, "manifest", hint, text))]
+            entries = [(f"{path}: annotation[{i}]", e) for i, e in enumerate(doc["annotation"])]
+        else:
+            entries = json_lines(path, "manifest", hint, text)
+    else:
+        entries = json_lines(path, "manifest", hint, text)
+    records, seen = [], set()
+    for i, (where, entry) in enumerate(entries):
+        rec = _record(entry, where, base, i, require_text, for_files)
+        if for_files and rec["id"] in seen:
+            raise DataError(f"{where}: duplicate id {rec['id']!r}", hint="give every utterance its own id")
+        seen.add(rec["id"])
+        records.append(rec)
     if not records:
         raise DataError(f"{path}: manifest holds no utterances")
     return records
