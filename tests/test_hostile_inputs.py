@@ -255,6 +255,14 @@ def test_deliberate_manifest_may_leave_out_the_reference(tmp_path):
     assert read_manifest(path, require_text=False) == [{"id": "a", "audio": str(tmp_path / "a.flac")}]
 
 
+def test_a_source_spec_without_a_path_is_refused_not_read_as_the_cwd():
+    from whisper_llada_jax.data.sources import parse_source
+
+    for spec in ("manifest:", "librispeech: "):
+        with pytest.raises(DataError, match="names no path"):
+            parse_source(spec)
+
+
 def test_librispeech_transcripts_not_utf8_are_a_data_error(tmp_path):
     d = tmp_path / "19" / "198"
     d.mkdir(parents=True)

@@ -154,6 +154,8 @@ def parse_source(spec: str) -> RecordSource:
                 raise DataError(f"tfds source: option {part!r} is not key=value", hint="tfds:NAME?split=test&data_dir=DIR")
             opts[unquote(key)] = unquote(value)
         return tfds_source(name, **opts)
+    if sep and kind in ("librispeech", "manifest") and not arg.strip():
+        raise DataError(f"data source {spec!r} names no path", hint=f"{kind}:PATH, e.g. manifest:test.jsonl")
     if sep and kind == "librispeech":
         return librispeech_folder(arg)
     if sep and kind == "manifest":
