@@ -149,15 +149,20 @@ def load_audio_files(paths: Sequence[str | Path], max_seconds: float | None = No
     a batch command's up-front check. Every bad file is found before the first is reported:
     one AudioError lists them all (up to ``_LISTED``), so one fix-up round is enough.
     ``keep=False`` only checks (returns an empty list, holds no audio)."""
-    out, problems = [], []
+    out, problems, long_hint = [], [], None
     for p in paths:
         try:
             audio = load_audio(p)
-            if max_seconds is not None:
-                check_duration(audio, _name(p), max_seconds=max_seconds, hint=limit_hint)
         except AudioError as e:
             problems.append(e)
             continue
+        if max_seconds is not None:
+            try:
+                check_duration(audio, _name(p), max_seconds=max_seconds, hint=limit_hint)
+            except AudioError as e:
+                problems.append(e)
+                long_hint = e.hint
+                continue
         if keep:
             out.append(audio)
     if len(problems) == 1:
@@ -165,9 +170,8 @@ def load_audio_files(paths: Sequence[str | Path], max_seconds: float | None = No
     if problems:
         listed = "; ".join(e.message for e in problems[:_LISTED])
         more = f"; and {len(problems) - _LISTED} more" if len(problems) > _LISTED else ""
-        hints = sorted({e.hint for e in problems if e.hint})
-        raise AudioError(f"{len(problems)} of {len(paths)} audio files cannot be used: {listed}{more}",
-                         hint="; ".join(hints) or None)
+        hint = "re-export or remove each file listed" + (f"; too long: {long_hint}" if long_hint else "")
+        raise AudioError(f"{len(problems)} of {len(paths)} audio files cannot be used: {listed}{more}", hint=hint)
     return out
 
 
