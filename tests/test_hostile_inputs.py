@@ -232,6 +232,9 @@ def test_one_manifest_reader_for_every_command(tmp_path):
     assert read_transcribe_manifest(path) == [{"id": "a", "audio": str(tmp_path / "a.flac"), "text": "x"},
                                               {"id": "b", "audio": str(tmp_path / "b.flac")}]
     assert read_manifest(path.with_name("m.jsonl"), require_text=False)[0]["id"] == "a"
+    (tmp_path / "m.csv").write_text("id,audio,text\na,a.flac,x\n")
+    with pytest.raises(DataError, match=r"m\.csv: CSV / TSV manifests are not read"):
+        read_transcribe_manifest(tmp_path / "m.csv")
     path.write_text(_line(id="u", audio="a.flac") + "\n" + _line(id="u", audio="b.flac") + "\n")
     with pytest.raises(DataError, match=r"m\.jsonl:2: duplicate id 'u'"):
         read_transcribe_manifest(path)

@@ -164,6 +164,8 @@ def read_manifest(path: str | Path, require_text: bool = True, for_files: bool =
     relative to the working directory (the usual slip: paths written relative to the cwd)."""
     path = Path(path)
     hint = 'one JSON object per line ({"id", "audio", "text"}), or the reference {"annotation": [...]} layout'
+    if path.suffix.lower() in (".csv", ".tsv"):
+        raise DataError(f"{path}: CSV / TSV manifests are not read", hint=f"convert it to JSON lines: {hint}")
     text = read_text_file(path, "manifest", "give a .jsonl or .json manifest file")
     base = path.parent
     stripped = text.lstrip()
