@@ -85,12 +85,16 @@ def test_cascade_whisper_first_pass_then_deliberation(model_dir, tmp_path, capsy
 
     out = tmp_path / "cascade"
     rc = main(["cascade", "--first", "bundled:tiny.en", "--model", str(model_dir), "--data", f"manifest:{BUNDLED_CLIPS}",
-               "--limit", "2", "--batch-size", "2", "--decode", "strategy=diffusion,gen_len=64,steps=4,batch_size=2",
+               "--limit", "3", "--batch-size", "2", "--decode", "strategy=diffusion,gen_len=64,steps=4,batch_size=2",
                "--out", str(out)])
     assert rc == 0
+    # clip000 (4.7 s) is longer than the tiny model's 4 s window: skipped by both passes alike,
+    # so the first-pass and deliberated WERs are over the same clips
+    captured = capsys.readouterr()
+    assert "skipped clip000 (too_long)" in captured.err
     first = [json.loads(x) for x in (out / "first_pass.jsonl").read_text().splitlines()]
-    refs = [json.loads(x)["text"] for x in BUNDLED_CLIPS.read_text().splitlines()[:2]]
-    assert [f["id"] for f in first] == ["clip000", "clip001"] and [f["reference"] for f in first] == refs
+    refs = [json.loads(x)["text"] for x in BUNDLED_CLIPS.read_text().splitlines()[1:3]]
+    assert [f["id"] for f in first] == ["clip001", "clip002"] and [f["reference"] for f in first] == refs
     doc = json.loads((out / "results.json").read_text())
     fp_wer = corpus_wer(refs, [f["first_pass"] for f in first])
     # the real Whisper tiny.en hears these eSpeak clips: well under 100 % WER
@@ -100,7 +104,10 @@ def test_cascade_whisper_first_pass_then_deliberation(model_dir, tmp_path, capsy
     assert r["first_pass_wer"] == fp_wer.to_dict()
     rows = [json.loads(x) for x in (out / r["hypotheses"]).read_text().splitlines()]
     assert [x["first_pass"] for x in rows] == [f["first_pass"] for f in first]
-    assert "first pass (whisper, bundled:tiny.en)" in capsys.readouterr().out
+    assert "first pass (whisper, bundled:tiny.en)" in captured.out
+    # the clip the first pass left out is counted where the WER is read
+    assert "scored 2 of 3 utterances; skipped: too_long 1" in (out / "results.md").read_text()
+    assert [s["id"] for s in doc["skipped"]] == ["clip000"]
 
 
 def test_grid_run_writes_the_paper_layout(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import shutil
 import ml_dtypes
 import numpy as np
 import pytest
+import soundfile as sf
 
 from whisper_llada_jax import cli
 from whisper_llada_jax.checkpoints.llada_hf import llada_config_from_hf, llada_config_to_hf
@@ -174,6 +175,6 @@ def test_a_huge_batch_size_is_not_padded_past_the_inputs(model_dir, tmp_path, ca
 
     monkeypatch.setattr(driver, "transcribe_files", fake)
     audio = tmp_path / "a.wav"
-    audio.write_bytes(b"")
+    sf.write(audio, np.zeros(1600, np.float32), 16000)
     assert cli.main(["transcribe", "--model", str(model_dir), str(audio), "--batch-size", str(10 ** 9)]) == 0
     assert seen == {"batch_size": 1, "cfg_batch": 1}  # not a (10**9, n_mels, frames) feature array

@@ -119,10 +119,14 @@ def _fake_decoder(fail_after=None):
 
 def test_deliberate_and_transcribe_write_atomically_and_spare_inputs(model_dir, tmp_path, capsys, monkeypatch):
     manifest = tmp_path / "m.jsonl"
-    manifest.write_text("".join(json.dumps({"id": f"u{i}", "audio": f"u{i}.wav", "text": "a b"}) + "\n"
+    manifest.write_text("".join(json.dumps({"id": f"u{i}", "audio": f"clips/u{i}.wav", "text": "a b"}) + "\n"
                                 for i in range(3)))
     first = tmp_path / "fp.jsonl"
     first.write_text("".join(json.dumps({"id": f"u{i}", "hypothesis": "a b"}) + "\n" for i in range(3)))
+    clips = tmp_path / "clips"  # every clip is read before the model loads: they must exist
+    clips.mkdir()
+    for i in range(3):
+        sf.write(clips / f"u{i}.wav", np.zeros(1600, np.float32), 16000)
     out = tmp_path / "delib.jsonl"
     out.write_text("old results\n")
     argv = ["deliberate", "--model", str(model_dir), "--manifest", str(manifest), "--first-pass", str(first),
@@ -131,7 +135,7 @@ def test_deliberate_and_transcribe_write_atomically_and_spare_inputs(model_dir, 
     monkeypatch.setattr(driver, "transcribe_files", _fake_decoder(fail_after=2))
     _fails(capsys, argv + ["--output", str(out), "--overwrite"], "a bad clip half-way")
     assert out.read_text() == "old results\n"  # neither truncated nor half-written
-    assert sorted(os.listdir(tmp_path)) == ["delib.jsonl", "fp.jsonl", "m.jsonl"]
+    assert sorted(os.listdir(tmp_path)) == ["clips", "delib.jsonl", "fp.jsonl", "m.jsonl"]
     monkeypatch.setattr(driver, "transcribe_files", _fake_decoder())
     deep = tmp_path / "new" / "folder" / "delib.jsonl"  # a missing output folder is created
     assert cli.main(argv + ["--output", str(deep)]) == 0
@@ -140,8 +144,6 @@ def test_deliberate_and_transcribe_write_atomically_and_spare_inputs(model_dir, 
     # an output that is an input is refused, the input untouched
     text = manifest.read_text()
     _fails(capsys, argv + ["--output", str(first), "--overwrite"], "is the input")
-    for i in range(3):
-        sf.write(tmp_path / f"u{i}.wav", np.zeros(1600, np.float32), 16000)
     _fails(capsys, ["transcribe", "--model", str(model_dir), "--manifest", str(manifest),
                     "--output", str(manifest), "--overwrite"], "is the input")
     assert manifest.read_text() == text

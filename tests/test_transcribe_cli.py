@@ -136,11 +136,12 @@ def test_model_branch_builds_decode_config_and_writes_nfe(tmp_path, capsys, monk
             yield {"id": it["id"], "hypothesis": f"hyp {i}", "nfe": 10 + i}
 
     monkeypatch.setattr(driver, "transcribe_files", fake_transcribe_files)
-    # only its config is read (the canvas is checked against llm.max_len before any audio)
+    # only its config is read (the canvas is checked against llm.max_len before any audio; the
+    # clips, 2.7 and 3.5 s, against its 4 s window)
     (tmp_path / "config.yaml").write_text((CONFIG_DIR / "model" / "tiny.yaml").read_text())
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps({"id": m["id"], "audio": str(CLIPS / m["audio"]), "text": m["text"]}) + "\n"
-                                for m in MANIFEST[:2]))
+                                for m in MANIFEST[1:3]))
     argv = ["transcribe", "--model", str(tmp_path), "--manifest", str(manifest), "--decoder", "semi_ar",
             "--steps", "32", "--block-length", "32", "--gen-len", "64", "--remasking", "random",
             "--temperature", "0.5", "--threshold", "0.9", "--cache", "dual", "--audio-span", "trimmed",
@@ -150,12 +151,12 @@ def test_model_branch_builds_decode_config_and_writes_nfe(tmp_path, capsys, monk
                                remasking="random", temperature=0.5, threshold=0.9, cache="dual",
                                audio_span="trimmed", batch_size=2)  # capped at the 2 inputs
     assert seen["cfg"] == want and seen["batch_size"] == 2 and seen["model_dir"] == str(tmp_path)
-    assert [it["id"] for it in seen["items"]] == [m["id"] for m in MANIFEST[:2]]
+    assert [it["id"] for it in seen["items"]] == [m["id"] for m in MANIFEST[1:3]]
     rows = _lines(capsys.readouterr().out)
     assert rows == [{"id": m["id"], "audio": str(CLIPS / m["audio"]), "hypothesis": f"hyp {i}",
-                     "reference": m["text"], "nfe": 10 + i} for i, m in enumerate(MANIFEST[:2])]
+                     "reference": m["text"], "nfe": 10 + i} for i, m in enumerate(MANIFEST[1:3])]
     # Unset flags keep DecodeConfig's defaults (the batch capped at the one input).
-    assert cli.main(["transcribe", "--model", str(tmp_path), str(CLIPS / MANIFEST[0]["audio"])]) == 0
+    assert cli.main(["transcribe", "--model", str(tmp_path), str(CLIPS / MANIFEST[1]["audio"])]) == 0
     assert seen["cfg"] == dataclasses.replace(DecodeConfig(), batch_size=1)
     capsys.readouterr()
 

@@ -87,29 +87,23 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def read_first_pass(path: str | Path) -> dict[str, str]:
-    """``id -> first-pass text`` from JSON lines; DataError naming the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: first-pass file does not exist", hint="give the JSONL `transcribe` wrote")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read the first-pass file ({e})", hint="give the JSONL `transcribe` wrote") from None
+    """``id -> first-pass text`` from JSON lines (``hypothesis``, else ``first_pass``); DataError
+    naming the line."""
+    from whisper_llada_jax.data.manifest import id_field, json_lines, string_field
+
+    hint = "give the JSONL `transcribe` wrote: one object per line with id and hypothesis"
     out = {}
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            text = rec.get("hypothesis", rec.get("first_pass"))
-            uid = str(rec["id"])
-        except (ValueError, KeyError, AttributeError):
-            raise DataError(f"{path}:{lineno}: expected a JSON object with id and hypothesis") from None
+    for where, rec in json_lines(path, "first-pass file", hint):
+        uid = id_field(rec, where)
+        if uid is None:
+            raise DataError(f"{where}: expected a JSON object with id and hypothesis", hint=hint)
+        key = "hypothesis" if rec.get("hypothesis") is not None else "first_pass"
+        text = string_field(rec, key, where)
         if text is None:
-            raise DataError(f"{path}:{lineno}: no hypothesis / first_pass field")
+            raise DataError(f"{where}: no hypothesis / first_pass field", hint=hint)
         if uid in out:
-            raise DataError(f"{path}:{lineno}: duplicate id {uid!r}", hint="one first pass per utterance")
-        out[uid] = str(text)
+            raise DataError(f"{where}: duplicate id {uid!r}", hint="one first pass per utterance")
+        out[uid] = text
     return out
 
 
@@ -144,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     import jax
 
     from whisper_llada_jax.checkpoints.model_dir import read_model_config
+    from whisper_llada_jax.commands.transcribe import check_inputs, model_window_seconds
     from whisper_llada_jax.data.manifest import read_manifest
     from whisper_llada_jax.decoding.config import check_fits_model
     from whisper_llada_jax.evaluation.evaluate import check_unique_ids
@@ -153,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output != "-":
         check_output(args.output, [args.model, args.manifest, args.first_pass], overwrite=args.overwrite,
                      kind="file", flag="--output")
-    items = read_manifest(args.manifest)
+    items = read_manifest(args.manifest, require_text=False, for_files=True)  # the reference is optional here
     # Batches are padded to a fixed shape: never past the inputs (--batch-size 100000 for two clips).
     args.batch_size = min(args.batch_size, len(items)) if args.batch_size >= 1 else args.batch_size
     cfg = decode_config(args)
@@ -165,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
                         hint="the ids must match the manifest's")
     items = [dict(it, first_pass=first[it["id"]]) for it in items]
     check_fits_model(cfg, read_model_config(args.model))  # before the model is loaded
+    check_inputs(items, model_window_seconds(args.model))  # every clip, before the model loads
     mesh, rules = inference_mesh(args.overrides, "deliberate")
     decoded = transcribe_files(args.model, items, cfg, args.batch_size, seed=args.seed, mesh=mesh, rules=rules)
     if jax.process_index() != 0:  # decodes its share of the batches; process 0 writes every result

@@ -26,8 +26,9 @@ EXAMPLES = """examples:
 data: tfds:NAME?split=S[&data_dir=D], librispeech:DIR, manifest:FILE.jsonl (first_pass may be
 given there), synthetic:n=N. Writes OUT/results.json, OUT/results.md and one
 OUT/hypotheses/<config>.jsonl per config, each file atomically. A non-empty OUT is refused
-unless --overwrite is given. Unreadable clips are skipped with one line each on the console
-(--strict: an error).
+unless --overwrite is given. Unusable clips (unreadable, an empty reference, longer than the
+model's window) are skipped with one line each on the console, results.md says over how many
+clips the WER is and results.json lists them under "skipped" (--strict: an error).
 """
 
 

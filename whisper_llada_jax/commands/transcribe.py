@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, TextIO
 
-from whisper_llada_jax.errors import AudioError, DataError, UserError
+from whisper_llada_jax.errors import UserError
 from whisper_llada_jax.outputs import atomic_file, check_output
 
 NAME = "transcribe"
@@ -32,7 +32,10 @@ EXAMPLES = """examples:
       mesh.data=2 mesh.fsdp=2 mesh.tensor=2
 
 manifest: JSON lines with "id", "audio" (relative to the manifest's folder) and optionally
-"text" (the reference). Output: one JSON line per utterance with "id", "audio",
+"text" (the reference); the layouts `evaluate` reads work too. Every clip is read before a model
+loads: unusable ones (missing, empty, not audio, NaN/inf or out-of-range samples, or with --model
+longer than the model's window) are listed in one error and nothing is written (docs/decoding.md,
+"Bad input"). AUDIO names starting with '-' follow '--'. Output: one JSON line per utterance with "id", "audio",
 "hypothesis", "reference" when known, and "nfe" (forward passes) for --model.
 mesh.* / distributed.* (--model only): the overrides of `train`. Each process places the model
 on its own devices and decodes every n-th batch; process 0 writes the one output, in input order,
@@ -79,49 +82,31 @@ def register(p: argparse.ArgumentParser) -> None:
 
 # ----------------------------------------------------------------------------- inputs
 def read_transcribe_manifest(path: str | Path) -> list[dict]:
-    """``{id, audio (absolute), text?}`` per non-empty line; DataError naming the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: manifest does not exist", hint="give a JSON-lines file")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read manifest ({e})") from None
-    items, seen = [], set()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg})", hint="one JSON object per line") from None
-        if not isinstance(entry, dict) or not isinstance(entry.get("audio"), str) or not entry["audio"]:
-            raise DataError(f"{where}: needs an \"audio\" path",
-                            hint='e.g. {"id": "u1", "audio": "u1.flac", "text": "..."}')
-        audio = Path(entry["audio"]).expanduser()
-        uid = str(entry.get("id") or audio.stem)
-        if uid in seen:
-            raise DataError(f"{where}: duplicate id {uid!r}")
-        seen.add(uid)
-        item = {"id": uid, "audio": str(audio if audio.is_absolute() else path.parent / audio)}
-        if entry.get("text") is not None:
-            item["text"] = str(entry["text"])
-        items.append(item)
-    if not items:
-        raise DataError(f"{path}: manifest holds no utterances")
-    return items
+    """``{id, audio (absolute), text?}`` per utterance: ``data.manifest.read_manifest``'s layouts
+    and field rules (``path`` / ``audio_filepath`` for ``audio`` too), the reference optional,
+    duplicate ids refused; DataError naming the line."""
+    from whisper_llada_jax.data.manifest import read_manifest
+
+    return [{k: r[k] for k in ("id", "audio", "text") if k in r}
+            for r in read_manifest(path, require_text=False, for_files=True)]
 
 
 def audio_ids(paths: list[str]) -> list[str]:
     """One unique id per AUDIO file: its stem, or where stems collide, its path (without the
     suffix, then with it) relative to the folder the colliding files share. The same file
     given twice is refused: its two records could not be told apart."""
+    for p in paths:  # the path is written into the output (UTF-8 JSON)
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(f"{ascii(p)[1:-1]}: the file name is not UTF-8 text, and the output (UTF-8 JSON) "
+                            "names every file", hint="rename the file") from None
     resolved = [os.path.realpath(p) for p in paths]
     seen: dict[str, str] = {}
     for given, real in zip(paths, resolved):
         if real in seen:
-            raise UserError(f"{given}: the same audio file is given twice ({seen[real]} and {given})")
+            raise UserError(f"{given}: the same audio file is given twice ({seen[real]} and {given})",
+                            hint="give each file once (a --manifest may give one file two ids)")
         seen[real] = given
     ids = [Path(p).stem for p in paths]
     for stem in {i for i in ids if ids.count(i) > 1}:
@@ -144,16 +129,33 @@ def _items(args) -> list[dict]:
     if args.manifest and args.audio:
         raise UserError("give either --manifest or AUDIO files, not both")
     if args.manifest:
-        items = read_transcribe_manifest(args.manifest)
-    elif args.audio:
-        items = [{"id": uid, "audio": a} for uid, a in zip(audio_ids(args.audio), args.audio)]
-    else:
-        raise UserError("no input: give AUDIO files or --manifest FILE.jsonl")
-    for item in items:  # fail before loading a model
-        if not Path(item["audio"]).is_file():
-            raise AudioError(f"{item['audio']}: audio file does not exist",
-                             hint="manifest paths are relative to the manifest's folder")
-    return items
+        return read_transcribe_manifest(args.manifest)
+    if args.audio:
+        return [{"id": uid, "audio": a} for uid, a in zip(audio_ids(args.audio), args.audio)]
+    raise UserError("no input: give AUDIO files or --manifest FILE.jsonl")
+
+
+def model_window_seconds(model_dir: str) -> float:
+    """The audio a MODEL_DIR reads at once (``whisper.input_frames``): it cannot chunk."""
+    from whisper_llada_jax.checkpoints.model_dir import read_model_config
+
+    return read_model_config(model_dir).whisper.input_frames * 160 / 16000
+
+
+def window_hint(seconds: float) -> str:
+    return (f"this model reads at most {seconds:g} s of audio: split the file into shorter clips, or "
+            "transcribe it with `--whisper`, which chunks long audio")
+
+
+def check_inputs(items: list[dict], max_seconds: float | None = None, keep: bool = False) -> list:
+    """Every input clip read and checked before any model loads or any output is written: one
+    AudioError lists every file that cannot be used (missing, a folder, empty, not audio,
+    NaN/inf or out-of-range samples, longer than ``max_seconds``). Nothing then fails half-way,
+    so no output line is ever written for some files but not others."""
+    from whisper_llada_jax.audio.io import load_audio_files
+
+    hint = None if max_seconds is None else window_hint(max_seconds)
+    return load_audio_files([it["audio"] for it in items], max_seconds, keep=keep, limit_hint=hint)
 
 
 @contextlib.contextmanager
@@ -173,13 +175,11 @@ def _line(f: TextIO, record: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- run
-def _run_whisper(args, items: list[dict], out: TextIO) -> None:
+def _run_whisper(args, items: list[dict], audios: list, out: TextIO) -> None:
     from tqdm import tqdm
 
-    from whisper_llada_jax.audio.io import load_audio
     from whisper_llada_jax.inference.recognizer import WhisperRecognizer, n_windows
 
-    audios = [load_audio(it["audio"]) for it in items]  # bad audio fails before the model loads
     recognizer = WhisperRecognizer.from_dir(args.whisper, feature_padding=args.feature_padding)
     with tqdm(total=sum(n_windows(a) for a in audios), desc="transcribing", unit="window",
               file=sys.stderr) as bar:
@@ -238,16 +238,20 @@ def run(args) -> int:
     items = _items(args)
     # Batches are padded to a fixed shape: never past the inputs (--batch-size 100000 for two files).
     args.batch_size = min(args.batch_size, len(items))
+    audios = None
     if args.model:
         decode_config(args)  # a bad setting fails before any audio is read
+        check_inputs(items, model_window_seconds(args.model))
         args.mesh, args.rules = inference_mesh(overrides, "transcribe")
+    else:  # Whisper chunks long audio: any length
+        audios = check_inputs(items, keep=True)
     if args.model and jax.process_index() != 0:  # decodes its share of the batches; process 0 writes every result
         with open(os.devnull, "w") as out:
             _run_model(args, items, out)
         return 0
     with _open_output(args.output) as out:
         if args.whisper:
-            _run_whisper(args, items, out)
+            _run_whisper(args, items, audios, out)
         else:
             _run_model(args, items, out)
     if args.output != "-":

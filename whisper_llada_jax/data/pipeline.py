@@ -36,7 +36,7 @@ import grain
 import numpy as np
 
 from whisper_llada_jax.audio.features import log_mel_numpy, samples_for_frames
-from whisper_llada_jax.audio.io import SAMPLE_RATE, load_audio, resample
+from whisper_llada_jax.audio.io import SAMPLE_RATE, check_length, check_samples, load_audio, resample
 from whisper_llada_jax.data.config import DataConfig
 from whisper_llada_jax.data.sources import RecordSource, parse_source
 from whisper_llada_jax.errors import AudioError, DataError
@@ -44,9 +44,23 @@ from whisper_llada_jax.errors import AudioError, DataError
 SKIP_REASONS = ("too_long", "empty_transcript", "unreadable", "too_many_tokens")
 
 
+def _pcm_scale(audio: np.ndarray) -> float:
+    """Full scale of integer PCM: the dtype's, except int64, which no PCM format uses but
+    tfds' Audio feature stores 16-bit samples in by default (its own full scale, 2**63, would
+    make every clip silence): the narrowest of 16 / 32 bits holding the values."""
+    if audio.dtype == np.int64:
+        peak = int(np.max(np.abs(audio))) if audio.size else 0
+        for bits in (16, 32):
+            if peak <= 2 ** (bits - 1):
+                return float(2 ** (bits - 1))
+        raise AudioError("int64 audio exceeds the 32-bit PCM range")
+    return float(np.iinfo(audio.dtype).max + 1)
+
+
 def decode_audio(audio: Any, sample_rate: int = SAMPLE_RATE, where: str = "audio") -> np.ndarray:
     """Mono float32 at 16 kHz from a path, encoded file bytes (tfds lazy_decode) or an array
-    (float in [-1, 1], or integer PCM as tfds' default Audio feature stores it)."""
+    (float in [-1, 1], or integer PCM as tfds' default Audio feature stores it), checked as
+    ``load_audio`` checks a file (``audio.io.check_samples``)."""
     if isinstance(audio, (str, Path)):
         return load_audio(audio)
     if isinstance(audio, bytes):
@@ -56,15 +70,23 @@ def decode_audio(audio: Any, sample_rate: int = SAMPLE_RATE, where: str = "audio
             data, sr = soundfile.read(io.BytesIO(audio), dtype="float32", always_2d=True)
         except Exception as e:
             raise AudioError(f"{where}: cannot decode audio bytes ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-        audio, sample_rate = data.mean(axis=1), int(sr)
+        audio, sample_rate = data, int(sr)
     audio = np.asarray(audio)
-    if np.issubdtype(audio.dtype, np.integer):
-        audio = audio.astype(np.float32) / float(np.iinfo(audio.dtype).max + 1)
+    if audio.dtype == np.uint8:  # 8-bit PCM is offset binary
+        audio = (audio.astype(np.float32) - 128.0) / 128.0
+    elif np.issubdtype(audio.dtype, np.integer):
+        try:
+            audio = audio.astype(np.float32) / _pcm_scale(audio)
+        except AudioError as e:
+            raise AudioError(f"{where}: {e.message}") from None
+    elif not np.issubdtype(audio.dtype, np.floating):
+        raise AudioError(f"{where}: audio array of dtype {audio.dtype} is not PCM samples")
     if audio.ndim == 2:  # (n, channels)
         audio = audio.mean(axis=1)
-    if audio.size == 0 or not np.all(np.isfinite(audio)):
-        raise AudioError(f"{where}: audio is empty or holds NaN/inf samples")
-    return resample(audio.astype(np.float32), sample_rate)
+    if audio.ndim != 1:
+        raise AudioError(f"{where}: audio array has shape {audio.shape}, not (samples,) or (samples, channels)")
+    check_samples(audio, int(sample_rate), where)
+    return check_length(resample(audio.astype(np.float32), int(sample_rate)), where)
 
 
 @dataclasses.dataclass(frozen=True)

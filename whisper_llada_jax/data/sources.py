@@ -66,7 +66,12 @@ def librispeech_folder(root: str | Path) -> ListSource:
                         hint="give the extracted subset folder, e.g. LibriSpeech/dev-clean")
     records = []
     for trans in sorted(root.rglob("*.trans.txt")):
-        for lineno, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            lines = trans.read_text(encoding="utf-8-sig").split("\n")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"{trans}: cannot read the transcript file ({e})",
+                            hint="LibriSpeech transcripts are UTF-8 lines 'SPEAKER-CHAPTER-UTT TEXT'") from None
+        for lineno, line in enumerate(lines, 1):
             line = line.strip()
             if not line:
                 continue
@@ -149,6 +154,8 @@ def parse_source(spec: str) -> RecordSource:
                 raise DataError(f"tfds source: option {part!r} is not key=value", hint="tfds:NAME?split=test&data_dir=DIR")
             opts[unquote(key)] = unquote(value)
         return tfds_source(name, **opts)
+    if sep and kind in ("librispeech", "manifest") and not arg.strip():
+        raise DataError(f"data source {spec!r} names no path", hint=f"{kind}:PATH, e.g. manifest:test.jsonl")
     if sep and kind == "librispeech":
         return librispeech_folder(arg)
     if sep and kind == "manifest":

@@ -17,7 +17,8 @@ from whisper_llada_jax.data.pipeline import SKIP_REASONS, decode_audio
 from whisper_llada_jax.data.sources import ListSource, RecordSource, parse_source
 from whisper_llada_jax.decoding.config import DecodeConfig
 from whisper_llada_jax.errors import AudioError, DataError
-from whisper_llada_jax.evaluation.evaluate import check_unique_ids, decode_dataset, evaluate, report_skipped
+from whisper_llada_jax.evaluation.evaluate import (check_unique_ids, decode_dataset, evaluate, report_skipped,
+                                                   window_seconds)
 from whisper_llada_jax.evaluation.wer import corpus_wer
 from whisper_llada_jax.outputs import atomic_file
 
@@ -85,7 +86,7 @@ def whisper_first_pass(whisper_dir: str | Path, source: RecordSource, *, batch_s
         out = [{**r, "first_pass": done[i]} for i, r in enumerate(out)]
     report_skipped(counts, skipped, "first pass")
     seconds = time.perf_counter() - t0
-    return out, {**counts, "seconds": seconds, "audio_s": audio_s}
+    return out, {**counts, "seconds": seconds, "audio_s": audio_s, "skipped": skipped}
 
 
 def autoregressive_first_pass(model_dir: str | Path, source: RecordSource, *, batch_size: int = 16,
@@ -110,7 +111,8 @@ def autoregressive_first_pass(model_dir: str | Path, source: RecordSource, *, ba
     report_skipped(run["counts"], run["skipped"], "first pass")
     by_id = {source[i]["id"]: i for i in range(len(source))}
     out = [{**source[by_id[r["id"]]], "first_pass": r["hypothesis"]} for r in run["rows"]]
-    return out, {**run["counts"], "seconds": time.perf_counter() - t0, "audio_s": run["audio_s"]}
+    return out, {**run["counts"], "seconds": time.perf_counter() - t0, "audio_s": run["audio_s"],
+                 "skipped": [{k: ex[k] for k in ("id", "skip", "message")} for ex in run["skipped"]]}
 
 
 def run_cascade(first: str | Path, loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str, DecodeConfig]],
@@ -133,8 +135,11 @@ def run_cascade(first: str | Path, loaded: Any, data: str | RecordSource, config
         records, stats = autoregressive_first_pass(first, source, batch_size=batch_size, strict=strict)
         kind = "autoregressive"
     else:
-        records, stats = whisper_first_pass(first, source, batch_size=batch_size, strict=strict)
+        # the deliberating model's window: the first-pass WER is then over the clips it deliberates
+        records, stats = whisper_first_pass(first, source, batch_size=batch_size, strict=strict,
+                                            max_seconds=window_seconds(loaded.config))
         kind = "whisper"
+    skipped = stats.pop("skipped")
     if not records:
         raise DataError(f"{data}: no usable utterance for the first pass", hint=f"skip counts: {stats}")
     fp_wer = corpus_wer([r["text"] for r in records], [r["first_pass"] for r in records])
@@ -149,4 +154,4 @@ def run_cascade(first: str | Path, loaded: Any, data: str | RecordSource, config
                "rtf": stats["seconds"] / stats["audio_s"] if stats["audio_s"] else 0.0}
     second = ListSource(records, name=f"first pass of {source!r}")
     return evaluate(loaded, second, configs, out_dir, grid=grid, seed=seed, strict=strict, num_workers=num_workers,
-                    extra={"data": label or (data if isinstance(data, str) else repr(data)), "first_pass": summary})
+                    skipped_before=(stats, skipped), extra={"data": label or (data if isinstance(data, str) else repr(data)), "first_pass": summary})

@@ -112,27 +112,19 @@ def expand_grid(grid: str, base: DecodeConfig) -> list[tuple[str, DecodeConfig, 
 def load_first_pass(path: str | Path) -> dict[str, str]:
     """``id -> first-pass transcript`` from JSON lines with ``id`` and ``first_pass`` (or
     ``hypothesis``, as ``transcribe`` / ``evaluate`` write them)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: first-pass file does not exist", hint="JSON lines with id and first_pass/hypothesis")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read the first-pass file ({e})",
-                        hint="JSON lines with id and first_pass/hypothesis") from None
+    from whisper_llada_jax.data.manifest import id_field, json_lines, string_field
+
+    hint = "JSON lines with id and first_pass/hypothesis"
     out = {}
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            e = json.loads(line)
-            text = e["first_pass"] if "first_pass" in e else e["hypothesis"]
-            uid = str(e["id"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise DataError(f"{path}:{lineno}: expected a JSON object with id and first_pass (or hypothesis)") from None
+    for where, e in json_lines(path, "first-pass file", hint):
+        uid = id_field(e, where)
+        key = "first_pass" if "first_pass" in e else "hypothesis"
+        if uid is None or key not in e:
+            raise DataError(f"{where}: expected a JSON object with id and first_pass (or hypothesis)", hint=hint)
+        text = string_field(e, key, where)
         if uid in out:
-            raise DataError(f"{path}:{lineno}: duplicate id {uid!r}", hint="one first pass per utterance")
-        out[uid] = str(text or "")
+            raise DataError(f"{where}: duplicate id {uid!r}", hint="one first pass per utterance")
+        out[uid] = text or ""
     return out
 
 
@@ -150,12 +142,46 @@ def check_unique_ids(records, where) -> None:
         seen[r["id"]] = r.get("audio")
 
 
+def check_first_pass_coverage(records, first_pass: dict[str, str] | None) -> None:
+    """Before any decoding: every utterance to deliberate has a first pass (from ``--first-pass``
+    or the manifest), so a gap is one error up front, not a failure after some batches. Sources
+    without a record list (tfds) are checked batch by batch while decoding."""
+    records = getattr(records, "records", records)
+    if not isinstance(records, list):
+        return
+    missing = [r["id"] for r in records if (first_pass is None or r["id"] not in first_pass)
+               and r.get("first_pass") is None]
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise DataError(f"no first-pass transcript for {len(missing)} of {len(records)} utterance(s): {shown}",
+                        hint="give --first-pass FILE with their ids, or first_pass in the manifest")
+
+
 def _audio_name(audio) -> str:
     return audio if isinstance(audio, str) else "in-memory audio"
 
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", name).strip("_") or "config"
+
+
+def window_seconds(model_cfg) -> float:
+    """Seconds of audio the model reads at once (``whisper.input_frames``), at most 30."""
+    return min(30.0, model_cfg.whisper.input_frames * 160 / 16000)
+
+
+def skip_summary(counts: dict) -> str:
+    """``"scored 8 of 10 utterances; skipped: unreadable 2"`` (or all of them)."""
+    total = sum(counts.get(r, 0) for r in SKIP_REASONS)
+    seen = counts.get("seen", 0)
+    if not total:
+        return f"scored all {seen} utterances"
+    reasons = ", ".join(f"{r} {counts[r]}" for r in SKIP_REASONS if counts.get(r))
+    return f"scored {seen - total} of {seen} utterances; skipped: {reasons} (see results.json)"
+
+
+def doc_data(data, source) -> str:
+    return data if isinstance(data, str) else repr(source)
 
 
 def decode_dataset(loaded: Any, source: RecordSource, cfg: DecodeConfig, *, first_pass: dict[str, str] | None = None,
@@ -174,8 +200,10 @@ def decode_dataset(loaded: Any, source: RecordSource, cfg: DecodeConfig, *, firs
     deliberating = cfg.strategy != "none"
     # batches are padded to a fixed shape: never more rows than utterances
     rows_per_batch = max(1, min(cfg.batch_size, len(source)))
+    # A clip longer than the model's window is skipped (too_long), not cut: its whole reference
+    # scored against the part the model heard would count the rest as deletions.
     dcfg = DataConfig(eval_source="", batch_size=rows_per_batch, max_response_len=cfg.gen_len,
-                      num_workers=num_workers, strict=strict)
+                      num_workers=num_workers, strict=strict, max_seconds=window_seconds(loaded.config))
     it = build_eval_iterator(dcfg, loaded.config, loaded.tokenizer, source=source)
     me, hosts = share
     first_decode = True
@@ -282,10 +310,13 @@ def score(name: str, cfg: DecodeConfig, run: dict) -> dict:
 
 def evaluate(loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str, DecodeConfig]], out_dir: str | Path,
              *, first_pass: dict[str, str] | None = None, grid: str | None = None, seed: int = 0,
-             num_workers: int = 0, strict: bool = False, extra: dict | None = None, progress: bool = False) -> dict:
+             num_workers: int = 0, strict: bool = False, extra: dict | None = None, progress: bool = False,
+             skipped_before: tuple[dict, list[dict]] | None = None) -> dict:
     """Decodes and scores each ``(name, config)``; writes ``results.json``, ``results.md`` and
     ``hypotheses/<name>.jsonl`` under ``out_dir``; returns the results dict. ``progress``
-    shows a bar over the configs."""
+    shows a bar over the configs. ``skipped_before``: (counts, skipped clips) of an earlier stage
+    over the same data (cascade's first pass), so that results.md and results.json count the
+    clips it left out too."""
     import jax
     from tqdm import tqdm
 
@@ -299,6 +330,8 @@ def evaluate(loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str,
         (out_dir / "hypotheses").mkdir(parents=True, exist_ok=True)
     source = parse_source(data) if isinstance(data, str) else data
     check_unique_ids(source, data if isinstance(data, str) else repr(source))
+    if any(cfg.strategy != "none" for _, cfg in configs):
+        check_first_pass_coverage(source, first_pass)
     cells = {}
     if grid:
         expanded = []
@@ -308,6 +341,7 @@ def evaluate(loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str,
                 cells[name] = cell
         configs = expanded
     results, cut_listed = [], set()
+    skipped, counts = [], {}
     bar = tqdm(configs, desc="evaluation", unit="config", disable=not progress)
     for index, (name, cfg) in enumerate(bar):
         bar.set_postfix_str(name[:40])
@@ -318,6 +352,16 @@ def evaluate(loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str,
             continue
         if index == 0:  # every config sees the same utterances: report the skipped ones once
             report_skipped(run["counts"], run["skipped"])
+            skipped = [{k: ex[k] for k in ("id", "skip", "message")} for ex in run["skipped"]]
+            counts = run["counts"]
+            if skipped_before is not None:
+                before, listed = skipped_before
+                counts = {**counts, "seen": before.get("seen", counts.get("seen", 0)),
+                          **{r: counts.get(r, 0) + before.get(r, 0) for r in SKIP_REASONS}}
+                skipped = list(listed) + skipped
+            if not run["rows"]:  # a WER over nothing would read as 0 %
+                raise DataError(f"{doc_data(data, source)}: no utterance could be decoded "
+                                f"({skip_summary(counts)})", hint="fix the clips named above")
         for r in run["rows"]:
             r.pop("batch")
         if cfg.strategy != "none":  # first passes longer than the canvas were cut: say so, naming them
@@ -333,9 +377,10 @@ def evaluate(loaded: Any, data: str | RecordSource, configs: Sequence[tuple[str,
     if not writer:
         return {}
     doc = {"model": str(getattr(loaded, "path", "")), "data": data if isinstance(data, str) else repr(data),
-           "grid": grid, "seed": seed, "results": results, **(extra or {})}
+           "grid": grid, "seed": seed, "results": results, "skipped": skipped if results else [], **(extra or {})}
     write_text(out_dir / "results.json", json.dumps(doc, indent=2) + "\n")
-    md = [f"# Evaluation\n\nmodel `{doc['model']}`, data `{doc['data']}`\n", results_table(results)]
+    summary = skip_summary(counts) if results else "no configs decoded"
+    md = [f"# Evaluation\n\nmodel `{doc['model']}`, data `{doc['data']}`; {summary}\n", results_table(results)]
     if grid:
         row_key, col_key, rt, ct = GRIDS[grid]
         md += ["", f"## Grid: {grid} (WER %)", "", grid_table(results, row_key, col_key, rt, ct)]

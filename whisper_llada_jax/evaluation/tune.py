@@ -109,10 +109,16 @@ def search(decode_fn: Callable[[DecodeConfig], Trial], base: DecodeConfig, budge
 def dataset_decoder(loaded: Any, source: Any, *, seed: int = 0, num_workers: int = 0,
                     strict: bool = False) -> Callable[[DecodeConfig], Trial]:
     """``decode_fn`` over a data source with a loaded MODEL_DIR (evaluate's decoding loop)."""
-    from whisper_llada_jax.evaluation.evaluate import decode_dataset
+    from whisper_llada_jax.evaluation.evaluate import decode_dataset, report_skipped
+
+    reported = []
 
     def fn(cfg: DecodeConfig) -> Trial:
-        rows = decode_dataset(loaded, source, cfg, seed=seed, num_workers=num_workers, strict=strict)["rows"]
+        run = decode_dataset(loaded, source, cfg, seed=seed, num_workers=num_workers, strict=strict)
+        rows = run["rows"]
+        if not reported:  # every trial reads the same clips: name the skipped ones once
+            report_skipped(run["counts"], run["skipped"], "tune")
+            reported.append(True)
         if not rows:
             raise UserError("the tuning data has no utterances", hint="check --data / --limit")
         return Trial([r["reference"] for r in rows], [r["hypothesis"] for r in rows],
