@@ -371,9 +371,16 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = parse_yaml(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({first})",
+                              hint="quote it, e.g. key='[a' (lists as [a, b], strings with : in quotes)") from None
         node = out
         parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: empty field name in {key.strip()!r}", hint="e.g. optim.peak_lr=1e-4")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
@@ -410,13 +417,48 @@ def resolve_config_path(source: str | Path, kind: str = "model") -> Path:
     return named
 
 
-def read_yaml(path: Path) -> dict:
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping: PyYAML keeps the last
+    silently, so ``peak_lr`` set twice (or two ``optim:`` sections) would drop one setting."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            # Only the keys written in this mapping: one may override a merged one (<<: *anchor).
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key (a list): construct_mapping reports it
+                    continue
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first on line {first.start_mark.line + 1}); "
+                        "only one of them would be used", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str):
+    """YAML text -> Python values (safe types only), refusing duplicate keys."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506  (a SafeLoader subclass)
+
+
+def read_yaml(path: Path, *, allow_empty: bool = True) -> dict:
+    """A YAML file's top-level mapping. ``allow_empty=False``: an empty file (or comments only)
+    is an error, not a silent "every default" (a truncated copy, the wrong file)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read the config ({e})") from None
+    if data is None:
+        if not allow_empty:
+            raise ConfigError(f"{path}: the config file is empty",
+                              hint="write the fields to set, or `{}` on one line to take every default")
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of fields")
     return data
@@ -431,7 +473,7 @@ def load(cls: type, source: str | Path | dict | None = None, overrides=(), kind:
         data = source
     else:
         path = resolve_config_path(source, kind)
-        data, where = read_yaml(path), str(path)
+        data, where = read_yaml(path, allow_empty=False), str(path)
     data = merge(data, parse_overrides(list(overrides)))
     return from_dict(cls, data, where)
 
