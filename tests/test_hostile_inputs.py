@@ -278,3 +278,19 @@ def test_init_from_with_a_tokenizer_of_another_model_is_refused(model_dir, tmp_p
     cfg = load_train_config("tiny", [f"init_from={model_dir}", f"tokenizer={other}"])
     with pytest.raises(CheckpointError, match=r"for init_from .* special ids differ .*mask: config 3 vs tokenizer 12"):
         load_tokenizer(cfg, model_config(cfg))
+
+
+@pytest.mark.parametrize("extra", [{"alpha_pattern": {"q_proj": 64}}, {"rank_pattern": {"k_proj": 16}},
+                                   {"layers_to_transform": [0]}, {"modules_to_save": ["ff_out"]}, {"bias": "all"}])
+def test_peft_settings_one_lora_config_cannot_hold_are_refused(tmp_path, extra):
+    from whisper_llada_jax.checkpoints.peft import adapter_config, lora_config_from_adapter
+    from whisper_llada_jax.config import LoRAConfig
+
+    path = tmp_path / "adapter_config.json"
+    plain = adapter_config(LoRAConfig(), base_model=None, task_type="CAUSAL_LM")
+    path.write_text(json.dumps(plain))
+    assert lora_config_from_adapter(path).rank == 8
+    path.write_text(json.dumps({**plain, **extra}))
+    # alpha_pattern would silently give q_proj another scale; the others drop or misplace tensors
+    with pytest.raises(CheckpointError, match=rf"adapter_config.json: {next(iter(extra))}: .* is not supported"):
+        lora_config_from_adapter(path)
