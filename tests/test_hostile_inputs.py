@@ -46,6 +46,8 @@ def test_merge_keys_may_be_overridden_and_overrides_parse_strictly():
         parse_overrides(["mesh.rules={a: 1, a: 2}"])
     with pytest.raises(ConfigError, match="empty field name"):
         parse_overrides(["optim..peak_lr=1"])
+    with pytest.raises(ConfigError, match=r"override 'optim.peak_lr=2': optim.peak_lr is set twice"):
+        load_train_config("tiny", ["optim.peak_lr=1", "steps=3", "optim.peak_lr=2"])
 
 
 def test_an_empty_config_file_is_an_error_not_every_default(tmp_path):
@@ -294,3 +296,13 @@ def test_peft_settings_one_lora_config_cannot_hold_are_refused(tmp_path, extra):
     # alpha_pattern would silently give q_proj another scale; the others drop or misplace tensors
     with pytest.raises(CheckpointError, match=rf"adapter_config.json: {next(iter(extra))}: .* is not supported"):
         lora_config_from_adapter(path)
+
+
+def test_llada_config_options_this_model_lacks_are_refused():
+    from whisper_llada_jax.checkpoints.llada_hf import llada_config_from_hf, llada_config_to_hf
+
+    hf = llada_config_to_hf(load_model_config("tiny").llm)
+    assert llada_config_from_hf({**hf, "clip_qkv": None, "multi_query_attention": None}).n_layers == 2
+    for key, value in (("clip_qkv", 8.0), ("multi_query_attention", True)):
+        with pytest.raises(CheckpointError, match=rf"config.json: {key}={value!r} is not supported"):
+            llada_config_from_hf({**hf, key: value})

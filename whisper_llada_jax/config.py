@@ -367,6 +367,7 @@ def to_dict(cfg: Any) -> dict:
 def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
     """``["llm.n_layers=2", "lora.enabled=false"]`` -> nested dict (values parsed as YAML)."""
     out: dict = {}
+    seen: set[str] = set()
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
@@ -381,6 +382,9 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
         parts = key.strip().split(".")
         if not all(parts):
             raise ConfigError(f"override {item!r}: empty field name in {key.strip()!r}", hint="e.g. optim.peak_lr=1e-4")
+        if ".".join(parts) in seen:  # which one was meant is unknowable: never drop one silently
+            raise ConfigError(f"override {item!r}: {'.'.join(parts)} is set twice", hint="give each field once")
+        seen.add(".".join(parts))
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):

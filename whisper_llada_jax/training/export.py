@@ -187,7 +187,7 @@ def recorded_decode(meta: Path) -> dict | None:
     from whisper_llada_jax.checkpoints.model_dir import DECODE_FILE
 
     path = meta / DECODE_FILE
-    return yaml.safe_load(path.read_text()) if path.is_file() else None
+    return config_lib.read_yaml(path) if path.is_file() else None
 
 
 def resolve_step(ckpt, spec: str | int, metric: str) -> int:
