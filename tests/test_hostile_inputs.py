@@ -306,3 +306,10 @@ def test_llada_config_options_this_model_lacks_are_refused():
     for key, value in (("clip_qkv", 8.0), ("multi_query_attention", True)):
         with pytest.raises(CheckpointError, match=rf"config.json: {key}={value!r} is not supported"):
             llada_config_from_hf({**hf, key: value})
+
+
+def test_a_folder_of_pytorch_weights_only_says_to_convert(tmp_path):
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\0" * 16)
+    with pytest.raises(CheckpointError, match="no \\*.safetensors files found") as e:
+        SafetensorsSource(tmp_path)
+    assert "pytorch_model.bin" in e.value.hint and "safe_serialization=True" in e.value.hint

@@ -165,7 +165,11 @@ class SafetensorsSource:
         else:
             files = sorted(path.glob("*.safetensors"))
             if not files:
-                raise CheckpointError(f"{path}: no *.safetensors files found", hint="give a directory holding model.safetensors")
+                other = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack"))
+                hint = (f"it holds {', '.join(other)}: only safetensors are read (a pickle can run code); convert it, "
+                        "e.g. transformers' save_pretrained(dir, safe_serialization=True)") if other else \
+                    "give a directory holding model.safetensors"
+                raise CheckpointError(f"{path}: no *.safetensors files found", hint=hint)
         self._where: dict[str, tuple[Path, object]] = {}
         for f in files:
             handle = _open_safetensors(f)
