@@ -244,7 +244,7 @@ def check_tokenizer(tokenizer, config: ModelConfig, where: str | Path) -> None:
         raise CheckpointError(f"{where}: the tokenizer has {tokenizer.vocab_size} tokens, more than the "
                               f"LLM's llm.vocab_size {config.llm.vocab_size} embedding rows",
                               hint="the tokenizer belongs to another LLM: use the LLM's own tokenizer.json")
-    fields = ("bos", "eos", "mask", "start_header", "end_header", "eot")
+    fields = ("bos", "eos", "pad", "mask", "start_header", "end_header", "eot")  # pad: eos in LLaDA
     diff = [f"{f}: config {getattr(config.tokens, f)} vs tokenizer {getattr(tokenizer, f)}" for f in fields
             if getattr(config.tokens, f) != getattr(tokenizer, f)]
     if diff:
