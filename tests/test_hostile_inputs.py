@@ -313,3 +313,16 @@ def test_a_folder_of_pytorch_weights_only_says_to_convert(tmp_path):
     with pytest.raises(CheckpointError, match="no \\*.safetensors files found") as e:
         SafetensorsSource(tmp_path)
     assert "pytorch_model.bin" in e.value.hint and "safe_serialization=True" in e.value.hint
+
+
+def test_a_run_or_hf_folder_given_as_model_dir_says_what_it_is(tmp_path):
+    (tmp_path / "run" / "run").mkdir(parents=True)
+    (tmp_path / "run" / "run" / "train.yaml").write_text("steps: 1\n")
+    with pytest.raises(CheckpointError, match="not a MODEL_DIR") as e:
+        load_model_dir(tmp_path / "run")
+    assert "export --checkpoint" in e.value.hint
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="not a MODEL_DIR") as e:
+        load_model_dir(tmp_path / "hf")
+    assert "whisper-llada import" in e.value.hint

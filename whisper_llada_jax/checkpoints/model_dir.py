@@ -210,8 +210,14 @@ def read_model_config(path: str | Path, overrides: Sequence[str] = ()) -> ModelC
         raise CheckpointError(f"{path / CONFIG_FILE}: is a folder, not the MODEL_DIR's {CONFIG_FILE} file",
                               hint="remove it, or re-create the MODEL_DIR with `whisper-llada import`")
     if not (path / CONFIG_FILE).is_file():
-        raise CheckpointError(f"{path}: not a MODEL_DIR (no {CONFIG_FILE})",
-                              hint="create one with `whisper-llada import`, or give the directory it wrote")
+        if (path / "run" / "train.yaml").is_file():  # a `train` workdir
+            hint = (f"this is a training run: its final MODEL_DIR is {path / 'model'} (once written); export a "
+                    f"checkpoint step with `whisper-llada export --checkpoint {path} --format model-dir`")
+        elif (path / "config.json").is_file():
+            hint = "this is a Hugging Face / CTranslate2 checkpoint: build a MODEL_DIR from it with `whisper-llada import`"
+        else:
+            hint = "create one with `whisper-llada import`, or give the directory it wrote"
+        raise CheckpointError(f"{path}: not a MODEL_DIR (no {CONFIG_FILE})", hint=hint)
     if not config_lib.read_yaml(path / CONFIG_FILE):
         # Never the paper's sizes by default: they would not match the weights beside it.
         raise CheckpointError(f"{path / CONFIG_FILE}: the config is empty",
