@@ -326,3 +326,17 @@ def test_a_run_or_hf_folder_given_as_model_dir_says_what_it_is(tmp_path):
     with pytest.raises(CheckpointError, match="not a MODEL_DIR") as e:
         load_model_dir(tmp_path / "hf")
     assert "whisper-llada import" in e.value.hint
+
+
+def test_a_model_dir_config_missing_a_field_no_shape_shows_is_refused(model_dir, tmp_path):  # noqa: F811
+    m = _copy(model_dir, tmp_path)
+    cfg = yaml.safe_load((m / "config.yaml").read_text())
+    for section, field in (("llm", "dtype"), ("llm", "remat"), ("lora", "dropout"), (None, "precision")):
+        (cfg[section] if section else cfg).pop(field)  # compute settings: their defaults are fine
+    (m / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    load_model_dir(m)
+    # the default rope_theta (500000) and lora.alpha would load without a shape error, as another model
+    del cfg["llm"]["rope_theta"], cfg["lora"]["alpha"]
+    (m / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    with pytest.raises(CheckpointError, match=r"config.yaml: missing field\(s\) \['llm.rope_theta', 'lora.alpha'\]"):
+        load_model_dir(m)

@@ -261,6 +261,29 @@ class ModelConfig:
         return self.num_windows * self.projector.num_queries
 
 
+# ModelConfig fields that say how the same weights compute, are stored or are trained, not
+# which function they compute: a resumed run may change them, a MODEL_DIR may omit them.
+COMPUTE_FIELDS = ("name", "precision", "whisper.dtype", "whisper.param_dtype", "whisper.scan_layers",
+                  "whisper.remat", "projector.dtype", "projector.param_dtype", "projector.dropout",
+                  "projector.init_std", "llm.dtype", "llm.param_dtype", "llm.scan_layers", "llm.remat",
+                  "llm.ff_row_chunks", "llm.init_std", "lora.dropout")
+
+
+def dotted_fields(tree: dict, prefix: str = "") -> dict:
+    """``{"llm": {"n_layers": 2}}`` -> ``{"llm.n_layers": 2}`` (lists are leaves)."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        out.update(dotted_fields(value, name + ".") if isinstance(value, dict) else {name: value})
+    return out
+
+
+def missing_model_fields(data: dict) -> list[str]:
+    """The ModelConfig fields (outside COMPUTE_FIELDS) that ``data`` does not give."""
+    given = dotted_fields(data)
+    return [k for k in dotted_fields(to_dict(ModelConfig())) if k not in given and k not in COMPUTE_FIELDS]
+
+
 # --------------------------------------------------------------------------- strict loader
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")

@@ -305,6 +305,14 @@ def load_model_dir(path: str | Path, mesh: jax.sharding.Mesh | None = None, rule
         raise CheckpointError(e.message if e.message.startswith(where) else f"{where}: {e.message}",
                               hint=e.hint) from None
     check_entries(path)
+    # The file is written whole (save_model_dir): a field it lacks would be a default standing in
+    # for the model's value (rope_theta, lora.alpha, a head split...), which no tensor shape shows.
+    missing = config_lib.missing_model_fields(config_lib.read_yaml(path / CONFIG_FILE))
+    if missing:
+        raise CheckpointError(f"{path / CONFIG_FILE}: missing field(s) {missing[:12]}"
+                              + (f" (+{len(missing) - 12} more)" if len(missing) > 12 else ""),
+                              hint="a MODEL_DIR's config.yaml holds every model field: restore them with the "
+                                   "values the model was built with, or re-create the MODEL_DIR")
     if not (path / TOKENIZER_FILE).is_file():
         raise CheckpointError(f"{path}: {TOKENIZER_FILE} is missing", hint="copy the LLaDA tokenizer.json into it")
     tokenizer = LLaDATokenizer(path / TOKENIZER_FILE)

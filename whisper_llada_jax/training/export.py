@@ -44,22 +44,6 @@ def decode_defaults(cfg, data_cfg) -> dict | None:
     return None
 
 
-# Model config fields a resumed run may change: how the same weights compute and are stored,
-# and training-time dropout. Everything else (sizes, token ids, LoRA alpha, the prompt, the
-# audio frames) defines the model its checkpoints hold.
-_RESUME_MAY_CHANGE = ("name", "precision", "whisper.dtype", "whisper.param_dtype", "whisper.scan_layers",
-                      "whisper.remat", "projector.dtype", "projector.param_dtype", "projector.dropout", "llm.dtype",
-                      "llm.param_dtype", "llm.scan_layers", "llm.remat", "llm.ff_row_chunks", "lora.dropout")
-
-
-def _leaves(tree: Mapping, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        out.update(_leaves(v, key + ".") if isinstance(v, Mapping) else {key: v})
-    return out
-
-
 def check_resume(workdir: str | Path, checkpoint_dir, mcfg, tokenizer_json: str | None) -> None:
     """Before a run that will resume from ``checkpoint_dir`` replaces ``<workdir>/run/``: the
     model config and tokenizer must be those the checkpoints were trained with. A different
@@ -74,10 +58,11 @@ def check_resume(workdir: str | Path, checkpoint_dir, mcfg, tokenizer_json: str 
         has_steps = False
     if not has_steps or not (meta / CONFIG_FILE).is_file():
         return
-    old = _leaves(config_lib.read_yaml(meta / CONFIG_FILE))
-    new = _leaves(config_lib.to_dict(mcfg))
+    old = config_lib.dotted_fields(config_lib.read_yaml(meta / CONFIG_FILE))
+    new = config_lib.dotted_fields(config_lib.to_dict(mcfg))
+    # compute settings, dropout and init may change on resume; what the weights compute may not
     diff = [f"{k}: checkpoints {old.get(k)!r} vs now {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if k not in _RESUME_MAY_CHANGE and _norm(old.get(k)) != _norm(new.get(k))]
+            if k not in config_lib.COMPUTE_FIELDS and _norm(old.get(k)) != _norm(new.get(k))]
     if tokenizer_json is not None and (meta / TOKENIZER_FILE).is_file():
         import json
 
