@@ -60,6 +60,9 @@ def test_an_empty_config_file_is_an_error_not_every_default(tmp_path):
         path.write_text("{}\n")  # the explicit way to ask for every default
         load(path)
     assert read_yaml(path) == {}
+    path.write_text("a: " + "[" * 5000 + "]" * 5000)  # the parser's recursion limit: not a traceback
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        read_yaml(path)
 
 
 # --------------------------------------------------------------------------- numbers

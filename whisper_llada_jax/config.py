@@ -397,7 +397,7 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
         key, raw = item.split("=", 1)
         try:
             value = parse_yaml(raw) if raw != "" else ""
-        except yaml.YAMLError as e:
+        except (yaml.YAMLError, RecursionError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(f"override {item!r}: the value is not valid YAML ({first})",
                               hint="quote it, e.g. key='[a' (lists as [a, b], strings with : in quotes)") from None
@@ -479,6 +479,8 @@ def read_yaml(path: Path, *, allow_empty: bool = True) -> dict:
         data = parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a config (nested too deeply to read)") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read the config ({e})") from None
     if data is None:
