@@ -163,6 +163,11 @@ def test_import_refuses_mismatched_inputs_before_writing(setup, tmp_path, capsys
     fails("is a file; a Whisper checkpoint is the folder holding it", whisper=whisper / "model.safetensors")
     fails("is a file; the LLaDA checkpoint is the folder holding it", llada=llada / "config.json")
     fails("is a folder, not a .pth checkpoint file", pth=llada)
+    ct2 = tmp_path / "ct2"
+    ct2.mkdir()
+    (ct2 / "config.json").write_text("{}")
+    (ct2 / "model.bin").mkdir()
+    fails("model.bin: is a folder, not the checkpoint's model.bin file", whisper=ct2)
     # a tokenizer with more tokens than the LLM has embedding rows
     big = tmp_path / "big_llada"
     shutil.copytree(llada, big)
