@@ -146,6 +146,43 @@ def test_bad_model_dirs_give_clear_errors(setup, tmp_path, capsys):
     assert "not a MODEL_DIR" in capsys.readouterr().err
 
 
+def test_import_refuses_mismatched_inputs_before_writing(setup, tmp_path, capsys):
+    from safetensors.numpy import load_file, save_file
+
+    _, _, whisper, llada, pth, _ = setup
+
+    def fails(*match, **paths):
+        argv = {"whisper": whisper, "llada": llada, "pth": pth, **paths}
+        assert cli.main(["import", "--whisper", str(argv["whisper"]), "--llada", str(argv["llada"]),
+                         "--projector-checkpoint", str(argv["pth"]), "--config", "tiny",
+                         "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and all(m in err for m in match), err
+        assert not (tmp_path / "out").exists()
+
+    fails("is a file; a Whisper checkpoint is the folder holding it", whisper=whisper / "model.safetensors")
+    fails("is a file; the LLaDA checkpoint is the folder holding it", llada=llada / "config.json")
+    fails("is a folder, not a .pth checkpoint file", pth=llada)
+    ct2 = tmp_path / "ct2"
+    ct2.mkdir()
+    (ct2 / "config.json").write_text("{}")
+    (ct2 / "model.bin").mkdir()
+    fails("model.bin: is a folder, not the checkpoint's model.bin file", whisper=ct2)
+    # a tokenizer with more tokens than the LLM has embedding rows
+    big = tmp_path / "big_llada"
+    shutil.copytree(llada, big)
+    build_tokenizer_json([" ".join(f"w{i}" for i in range(400))] * 2, big / "tokenizer.json", vocab_size=300)
+    fails("tokenizer.json: the tokenizer has", "more than the LLM's llm.vocab_size 128", llada=big)
+    # an encoder weight stored (in, out): the same element count as (out, in)
+    flipped = tmp_path / "flipped_whisper"
+    shutil.copytree(whisper, flipped)
+    tensors = load_file(str(flipped / "model.safetensors"))
+    key = "model.encoder.layers.0.fc1.weight"
+    tensors[key] = np.ascontiguousarray(tensors[key].T)
+    save_file(tensors, str(flipped / "model.safetensors"))
+    fails(f"{key}: checkpoint (64, 128) vs model (64, 128) (transpose layout: needs (128, 64))", whisper=flipped)
+
+
 def test_scanned_bf16_model_dir_round_trip(tmp_path):
     # The paper layout: scanned LLM layers, bf16 parameters; random values straight from NumPy.
     from flax import linen as nn

@@ -155,6 +155,23 @@ def test_bad_files_give_clear_errors(ref, tmp_path):
     assert _import(projector_only, no_lora)["lora"]["llm"] is None
 
 
+def test_a_ddp_wrapped_state_dict_imports_like_the_plain_one_and_layouts_are_checked(ref, tmp_path):
+    # torch.save(ddp_model.state_dict()) names every tensor "module.<name>"
+    plain = _import(_save(tmp_path / "plain.pth", ref.pth_state))
+    ddp = _import(_save(tmp_path / "ddp.pth", {f"module.{k}": v for k, v in ref.pth_state.items()}))
+    jax.tree.map(np.testing.assert_array_equal, ddp, plain)
+    # linear_proj stored (in, out) instead of PyTorch's (out, in): the same numbers, scrambled
+    w = ref.pth_state["linear_proj.weight"]
+    assert w.shape[0] != w.shape[1]
+    flipped = _save(tmp_path / "flipped.pth", {**ref.pth_state, "linear_proj.weight": w.T.contiguous()})
+    with pytest.raises(CheckpointError, match=rf"linear_proj.weight: checkpoint \({w.shape[1]}, {w.shape[0]}\) vs model "
+                                              rf"\({w.shape[1]}, {w.shape[0]}\) \(transpose layout: needs "
+                                              rf"\({w.shape[0]}, {w.shape[1]}\)\)"):
+        _import(flipped)
+    with pytest.raises(CheckpointError, match="is a folder, not a .pth checkpoint file"):
+        _import(tmp_path)
+
+
 def test_scanned_llm_takes_the_lora_stacked(ref, tmp_path):
     # The paper config scans the LLM's layers: per-layer .pth tensors land in one stacked leaf.
     cfg = load_model_config("tiny", ["llm.scan_layers=true"])

@@ -47,6 +47,13 @@ def resolve_whisper_dir(spec: str | Path) -> Path:
     if str(spec) == BUNDLED_WHISPER:
         return bundled_whisper_dir()
     path = Path(spec)
+    if path.is_file():
+        raise UserError(f"{path}: is a file; a Whisper checkpoint is the folder holding it",
+                        hint=f"give {path.parent} (Hugging Face: config.json + *.safetensors; CTranslate2: model.bin)")
+    for name in ("model.bin", "config.json", "model.safetensors"):
+        if (path / name).is_dir():  # would be read as the other layout or skipped, with a misleading error
+            raise UserError(f"{path / name}: is a folder, not the checkpoint's {name} file",
+                            hint="re-download or re-convert the Whisper checkpoint")
     if not path.is_dir():
         raise UserError(f"{path}: Whisper directory does not exist",
                         hint=f"give a Hugging Face or CTranslate2 Whisper directory, or {BUNDLED_WHISPER}")

@@ -261,6 +261,29 @@ class ModelConfig:
         return self.num_windows * self.projector.num_queries
 
 
+# ModelConfig fields that say how the same weights compute, are stored or are trained, not
+# which function they compute: a resumed run may change them, a MODEL_DIR may omit them.
+COMPUTE_FIELDS = ("name", "precision", "whisper.dtype", "whisper.param_dtype", "whisper.scan_layers",
+                  "whisper.remat", "projector.dtype", "projector.param_dtype", "projector.dropout",
+                  "projector.init_std", "llm.dtype", "llm.param_dtype", "llm.scan_layers", "llm.remat",
+                  "llm.ff_row_chunks", "llm.init_std", "lora.dropout")
+
+
+def dotted_fields(tree: dict, prefix: str = "") -> dict:
+    """``{"llm": {"n_layers": 2}}`` -> ``{"llm.n_layers": 2}`` (lists are leaves)."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        out.update(dotted_fields(value, name + ".") if isinstance(value, dict) else {name: value})
+    return out
+
+
+def missing_model_fields(data: dict) -> list[str]:
+    """The ModelConfig fields (outside COMPUTE_FIELDS) that ``data`` does not give."""
+    given = dotted_fields(data)
+    return [k for k in dotted_fields(to_dict(ModelConfig())) if k not in given and k not in COMPUTE_FIELDS]
+
+
 # --------------------------------------------------------------------------- strict loader
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
@@ -367,13 +390,24 @@ def to_dict(cfg: Any) -> dict:
 def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
     """``["llm.n_layers=2", "lora.enabled=false"]`` -> nested dict (values parsed as YAML)."""
     out: dict = {}
+    seen: set[str] = set()
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = parse_yaml(raw) if raw != "" else ""
+        except (yaml.YAMLError, RecursionError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({first})",
+                              hint="quote it, e.g. key='[a' (lists as [a, b], strings with : in quotes)") from None
         node = out
         parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: empty field name in {key.strip()!r}", hint="e.g. optim.peak_lr=1e-4")
+        if ".".join(parts) in seen:  # which one was meant is unknowable: never drop one silently
+            raise ConfigError(f"override {item!r}: {'.'.join(parts)} is set twice", hint="give each field once")
+        seen.add(".".join(parts))
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
@@ -410,13 +444,50 @@ def resolve_config_path(source: str | Path, kind: str = "model") -> Path:
     return named
 
 
-def read_yaml(path: Path) -> dict:
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping: PyYAML keeps the last
+    silently, so ``peak_lr`` set twice (or two ``optim:`` sections) would drop one setting."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            # Only the keys written in this mapping: one may override a merged one (<<: *anchor).
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key (a list): construct_mapping reports it
+                    continue
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first on line {first.start_mark.line + 1}); "
+                        "only one of them would be used", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str):
+    """YAML text -> Python values (safe types only), refusing duplicate keys."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506  (a SafeLoader subclass)
+
+
+def read_yaml(path: Path, *, allow_empty: bool = True) -> dict:
+    """A YAML file's top-level mapping. ``allow_empty=False``: an empty file (or comments only)
+    is an error, not a silent "every default" (a truncated copy, the wrong file)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a config (nested too deeply to read)") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read the config ({e})") from None
+    if data is None:
+        if not allow_empty:
+            raise ConfigError(f"{path}: the config file is empty",
+                              hint="write the fields to set, or `{}` on one line to take every default")
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of fields")
     return data
@@ -431,7 +502,7 @@ def load(cls: type, source: str | Path | dict | None = None, overrides=(), kind:
         data = source
     else:
         path = resolve_config_path(source, kind)
-        data, where = read_yaml(path), str(path)
+        data, where = read_yaml(path, allow_empty=False), str(path)
     data = merge(data, parse_overrides(list(overrides)))
     return from_dict(cls, data, where)
 

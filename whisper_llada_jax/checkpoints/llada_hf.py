@@ -71,6 +71,11 @@ def llada_config_from_hf(data: dict | str | Path, base: LLMConfig | None = None)
     _require(data, where, {"include_bias": False, "include_qkv_bias": False, "alibi": False, "rope": True,
                            "layer_norm_type": "rms", "activation_type": "silu", "block_type": "llama",
                            "attention_layer_norm": False, "input_emb_norm": False, "scale_logits": False})
+    # Options of LLaDA's model code this implementation does not have: read past, they would
+    # change the forward silently (clipped q/k/v, one K/V head).
+    for key in ("clip_qkv", "multi_query_attention"):
+        if data.get(key):
+            raise CheckpointError(f"{where}: {key}={data[key]!r} is not supported (need null)")
     f = JsonFields(data, where)
     d, heads = f.int("d_model"), f.int("n_heads")
     if heads <= 0 or d % heads:

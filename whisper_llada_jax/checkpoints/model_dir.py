@@ -45,6 +45,10 @@ DECODE_FILE = "decode.yaml"
 FORMAT = "whisper-llada-model-dir/1"
 # Every entry a MODEL_DIR may hold: `import --overwrite` replaces a folder holding only these.
 FILES = (CONFIG_FILE, TOKENIZER_FILE, PARAMS_FILE, LORA_FILE, FIRST_PASS_FILE, DECODE_FILE)
+# Names that look like weights or settings: one of these that is not in FILES (decode.yml,
+# params-00002.safetensors, an adapter copied in) would be silently ignored, so it is refused.
+# Other files (a README, notes) are left alone.
+_MODEL_LIKE = (".safetensors", ".yaml", ".yml", ".json", ".pth", ".pt", ".bin", ".msgpack", ".npz", ".index")
 
 
 @dataclasses.dataclass
@@ -153,16 +157,26 @@ def _decode_fields(fields: Mapping[str, Any], where: str) -> dict:
     return dict(fields)
 
 
-def _read_decode_file(path: Path) -> dict | None:
-    """The validated fields of ``path/decode.yaml``, or None when the MODEL_DIR has none."""
+def _read_decode_file(path: Path, model_config: ModelConfig | None = None) -> dict | None:
+    """The validated fields of ``path/decode.yaml``, or None when the MODEL_DIR has none;
+    with ``model_config``, its canvas must also fit the model's ``llm.max_len``."""
     file = path / DECODE_FILE
-    if not file.is_file():
+    if not file.exists():
         return None
     try:
         data = config_lib.read_yaml(file)
     except ConfigError as e:
         raise CheckpointError(e.message, hint=e.hint) from None
-    return _decode_fields(data, str(file))
+    fields = _decode_fields(data, str(file))
+    # (only a canvas the file sets: a default one that does not fit may be replaced on the command line)
+    if model_config is not None and {"gen_len", "max_new_tokens"} & set(fields):
+        from whisper_llada_jax.decoding.config import check_fits_model
+
+        try:
+            check_fits_model(load_decode_config(fields), model_config)
+        except UserError as e:
+            raise CheckpointError(f"{file}: {e.message}", hint=e.hint) from None
+    return fields
 
 
 def read_decode_defaults(path: str | Path) -> DecodeConfig:
@@ -186,16 +200,63 @@ def is_model_dir(path: str | Path) -> bool:
 def read_model_config(path: str | Path, overrides: Sequence[str] = ()) -> ModelConfig:
     """The ModelConfig of a MODEL_DIR (``overrides`` may change compute settings, not sizes)."""
     path = Path(path)
+    if path.is_file():
+        hint = f"give the folder that holds it: {path.parent}" if path.name in FILES else \
+            "a MODEL_DIR is the folder written by `whisper-llada import` / `train`"
+        raise CheckpointError(f"{path}: is a file, not a MODEL_DIR folder", hint=hint)
     if not path.is_dir():
         raise CheckpointError(f"{path}: MODEL_DIR does not exist", hint="create one with `whisper-llada import`")
+    if (path / CONFIG_FILE).is_dir():
+        raise CheckpointError(f"{path / CONFIG_FILE}: is a folder, not the MODEL_DIR's {CONFIG_FILE} file",
+                              hint="remove it, or re-create the MODEL_DIR with `whisper-llada import`")
     if not (path / CONFIG_FILE).is_file():
-        raise CheckpointError(f"{path}: not a MODEL_DIR (no {CONFIG_FILE})",
-                              hint="create one with `whisper-llada import`, or give the directory it wrote")
+        if (path / "run" / "train.yaml").is_file():  # a `train` workdir
+            hint = (f"this is a training run: its final MODEL_DIR is {path / 'model'} (once written); export a "
+                    f"checkpoint step with `whisper-llada export --checkpoint {path} --format model-dir`")
+        elif (path / "config.json").is_file():
+            hint = "this is a Hugging Face / CTranslate2 checkpoint: build a MODEL_DIR from it with `whisper-llada import`"
+        else:
+            hint = "create one with `whisper-llada import`, or give the directory it wrote"
+        raise CheckpointError(f"{path}: not a MODEL_DIR (no {CONFIG_FILE})", hint=hint)
     if not config_lib.read_yaml(path / CONFIG_FILE):
         # Never the paper's sizes by default: they would not match the weights beside it.
         raise CheckpointError(f"{path / CONFIG_FILE}: the config is empty",
                               hint="restore it from the run that wrote this MODEL_DIR, or re-create the MODEL_DIR")
     return config_lib.load_model_config(path / CONFIG_FILE, overrides)
+
+
+def check_entries(path: Path) -> None:
+    """Refuses what a MODEL_DIR must not hold: one of its files as a folder, or a weights /
+    settings file it does not read (a typo'd ``decode.yml``, an extra shard), either of which
+    would otherwise be silently ignored."""
+    for entry in sorted(path.iterdir()):
+        if entry.name.startswith("."):
+            continue  # temporary files of an interrupted atomic write; never read
+        if entry.name in FILES:
+            if not entry.is_file():
+                raise CheckpointError(f"{entry}: is a folder, not the MODEL_DIR's {entry.name} file",
+                                      hint="remove it, or re-create the MODEL_DIR with `whisper-llada import`")
+        elif entry.suffix.lower() in _MODEL_LIKE:
+            raise CheckpointError(f"{entry}: a MODEL_DIR reads no such file, so it would be ignored",
+                                  hint=f"a MODEL_DIR holds {', '.join(FILES)}; rename the file to the one "
+                                       "it stands for, or move it out")
+
+
+def check_tokenizer(tokenizer, config: ModelConfig, where: str | Path) -> None:
+    """The tokenizer must agree with the config's special ids (the decoder masks, stops and
+    strips with the config's ids, the text side with the tokenizer's) and fit the embedding
+    table (an id past it is no error on device: the gather clamps it to the last row)."""
+    if tokenizer.vocab_size > config.llm.vocab_size:
+        raise CheckpointError(f"{where}: the tokenizer has {tokenizer.vocab_size} tokens, more than the "
+                              f"LLM's llm.vocab_size {config.llm.vocab_size} embedding rows",
+                              hint="the tokenizer belongs to another LLM: use the LLM's own tokenizer.json")
+    fields = ("bos", "eos", "pad", "mask", "start_header", "end_header", "eot")  # pad: eos in LLaDA
+    diff = [f"{f}: config {getattr(config.tokens, f)} vs tokenizer {getattr(tokenizer, f)}" for f in fields
+            if getattr(config.tokens, f) != getattr(tokenizer, f)]
+    if diff:
+        raise CheckpointError(f"{where}: the tokenizer's special ids differ from the config's tokens "
+                              f"({'; '.join(diff)})",
+                              hint="the tokenizer.json belongs to another model: use the one the model was built with")
 
 
 def _identity_rules(source: SafetensorsSource) -> list[Rule]:
@@ -240,20 +301,35 @@ def load_model_dir(path: str | Path, mesh: jax.sharding.Mesh | None = None, rule
     try:
         config = read_model_config(path, overrides)
     except ConfigError as e:
-        raise CheckpointError(f"{path / CONFIG_FILE}: {e.message}", hint=e.hint) from None
+        where = str(path / CONFIG_FILE)
+        raise CheckpointError(e.message if e.message.startswith(where) else f"{where}: {e.message}",
+                              hint=e.hint) from None
+    check_entries(path)
+    # The file is written whole (save_model_dir): a field it lacks would be a default standing in
+    # for the model's value (rope_theta, lora.alpha, a head split...), which no tensor shape shows.
+    missing = config_lib.missing_model_fields(config_lib.read_yaml(path / CONFIG_FILE))
+    if missing:
+        raise CheckpointError(f"{path / CONFIG_FILE}: missing field(s) {missing[:12]}"
+                              + (f" (+{len(missing) - 12} more)" if len(missing) > 12 else ""),
+                              hint="a MODEL_DIR's config.yaml holds every model field: restore them with the "
+                                   "values the model was built with, or re-create the MODEL_DIR")
     if not (path / TOKENIZER_FILE).is_file():
         raise CheckpointError(f"{path}: {TOKENIZER_FILE} is missing", hint="copy the LLaDA tokenizer.json into it")
     tokenizer = LLaDATokenizer(path / TOKENIZER_FILE)
-    variables = load_variables(path, config, mesh=mesh, rules=rules)
+    check_tokenizer(tokenizer, config, path / TOKENIZER_FILE)
+    decode = _read_decode_file(path, config)  # before the weights: a bad file fails fast
     first_pass = None
     if (path / FIRST_PASS_FILE).is_file():
         try:
             first_pass = json.loads((path / FIRST_PASS_FILE).read_text())["whisper"]
         except (ValueError, KeyError, TypeError):
-            raise CheckpointError(f"{path / FIRST_PASS_FILE}: expected {{\"whisper\": DIR}}") from None
+            first_pass = None
+        if not isinstance(first_pass, str) or not first_pass.strip():
+            raise CheckpointError(f"{path / FIRST_PASS_FILE}: expected {{\"whisper\": DIR}} with DIR a Whisper "
+                                  "directory or bundled:NAME", hint="fix or remove the file") from None
+    variables = load_variables(path, config, mesh=mesh, rules=rules)
     if for_decoding:
         from whisper_llada_jax.models.inference_layout import for_decoding as layout
 
         config, variables = layout(config, variables)
-    return LoadedModel(config, WhisperLLaDA(config), variables, tokenizer, path, first_pass,
-                       _read_decode_file(path))
+    return LoadedModel(config, WhisperLLaDA(config), variables, tokenizer, path, first_pass, decode)

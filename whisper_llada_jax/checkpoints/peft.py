@@ -82,6 +82,17 @@ def lora_config_from_adapter(path: str | Path) -> LoRAConfig:
     for unsupported in ("use_dora", "use_rslora"):
         if data.get(unsupported):
             raise CheckpointError(f"{path}: {unsupported}: true is not supported", hint="export a plain LoRA adapter")
+    # Settings that make some module's rank / scale / layers differ from r, lora_alpha and every
+    # block, or train more than the LoRA matrices: one LoRAConfig cannot hold them, and reading
+    # past them would give another scale (alpha_pattern) or drop trained tensors.
+    for key in ("rank_pattern", "alpha_pattern", "layers_to_transform", "layers_pattern", "modules_to_save"):
+        if data.get(key):
+            raise CheckpointError(f"{path}: {key}: {data[key]!r} is not supported (every targeted projection of "
+                                  "every block must share r and lora_alpha, and only LoRA matrices be saved)",
+                                  hint="export a plain LoRA adapter")
+    if data.get("bias") not in (None, "none"):
+        raise CheckpointError(f"{path}: bias: {data['bias']!r} is not supported (LLaDA has no biases to train)",
+                              hint="export the adapter with bias='none'")
     targets = data.get("target_modules")
     if isinstance(targets, str) or not targets:
         raise CheckpointError(f"{path}: target_modules must be a list of projection names, got {targets!r}")

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 # Prefix of the LLM inside the reference model's PEFT wrapper.
 LORA_PREFIX = "llada.base_model.model."
+# Prefix of every name in a state dict saved from a DistributedDataParallel-wrapped model.
+DDP_PREFIX = "module."
 # BERT parts the query path never uses: read past on import, never written on export.
 UNUSED = (
     r"^adapter\.cls\.",
@@ -108,6 +110,9 @@ def read_pth(path: str | Path) -> dict:
     """Loads a ``.pth`` with the weights-only unpickler; returns the checkpoint dict."""
     torch = _torch()
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a .pth checkpoint file",
+                              hint="give the .pth file itself (the published checkpoint is one file)")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file does not exist")
     try:
@@ -135,6 +140,10 @@ def pth_source(path: str | Path) -> TorchStateSource:
     """The ``model`` tensors of a reference ``.pth`` as a lazy TensorSource."""
     state = read_pth(path)["model"]
     torch = _torch()
+    if state and all(isinstance(k, str) and k.startswith(DDP_PREFIX) for k in state):
+        # saved from a DistributedDataParallel wrapper (model.state_dict() of the wrapper): the
+        # same tensors, every name behind "module."
+        state = {k[len(DDP_PREFIX):]: v for k, v in state.items()}
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: 'model' holds non-tensor entries: {bad[:5]}")

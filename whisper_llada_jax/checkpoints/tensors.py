@@ -152,23 +152,40 @@ class SafetensorsSource:
         if path.is_file():
             files = [path]
         elif (path / index_name).exists():
-            try:
-                index = json.loads((path / index_name).read_text())["weight_map"]
-            except (ValueError, KeyError):
-                raise CheckpointError(f"{path / index_name}: not a safetensors index (no weight_map)") from None
+            index = _read_index(path / index_name)
             files = [path / f for f in sorted(set(index.values()))]
-            missing = [str(f) for f in files if not f.exists()]
+            missing = [str(f) for f in files if not f.is_file()]
             if missing:
-                raise CheckpointError(f"{path / index_name}: shard files missing: {missing}")
+                raise CheckpointError(f"{path / index_name}: shard files missing: {missing}",
+                                      hint="the download is incomplete: fetch every shard the index names")
+        elif (path / "model.safetensors").is_file():
+            # The checkpoint proper; other *.safetensors beside it are other variants of the same
+            # weights (whisper-large-v3 ships model.fp32-0000N-of-00002.safetensors too) or an adapter.
+            files = [path / "model.safetensors"]
         else:
             files = sorted(path.glob("*.safetensors"))
             if not files:
-                raise CheckpointError(f"{path}: no *.safetensors files found", hint="give a directory holding model.safetensors")
+                other = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack"))
+                hint = (f"it holds {', '.join(other)}: only safetensors are read (a pickle can run code); convert it, "
+                        "e.g. transformers' save_pretrained(dir, safe_serialization=True)") if other else \
+                    "give a directory holding model.safetensors"
+                raise CheckpointError(f"{path}: no *.safetensors files found", hint=hint)
         self._where: dict[str, tuple[Path, object]] = {}
         for f in files:
             handle = _open_safetensors(f)
             for k in handle.keys():
+                if k in self._where:  # two shards with one name: which one is meant is unknowable
+                    raise CheckpointError(f"{path}: tensor {k!r} is in both {self._where[k][0].name} and {f.name}",
+                                          hint="shards of two different downloads are mixed in one folder")
                 self._where[k] = (f, handle)
+        if path.is_dir() and (path / index_name).exists():
+            # The index is the checkpoint's table of contents: a tensor it lists that its shard does
+            # not hold is a shard from another revision (or a damaged one), not something to skip.
+            absent = sorted(k for k, f in index.items() if self._where.get(k, (None,))[0] != path / f)
+            if absent:
+                raise CheckpointError(f"{path / index_name}: {len(absent)} tensor(s) are not in the shard the "
+                                      f"index names: {_fmt(absent)}",
+                                      hint="the shards and the index come from different revisions; re-download")
 
     def keys(self) -> list[str]:
         return list(self._where)
@@ -195,6 +212,21 @@ class SafetensorsSource:
         if not index:
             return self.get(key)
         return self._slice(key)[tuple(index)]
+
+
+def _read_index(file: Path) -> dict[str, str]:
+    """``weight_map`` of a sharded-safetensors index: tensor name -> shard file name in the same
+    folder; one clear error for anything else (not JSON, a list, a path leaving the folder)."""
+    data = read_json_object(file, hint="a sharded checkpoint's index is a JSON object with a weight_map")
+    index = data.get("weight_map")
+    if not isinstance(index, dict) or not index:
+        raise CheckpointError(f"{file}: not a safetensors index (weight_map must map tensor names to shard files)")
+    bad = [f"{k}: {v!r}" for k, v in index.items()
+           if not isinstance(v, str) or not v or Path(v).name != v or v in (".", "..")]
+    if bad:
+        raise CheckpointError(f"{file}: weight_map entries must name a shard file in the same folder, got "
+                              f"{_fmt(bad, 4)}")
+    return index
 
 
 def read_slice(source: TensorSource, key: str, index: tuple[slice, ...]) -> np.ndarray:
@@ -292,6 +324,16 @@ class Transform:
         for i, a in enumerate(axes):
             block[a] = index[i]
         return tuple(block)
+
+    def fits(self, src_shape: Sequence[int], target_shape: Sequence[int]) -> bool:
+        """Whether a source tensor of ``src_shape`` becomes a ``target_shape`` leaf. The shapes must
+        correspond axis by axis (a transposed or flattened tensor has the right number of elements
+        but would be silently scrambled by the reshape); only a reshape transform compares counts."""
+        if not self.sliceable:
+            return int(np.prod(src_shape, dtype=np.int64)) == int(np.prod(target_shape, dtype=np.int64))
+        axes = self.axes if self.axes is not None else tuple(range(len(src_shape)))
+        return len(axes) == len(src_shape) == len(target_shape) and \
+            tuple(src_shape[a] for a in axes) == tuple(target_shape)
 
     def block_to_flax(self, block: np.ndarray) -> np.ndarray:
         return block if self.axes is None else np.transpose(block, self.axes)
@@ -437,6 +479,16 @@ def check_tensor(where: str, key: str, arr: np.ndarray, target_dtype) -> np.ndar
     return arr
 
 
+def _external_shape(transform: Transform, target_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape a source tensor needs to become ``target_shape`` (for error messages)."""
+    if transform.axes is None or len(transform.axes) != len(target_shape):
+        return target_shape
+    out = [0] * len(target_shape)
+    for i, a in enumerate(transform.axes):
+        out[a] = target_shape[i]
+    return tuple(out)
+
+
 def _match_leaves(source: TensorSource, rules: Iterable[Rule], abstract: Mapping, ignore: Iterable[str],
                   allow_unknown: bool, allow_missing: Iterable[str]) -> dict[str, dict[int | None, tuple[str, Rule]]]:
     """{target leaf: {layer or None: (source key, rule)}} with every check of ``import_params``."""
@@ -459,8 +511,10 @@ def _match_leaves(source: TensorSource, rules: Iterable[Rule], abstract: Mapping
         target = abstract_flat[leaf]
         want = target.shape if layer is None else target.shape[1:]
         src_shape = source.shape(key)
-        if int(np.prod(src_shape)) != int(np.prod(want)):
-            bad_shape.append(f"{key}: checkpoint {tuple(src_shape)} vs model {tuple(want)}")
+        if not rule.transform.fits(src_shape, want):
+            external = _external_shape(rule.transform, tuple(want))
+            bad_shape.append(f"{key}: checkpoint {tuple(src_shape)} vs model {tuple(want)}"
+                             + (f" ({rule.transform.name} layout: needs {external})" if external != tuple(want) else ""))
             continue
         per_leaf.setdefault(leaf, {})[layer] = (key, rule)
     if no_target:
@@ -468,7 +522,8 @@ def _match_leaves(source: TensorSource, rules: Iterable[Rule], abstract: Mapping
                               hint="the checkpoint has more layers or parts than the config")
     if bad_shape:
         raise CheckpointError(f"{source.name}: mis-shaped tensor(s): {_fmt(bad_shape)}",
-                              hint="the config does not match the checkpoint (sizes differ)")
+                              hint="the config does not match the checkpoint (sizes differ), or a tensor is "
+                                   "stored in another layout (transposed, flattened)")
     allow_re = [re.compile(p) for p in allow_missing]
     missing = []
     for leaf, target in abstract_flat.items():

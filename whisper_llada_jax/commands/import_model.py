@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
 
     from whisper_llada_jax import backend, mesh as mesh_lib
     from whisper_llada_jax.checkpoints.llada_hf import import_llada_hf
-    from whisper_llada_jax.checkpoints.model_dir import FILES, save_model_dir
+    from whisper_llada_jax.checkpoints.model_dir import FILES, check_tokenizer, save_model_dir
     from whisper_llada_jax.checkpoints.reference_pth import import_reference_pth
     from whisper_llada_jax.checkpoints.tensors import subtree
     from whisper_llada_jax.config import load_model_config
@@ -152,6 +152,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"mesh: {dict(mesh.shape)}")
     shard = lambda *keys: subtree(shardings, *keys)  # noqa: E731
     llada_dir = Path(args.llada)
+    if not llada_dir.is_dir():
+        what = "is a file; the LLaDA checkpoint is the folder holding it" if llada_dir.exists() else "does not exist"
+        raise CheckpointError(f"{llada_dir}: {what}",
+                              hint="give the Hugging Face LLaDA directory (config.json, *.safetensors, tokenizer.json)")
     if not (llada_dir / "tokenizer.json").is_file():
         raise CheckpointError(f"{llada_dir}: no tokenizer.json", hint="give the Hugging Face LLaDA directory")
     tokenizer = LLaDATokenizer(llada_dir / "tokenizer.json")
@@ -160,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
     if too_big >= cfg.llm.vocab_size:
         raise CheckpointError(f"{llada_dir / 'tokenizer.json'}: token id {too_big} is outside llm.vocab_size "
                               f"{cfg.llm.vocab_size}", hint="the tokenizer does not belong to this LLM")
+    check_tokenizer(tokenizer, dataclasses.replace(cfg, tokens=tokens), llada_dir / "tokenizer.json")
 
     wcfg, encoder = load_whisper_encoder(args.whisper, cfg.whisper, shard("params", "encoder"))
     print(f"whisper encoder: {args.whisper} ({count_params(encoder):,} parameters)")

@@ -23,7 +23,7 @@ import yaml
 
 from whisper_llada_jax import config as config_lib
 from whisper_llada_jax.decoding.config import DecodeConfig, validate
-from whisper_llada_jax.errors import CheckpointError, UserError
+from whisper_llada_jax.errors import CheckpointError, ConfigError, UserError
 from whisper_llada_jax.evaluation.wer import corpus_wer
 from whisper_llada_jax.outputs import write_text
 
@@ -138,11 +138,12 @@ def write_decode_choice(model_dir: str | Path, cfg: DecodeConfig, decode_file: s
     folder = Path(model_dir)
     path = folder / decode_file
     old: dict = {}
-    if path.is_file():
-        old = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(old, dict):
-            raise CheckpointError(f"{path}: not a mapping of decode config fields",
-                                  hint="fix or remove the file, then rerun tune")
+    if path.exists():
+        try:
+            old = config_lib.read_yaml(path)  # duplicate keys, a folder, bad YAML: refused
+        except ConfigError as e:
+            raise CheckpointError(f"{e.message}: not a mapping of decode config fields",
+                                  hint="fix or remove the file, then rerun tune") from None
     chosen = config_lib.to_dict(cfg)
     # the tuned fields, plus any field of the file the choice had to change (e.g. cache)
     new = {**old, **choice_fields(cfg), **{k: chosen[k] for k in old if k in chosen and old[k] != chosen[k]}}

@@ -8,6 +8,8 @@ named. Every field is documented in ``configs/train/paper.yaml``.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from typing import Any, Literal
 
 from whisper_llada_jax import config as config_lib
@@ -38,6 +40,36 @@ class OptimConfig:
     frozen: tuple[str, ...] = ()
     master_dtype: Literal["float32", "bfloat16"] = "float32"  # what trains is kept in this dtype
 
+    def __post_init__(self):
+        # A NaN / negative learning rate or a beta of 1 trains silently wrong (or not at all)
+        # instead of failing: every number is checked where the config is built.
+        for name in ("init_lr", "end_lr", "weight_decay"):
+            _finite(self, name, low=0.0)
+        _finite(self, "peak_lr", low=0.0, strict=True)
+        _finite(self, "eps", low=0.0, strict=True)
+        for name in ("b1", "b2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name}: must be in [0, 1), got {getattr(self, name)!r}", hint="AdamW uses 0.9 / 0.999")
+        if self.clip_norm is not None:
+            _finite(self, "clip_norm", low=0.0, strict=True)
+        if self.warmup_steps < 0 or self.decay_steps < 1:
+            raise ConfigError(f"warmup_steps / decay_steps: must be >= 0 / >= 1, got {self.warmup_steps} / "
+                              f"{self.decay_steps}")
+        if self.grad_accum < 1:
+            raise ConfigError(f"grad_accum: must be >= 1 (micro-batches per update), got {self.grad_accum}")
+        for name in ("trainable", "frozen"):
+            for pattern in getattr(self, name):
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    raise ConfigError(f"{name}: bad regex {pattern!r} ({e})") from None
+
+
+def _finite(cfg: Any, name: str, *, low: float, strict: bool = False) -> None:
+    value = getattr(cfg, name)
+    if not (low < value if strict else low <= value) or not math.isfinite(value):
+        raise ConfigError(f"{name}: must be {'>' if strict else '>='} {low:g} and finite, got {value!r}")
+
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
@@ -52,6 +84,16 @@ class MeshConfig:
     dcn_tensor: int = 1
     # Extra [logical_name, mesh_axis | [axes] | null] pairs tried before sharding.DEFAULT_RULES.
     rules: tuple[Any, ...] = ()
+
+    def __post_init__(self):
+        from whisper_llada_jax.sharding import MESH_AXES
+
+        for i, rule in enumerate(self.rules):
+            ok = isinstance(rule, (list, tuple)) and len(rule) == 2 and isinstance(rule[0], str)
+            axes = rule[1] if ok and isinstance(rule[1], (list, tuple)) else [rule[1]] if ok else []
+            if not ok or not all(a is None and len(axes) == 1 or a in MESH_AXES for a in axes):
+                raise ConfigError(f"rules[{i}]: {rule!r} is not [logical_name, mesh_axis | [mesh_axes] | null]",
+                                  hint=f"mesh axes are {list(MESH_AXES)}, e.g. [embed, fsdp] or [vocab, null]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,8 +202,12 @@ class TrainConfig:
         for name in ("substitution_rate", "audio_drop_rate", "first_pass_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if len(self.substitution_range) not in (0, 2):
-            raise ValueError(f"substitution_range must be [low, high] or [], got {list(self.substitution_range)}")
+        if len(self.substitution_range) not in (0, 2) or (
+                self.substitution_range and not 0 <= self.substitution_range[0] < self.substitution_range[1]):
+            raise ValueError(f"substitution_range must be [low, high] with 0 <= low < high, or [], got "
+                             f"{list(self.substitution_range)}")
+        if not 0.0 <= self.t_eps < 1.0:
+            raise ValueError(f"t_eps must be in [0, 1), got {self.t_eps}")
         if self.audio_margin_windows < 0:
             raise ValueError(f"audio_margin_windows must be >= 0, got {self.audio_margin_windows}")
         if self.objective == "autoregressive" and (self.substitution_rate or self.loss_positions != "masked"

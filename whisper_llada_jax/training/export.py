@@ -44,6 +44,45 @@ def decode_defaults(cfg, data_cfg) -> dict | None:
     return None
 
 
+def check_resume(workdir: str | Path, checkpoint_dir, mcfg, tokenizer_json: str | None) -> None:
+    """Before a run that will resume from ``checkpoint_dir`` replaces ``<workdir>/run/``: the
+    model config and tokenizer must be those the checkpoints were trained with. A different
+    size fails at restore anyway; a same-shaped change (LoRA alpha, token ids, prompt, another
+    tokenizer) would restore and silently go on training another model."""
+    from whisper_llada_jax.checkpoints.model_dir import CONFIG_FILE, TOKENIZER_FILE
+
+    meta = Path(workdir) / RUN_META_DIR
+    try:
+        has_steps = any(p.name.isdigit() for p in checkpoint_dir.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        has_steps = False
+    if not has_steps or not (meta / CONFIG_FILE).is_file():
+        return
+    old = config_lib.dotted_fields(config_lib.read_yaml(meta / CONFIG_FILE))
+    new = config_lib.dotted_fields(config_lib.to_dict(mcfg))
+    # compute settings, dropout and init may change on resume; what the weights compute may not
+    diff = [f"{k}: checkpoints {old.get(k)!r} vs now {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if k not in config_lib.COMPUTE_FIELDS and _norm(old.get(k)) != _norm(new.get(k))]
+    if tokenizer_json is not None and (meta / TOKENIZER_FILE).is_file():
+        import json
+
+        try:
+            same = json.loads((meta / TOKENIZER_FILE).read_text()) == json.loads(tokenizer_json)
+        except ValueError:
+            same = False
+        if not same:
+            diff.append(f"tokenizer: not the {meta / TOKENIZER_FILE} the checkpoints were trained with")
+    if diff:
+        shown = "; ".join(diff[:6]) + (f" (+{len(diff) - 6} more)" if len(diff) > 6 else "")
+        raise ConfigError(f"{checkpoint_dir}: resuming a run of another model ({shown})",
+                          hint="restore the run's settings (recorded in " f"{meta}), or start a new run: another "
+                               "workdir / checkpoint.dir, or checkpoint.restore=false")
+
+
+def _norm(value):
+    return [_norm(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def write_run_metadata(workdir: str | Path, cfg, mcfg, tokenizer_json: str, decode: Mapping | None) -> Path:
     """``<workdir>/run/``, replaced atomically at every start of the run. Process 0 writes it;
     a process that then cannot see it (a workdir on each host's local disk) writes its own copy,
@@ -133,7 +172,7 @@ def recorded_decode(meta: Path) -> dict | None:
     from whisper_llada_jax.checkpoints.model_dir import DECODE_FILE
 
     path = meta / DECODE_FILE
-    return yaml.safe_load(path.read_text()) if path.is_file() else None
+    return config_lib.read_yaml(path) if path.is_file() else None
 
 
 def resolve_step(ckpt, spec: str | int, metric: str) -> int:

@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from whisper_llada_jax.errors import ConfigError
+
 Span = Literal["group_longest", "batch_longest", "canvas"]
 
 
@@ -80,7 +82,8 @@ def vocab_range(tokens, vocab_size: int, explicit: tuple[int, ...] = ()) -> tupl
         else:
             lo, hi = max(special) + 1, vocab_size
     if not 0 <= lo < hi <= vocab_size:
-        raise ValueError(f"substitution vocabulary [{lo}, {hi}) is empty or outside [0, {vocab_size})")
+        raise ConfigError(f"substitution_range: the substitution vocabulary [{lo}, {hi}) is empty or outside "
+                          f"[0, {vocab_size}) (llm.vocab_size)", hint="set substitution_range: [low, high] inside the vocabulary")
     return int(lo), int(hi)
 
 

@@ -134,6 +134,10 @@ def load_tokenizer(cfg: TrainConfig, mcfg: ModelConfig):
     if tok.vocab_size > mcfg.llm.vocab_size:
         raise ConfigError(f"tokenizer: {path} has {tok.vocab_size} tokens, more than llm.vocab_size "
                           f"{mcfg.llm.vocab_size}")
+    if cfg.init_from:  # the model's token ids come from init_from's config: the data's tokenizer must agree
+        from whisper_llada_jax.checkpoints.model_dir import check_tokenizer
+
+        check_tokenizer(tok, mcfg, f"tokenizer {path} (for init_from {cfg.init_from})")
     return tok
 
 
@@ -210,6 +214,11 @@ class Trainer:
         self.model, _ = build_model(cfg, self.mcfg)
         r = self.data_cfg.max_response_len
         self.decode_defaults = export_lib.decode_defaults(cfg, self.data_cfg)
+        ckdir = cfg.checkpoint.dir or str(self.workdir / "checkpoints")
+        if cfg.checkpoint.restore:  # before run/ is replaced with this start's settings
+            from whisper_llada_jax.training.checkpointing import checkpoint_path
+
+            export_lib.check_resume(self.workdir, checkpoint_path(ckdir), self.mcfg, self._tokenizer_json())
         if self._tokenizer_json() is not None:  # what `export --checkpoint` needs besides a step
             export_lib.write_run_metadata(self.workdir, cfg, self.mcfg, self._tokenizer_json(), self.decode_defaults)
         with jax.set_mesh(self.mesh):
@@ -222,7 +231,6 @@ class Trainer:
                                                  cfg.optim, cfg.seed, variables)
         self.train_iter = train_iter if train_iter is not None else self._pipeline("train")
         self._eval_batches = eval_batches or (lambda: self._pipeline("eval"))
-        ckdir = cfg.checkpoint.dir or str(self.workdir / "checkpoints")
         self.ckpt = Checkpointer(ckdir, cfg.checkpoint, with_data=hasattr(self.train_iter, "get_state"))
         example = step_lib.device_batch(synthetic_batch(self.mcfg, self.batch.global_batch, r))
         self.global_example = example
