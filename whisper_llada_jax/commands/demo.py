@@ -42,8 +42,41 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: --out exists and is not a folder", hint="give a folder path")
+    check_out(out)
     results = args.results
     if results is None and not args.quick and (REPO_ROOT / "docs").is_dir():
         results = REPO_ROOT / "docs" / "results.md"
+    if results is not None:
+        check_results_page(Path(results))
     run_demo(out, quick=args.quick, progress=not args.no_progress, results_doc=results)
     return 0
+
+
+def check_out(out: Path) -> None:
+    """--out is new, empty, or a demo run (its settings.json): the demo writes results.md,
+    tokenizer.json, model/ ... into it and would replace a user's files of those names."""
+    from whisper_llada_jax.outputs import check_writable
+
+    if out.is_dir() and any(out.iterdir()) and not (out / "settings.json").is_file():
+        shown = ", ".join(sorted(e.name for e in out.iterdir())[:5])
+        raise UserError(f"{out}: --out holds files ({shown}) but no demo run (settings.json)",
+                        hint="give a new or empty folder (a demo run's folder resumes it)")
+    check_writable(out / "settings.json", "--out")
+
+
+def check_results_page(path: Path) -> None:
+    """The results page is replaced only between the demo-run markers; an existing page
+    without them (a hand-written page, or one whose markers were edited away) is refused
+    before the run, not overwritten after it."""
+    from whisper_llada_jax.demo.run import RUN_BEGIN, RUN_END
+    from whisper_llada_jax.outputs import check_writable
+
+    if path.is_dir():
+        raise UserError(f"{path}: --results is a folder", hint="give a Markdown file path")
+    if path.exists():
+        text = path.read_text(errors="replace")
+        if not (RUN_BEGIN in text and RUN_END in text.split(RUN_BEGIN, 1)[1]):
+            raise UserError(f"{path}: --results exists and has no demo-run block ({RUN_BEGIN} ... {RUN_END}); "
+                            "the run would replace the whole page",
+                            hint="give a new file, or put the two marker lines where the run's block goes")
+    check_writable(path, "--results")
