@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,24 @@ def _writer(kind: str, target: str, version: str, kill_at: str, n: int, no_excha
     import importlib
     import shutil  # noqa: F401  (patched below by name)
 
+    if kill_at.startswith("wait:"):  # "wait:FUNC:GO": a run that passed check_output, then reaches FUNC
+        import importlib  # (in its final rename) after another run wrote the same output
+        import time
+
+        _, func, go = kill_at.split(":")
+        outputs.check_output(target, kind=kind)
+        mod_name, name = func.rsplit(".", 1)
+        mod = importlib.import_module(mod_name)
+        real_fn = getattr(mod, name)
+
+        def late(*a, **kw):
+            Path(go + ".ready").touch()
+            while not Path(go).exists():
+                time.sleep(0.01)
+            return real_fn(*a, **kw)
+
+        setattr(mod, name, late)
+        kill_at = "os.getpid"
     module, attr = kill_at.rsplit(".", 1)
     mod = importlib.import_module(module)
     real, calls = getattr(mod, attr), [0]
@@ -121,6 +140,27 @@ def test_a_killed_scratch_folder_is_removed_by_the_next_write(tmp_path):
     with atomic_dir(target) as tmp:
         (tmp / "x").write_text("done")
     assert _hidden(target) == [] and (target / "x").read_text() == "done"
+
+
+@pytest.mark.parametrize("late_at", ["os.fsync", "os.replace"], ids=["before-the-final-check", "in-the-rename"])
+def test_two_runs_writing_one_new_output_never_replace_each_other(tmp_path, late_at):
+    """Both find the output new at the start; the one that finishes second is refused, clearly,
+    and the first one's output stays whole (it is never replaced without --overwrite)."""
+    target, go = tmp_path / "out", tmp_path / "go"
+    slow = subprocess.Popen([sys.executable, __file__, "dir", str(target), "1", f"wait:{late_at}:{go}", "0", ""],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])))
+    try:
+        while not Path(f"{go}.ready").exists():  # the slow run has checked and written its output
+            assert slow.poll() is None, slow.communicate()
+            time.sleep(0.01)
+        assert _spawn("dir", str(target), "2", "os.getpid", "0", "").returncode == 0
+        go.touch()
+        _, err = slow.communicate(timeout=120)
+    finally:
+        slow.kill()
+    assert slow.returncode == 1 and "another process wrote this output while this one ran" in err, err
+    assert _read(target, "dir") == "2" and _hidden(target) == []
 
 
 def test_temporaries_of_live_processes_and_other_hosts_are_never_touched(tmp_path):
@@ -374,6 +414,7 @@ def test_evaluate_overwrite_replaces_the_whole_evaluation_or_nothing(tmp_path, c
 
 def test_demo_refuses_a_foreign_out_folder_and_a_page_without_its_markers(tmp_path):
     from whisper_llada_jax.commands import demo
+    from whisper_llada_jax.demo import run as demo_run
     from whisper_llada_jax.demo.run import RUN_BEGIN, RUN_END
 
     mine = tmp_path / "mine"
@@ -392,6 +433,11 @@ def test_demo_refuses_a_foreign_out_folder_and_a_page_without_its_markers(tmp_pa
     page.write_text(f"# hand-written\n{RUN_BEGIN}\nold\n{RUN_END}\nmore\n")
     demo.check_results_page(page)
     demo.check_results_page(tmp_path / "new.md")
+    # the page a run writes to a new --results file is accepted by the next run
+    demo_run.write_results_page(tmp_path / "new.md", "# Results\n")
+    demo.check_results_page(tmp_path / "new.md")
+    demo_run.write_results_page(tmp_path / "new.md", "# Results again\n")
+    assert (tmp_path / "new.md").read_text() == f"{RUN_BEGIN}\n# Results again\n{RUN_END}\n"
     assert (mine / "results.md").read_text() == "my notes"
 
 

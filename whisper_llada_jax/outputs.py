@@ -83,6 +83,24 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# Outputs that ``check_output`` found absent (or an empty folder): a run that finds one there
+# when its own is ready did not ask to replace it (another run wrote it meanwhile).
+_NEW_OUTPUTS: set[Path] = set()
+
+
+def _appeared(target: Path) -> bool:
+    """``target`` was new when checked, and something has been written there since."""
+    key = target.expanduser().resolve()
+    if key not in _NEW_OUTPUTS:
+        return False
+    return key.is_file() or (key.is_dir() and any(key.iterdir()))
+
+
+def _appeared_error(target: Path) -> OutputError:
+    return OutputError(f"{target}: another process wrote this output while this one ran; its output is kept, "
+                       "this run's is discarded", hint="run again with --overwrite to replace it, or give another path")
+
+
 # ----------------------------------------------------------------------------- temporaries
 def _owner_tag() -> str:
     """``host~pid`` of this process (read at each call: a forked child is another owner)."""
@@ -194,10 +212,13 @@ def atomic_file(target: str | Path, mode: str = "w", encoding: str | None = "utf
             with _write_errors(target, ours=True):
                 f.flush()
                 os.fsync(f.fileno())
+        if _appeared(target):
+            raise _appeared_error(target)
         with _write_errors(target, ours=True):
             os.replace(tmp, target)
         _fsync_dir(target.parent)
     finally:
+        _NEW_OUTPUTS.discard(target.resolve())
         if os.path.exists(tmp):
             os.unlink(tmp)
 
@@ -230,6 +251,12 @@ class _AtomicDir:
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
+        try:
+            return self._finish(exc_type, exc)
+        finally:
+            _NEW_OUTPUTS.discard(self.target)
+
+    def _finish(self, exc_type, exc):
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
@@ -242,6 +269,9 @@ class _AtomicDir:
                     if f.is_file():
                         with open(f, "rb") as fh:
                             os.fsync(fh.fileno())
+            if _appeared(self.target):
+                raise _appeared_error(self.target)
+            with _write_errors(self.target, ours=True):
                 if self.target.exists() and _exchange(self.tmp, self.target):
                     _fsync_dir(self.target.parent)
                     shutil.rmtree(self.tmp, ignore_errors=True)  # the old output, now at the temporary name
@@ -255,7 +285,12 @@ class _AtomicDir:
                     os.replace(self.tmp, self.target)
                     shutil.rmtree(old, ignore_errors=True)
                 else:
-                    os.replace(self.tmp, self.target)
+                    try:
+                        os.replace(self.tmp, self.target)
+                    except OSError as e:
+                        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                            raise
+                        raise _appeared_error(self.target) from None  # in the instant since the check above
                 _fsync_dir(self.target.parent)
         except BaseException:
             shutil.rmtree(self.tmp, ignore_errors=True)
@@ -367,6 +402,7 @@ def check_output(out: str | Path, inputs: Iterable[str | Path | None] = (), *, o
             raise UserError(f"{given}: {flag} already exists", hint=hint)
         remove_stale_temporaries(path)
         check_writable(path, flag)
+        _record(path, new=not path.exists())
         return path
     if path.exists() and not path.is_dir():
         raise UserError(f"{given}: {flag} is an existing file, but a folder is written", hint="give a folder name")
@@ -383,4 +419,9 @@ def check_output(out: str | Path, inputs: Iterable[str | Path | None] = (), *, o
                             hint="move them away or give a new folder")
     remove_stale_temporaries(path)
     check_writable(path, flag)
+    _record(path, new=not entries)
     return path
+
+
+def _record(path: Path, new: bool) -> None:
+    (_NEW_OUTPUTS.add if new else _NEW_OUTPUTS.discard)(path)

