@@ -96,4 +96,8 @@ def check_decode_file(model_dir: str, overwrite: bool) -> None:
     if path.is_dir():
         raise UserError(f"{path} is a folder, not a decode.yaml", hint="move it away")
     remove_stale_temporaries(path)
-    check_writable(path, "MODEL_DIR/decode.yaml")
+    try:
+        check_writable(path, "MODEL_DIR/decode.yaml")
+    except UserError as e:
+        raise UserError(e.message, hint="copy the MODEL_DIR somewhere writable, or use --dry-run to only print "
+                                        "the choice") from None
