@@ -406,10 +406,29 @@ def test_evaluate_overwrite_replaces_the_whole_evaluation_or_nothing(tmp_path, c
     got = sorted(p.relative_to(out).as_posix() for p in (out / "hypotheses").rglob("*"))
     assert len(got) == 2 and "old_config.jsonl" not in got  # no stale hypotheses of another run
     assert len(json.loads((out / "results.json").read_text())["results"]) == 2
+    # a profiler trace asked inside --out arrives with the results (the README's example)
+    traced = []
+    monkeypatch.setattr("whisper_llada_jax.training.profiling.trace",
+                        lambda d: _record_trace(traced, d))
+    assert cli.main(argv + ["--profile", str(out / "profile")]) == 0
+    assert (out / "profile" / "trace.txt").read_text() == "trace" and traced[0] != out / "profile"
+    capsys.readouterr()
+    assert cli.main(argv) == 2  # without --profile the trace is not what this run writes: kept, refused
+    assert "profile" in capsys.readouterr().err and (out / "profile" / "trace.txt").exists()
+    assert cli.main(argv + ["--profile", str(out / "profile")]) == 0  # the same run again replaces it
+    capsys.readouterr()
     # a folder holding files evaluate does not write is never replaced
     (out / "notes.txt").write_text("mine")
     assert cli.main(argv) == 2
     assert "notes.txt" in capsys.readouterr().err and (out / "notes.txt").read_text() == "mine"
+
+
+@__import__("contextlib").contextmanager
+def _record_trace(traced, folder):
+    traced.append(folder)
+    folder.mkdir(parents=True)
+    (folder / "trace.txt").write_text("trace")
+    yield
 
 
 def test_demo_refuses_a_foreign_out_folder_and_a_page_without_its_markers(tmp_path):

@@ -60,6 +60,26 @@ def register(p: argparse.ArgumentParser) -> None:
 WRITES = ("results.json", "results.md", "hypotheses", "first_pass.jsonl")
 
 
+def profile_path(profile: str | None, out: str, staged: Path) -> Path | None:
+    """Where the trace goes: a --profile inside --out is written into the staged --out (it
+    appears with the results; written beside them it would be taken for another run's output)."""
+    import jax
+
+    from whisper_llada_jax.errors import UserError
+
+    if profile is None:
+        return None
+    given, target = Path(profile).expanduser().resolve(), Path(out).expanduser().resolve()
+    if given != target and target not in given.parents:
+        return Path(profile)
+    if given == target:
+        raise UserError(f"--profile {profile} is --out", hint="give a folder inside --out, e.g. OUT/profile, or elsewhere")
+    if jax.process_count() > 1:
+        raise UserError(f"--profile {profile} lies inside --out; with several processes each writes its own trace",
+                        hint="give --profile a folder outside --out")
+    return staged / given.relative_to(target)
+
+
 def limited(source, limit: int | None):
     if limit is None:
         return source
@@ -81,8 +101,11 @@ def run(args: argparse.Namespace) -> int:
     from whisper_llada_jax.inference.placement import inference_mesh
     from whisper_llada_jax.outputs import check_output, data_paths, staged_dir
 
+    writes = WRITES
+    if args.profile and Path(args.out).resolve() in Path(args.profile).resolve().parents:  # a trace in --out
+        writes += (Path(args.profile).resolve().relative_to(Path(args.out).resolve()).parts[0],)
     check_output(args.out, [args.model, args.first_pass, *data_paths(args.data)], overwrite=args.overwrite,
-                 replaces=WRITES)
+                 replaces=writes)
     if args.workers < 0:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
     base = read_decode_defaults(args.model)
@@ -94,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     mesh, rules = inference_mesh(args.overrides, "evaluate")
     backend.announce("evaluate")
     loaded = load_model_dir(args.model, mesh, rules)
-    with trace(args.profile), staged_dir(args.out) as out:
+    with staged_dir(args.out) as out, trace(profile_path(args.profile, args.out, out)):
         doc = evaluate(loaded, source, configs, out, first_pass=first_pass, grid=args.grid, seed=args.seed,
                        num_workers=args.workers, strict=args.strict, extra={"data": args.data})
     if not doc:  # not process 0: its rows went to process 0, which writes the results
