@@ -302,9 +302,7 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
-        for signum, previous in self._previous_handlers.items():  # the process outlives the run (tests, notebooks)
-            signal.signal(signum, previous)
-        self._previous_handlers = {}
+        self.uninstall_signal_handlers()
 
     # ------------------------------------------------------------------ preemption
     def install_sigterm_handler(self) -> None:
@@ -329,6 +327,13 @@ class Checkpointer:
         self._previous_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_term)
         if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a run started with Ctrl-C ignored keeps that
             self._previous_handlers[signal.SIGINT] = signal.signal(signal.SIGINT, on_int)
+
+    def uninstall_signal_handlers(self) -> None:
+        """The handlers from before ``install_sigterm_handler`` (the loop is over: a Ctrl-C now
+        stops at once; the process may outlive the run: tests, notebooks)."""
+        for signum, previous in self._previous_handlers.items():
+            signal.signal(signum, previous)
+        self._previous_handlers = {}
 
     def preempted(self, step: int) -> bool:
         if jax.process_count() > 1:

@@ -426,6 +426,7 @@ class Trainer:
                         self.print(f"{why}: saved step {step} to {self.ckpt.directory}; exiting")
                     break
         finally:
+            self.ckpt.uninstall_signal_handlers()  # past the loop a Ctrl-C stops at once (nothing to save)
             profiler.finish()
             self.ckpt.wait()
             if bar is not None:
