@@ -334,6 +334,25 @@ def test_train_replaces_its_own_model_dir_only_when_resuming_and_says_so_on_the_
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("field", ["workdir", "output_dir", "checkpoint.dir"])
+def test_train_refuses_a_folder_it_cannot_write_before_compiling(tmp_path, monkeypatch, field):
+    """Not after hours of training (the final MODEL_DIR used to fail at the very end)."""
+    from whisper_llada_jax.training.trainer import check_output_paths
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real = tempfile.mkstemp
+
+    def read_only(*a, dir=None, **kw):  # what a read-only mount answers (root ignores permission bits)
+        if Path(str(dir)) == ro or ro in Path(str(dir)).parents:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*a, dir=dir, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(OutputError, match=f"{field} cannot be written .Read-only file system"):
+        check_output_paths(_train_cfg(tmp_path, f"{field}={ro / 'x'}"))
+
+
 def test_ctrl_c_saves_the_current_step_and_a_second_one_stops_at_once(tmp_path):
     from whisper_llada_jax.training.checkpointing import Checkpointer
     from whisper_llada_jax.training.config import CheckpointConfig

@@ -326,24 +326,26 @@ def scratch_dir(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_writable(path: str | Path, what: str) -> None:
+def check_writable(path: str | Path, what: str, shown: str | Path | None = None) -> None:
     """``path`` (a file or folder to be created or replaced) can be written: its nearest
     existing folder is a folder this process can create files in. Checked by creating (and
     removing) a temporary there, which also catches read-only mounts that permission bits do
-    not show. Remote paths (``gs://``) are left to their client."""
+    not show. Remote paths (``gs://``) are left to their client. ``shown``: the path the
+    message names (default ``path``)."""
     if "://" in str(path):
         return
+    shown = path if shown is None else shown
     target = Path(path).expanduser().absolute()
     folder = target.parent
     while not os.path.lexists(folder) and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
-        raise OutputError(f"{path}: {what} cannot be created: {folder} is a file, not a folder",
+        raise OutputError(f"{shown}: {what} cannot be created: {folder} is a file, not a folder",
                           hint="give a path whose folders are folders")
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(target), suffix=".tmp")
     except OSError as e:
-        raise OutputError(f"{path}: {what} cannot be written ({e.strerror or e} in {folder})",
+        raise OutputError(f"{shown}: {what} cannot be written ({e.strerror or e} in {folder})",
                           hint="give a path on a writable disk, or fix the folder's permissions") from None
     os.close(fd)
     os.unlink(probe)

@@ -168,10 +168,11 @@ def check_output_paths(cfg: TrainConfig) -> None:
                           "replaced at every start", hint="give the run a new workdir, or move them away")
     for path in (out, workdir / export_lib.RUN_META_DIR, workdir / "model-latest"):
         remove_stale_temporaries(path)  # left by a run killed while writing them
-    check_writable(workdir / "checkpoints", "workdir")
+    # a file inside each folder: the run writes into them (the folder itself if it exists)
+    check_writable(workdir / "summary.json", "workdir", shown=cfg.workdir)
     check_writable(out, field)
     if ckdir is not None:
-        check_writable(ckdir / "0", "checkpoint.dir")
+        check_writable(ckdir / "0", "checkpoint.dir", shown=cfg.checkpoint.dir or ckdir)
 
 
 def load_data_config(cfg: TrainConfig):
