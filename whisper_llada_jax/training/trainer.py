@@ -155,9 +155,7 @@ def check_output_paths(cfg: TrainConfig) -> None:
         if foreign:
             raise ConfigError(f"{field}: {out} holds files a MODEL_DIR does not ({', '.join(foreign[:5])}); "
                               f"{replaces} and would delete them", hint="give output_dir a new folder, or move them away")
-        resumes = cfg.checkpoint.restore and ckdir is not None and ckdir.is_dir() and \
-            any(e.name.isdigit() for e in ckdir.iterdir())
-        if not resumes:
+        if not (cfg.checkpoint.restore and _has_checkpoint(cfg.checkpoint.dir or ckdir)):
             raise ConfigError(f"{field}: {out} already holds a MODEL_DIR and this run has no checkpoint to resume "
                               "from, so it did not write it; the run would replace it when it ends",
                               hint="give output_dir a new folder, or move the old model away")
@@ -173,6 +171,18 @@ def check_output_paths(cfg: TrainConfig) -> None:
     check_writable(out, field)
     if ckdir is not None:
         check_writable(ckdir / "0", "checkpoint.dir", shown=cfg.checkpoint.dir or ckdir)
+
+
+def _has_checkpoint(directory) -> bool:
+    """A committed step in ``directory`` (local or ``gs://``); True when a remote one cannot be
+    listed here (the restore decides; the check must not refuse a run that resumes)."""
+    from etils import epath
+
+    try:
+        path = epath.Path(directory)
+        return path.is_dir() and any(e.name.isdigit() for e in path.iterdir())
+    except Exception:  # noqa: BLE001  (no credentials or network for a remote store)
+        return "://" in str(directory)
 
 
 def load_data_config(cfg: TrainConfig):
