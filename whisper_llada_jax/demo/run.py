@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from whisper_llada_jax.demo.corpus import Corpus, build_corpus
-from whisper_llada_jax.outputs import write_text
+from whisper_llada_jax.outputs import atomic_dir, write_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -455,8 +455,9 @@ def evaluate_modes(loaded, settings: DemoSettings, corpus: Corpus, first_pass: l
     records = [{**r, "first_pass": fp[r["id"]]} for r in read_manifest(corpus.manifest("test"))]
     modes = decode_modes(s)
     configs = [(label, DecodeConfig(batch_size=s.eval_batch, **fields)) for _, label, fields, _ in modes]
-    doc = evaluate(loaded, ListSource(records, name="demo test split"), configs, out, seed=s.seed,
-                   progress=progress)
+    with atomic_dir(out) as staged:  # the whole evaluation or the previous one, never a mix (a kill)
+        doc = evaluate(loaded, ListSource(records, name="demo test split"), configs, staged, seed=s.seed,
+                       progress=progress)
     notes = {label: note for _, label, _, note in modes}
     return [Row(r["name"], r["wer"]["wer"], r["rtf"], r["mean_nfe"], notes[r["name"]]) for r in doc["results"]]
 
