@@ -77,6 +77,18 @@ def _worker(mode: str, workdir: str, tokenizer: str, *extra: str) -> None:
             return original_global(self, batch)
 
         trainer_lib.Trainer._global = global_batch
+    elif mode in ("sigint", "sigint_twice"):
+        original_global = trainer_lib.Trainer._global
+        calls = {"n": 0}
+
+        def global_batch(self, batch):
+            calls["n"] += 1
+            if calls["n"] == 3:  # Ctrl-C during step 3 (not a save step); twice: stop at once
+                for _ in range(2 if mode == "sigint_twice" else 1):
+                    os.kill(os.getpid(), signal.SIGINT)
+            return original_global(self, batch)
+
+        trainer_lib.Trainer._global = global_batch
     elif mode == "imports":
         imported_off_main = _record_imports_off_main_thread()
     trainer_lib.train(_cfg(workdir, tokenizer, *extra))
@@ -161,6 +173,26 @@ def test_sigterm_saves_then_resume_is_exact(setup):
     _check_model_dir_is_step(work / "model-latest", work / "checkpoints", 3, setup[3])
     summary, got = _resume(work, tok)
     assert summary.start_step == 3
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_ctrl_c_saves_the_step_a_second_stops_at_once_and_both_resume_exactly(setup):
+    root, tok, want, _ = setup
+    work = root / "ctrl_c"
+    proc = _spawn("sigint", work, tok)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "interrupted (Ctrl-C): saved step 3" in proc.stdout and "Ctrl-C again to stop at once" in proc.stderr
+    summary, got = _resume(work, tok)
+    assert summary.start_step == 3
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    work = root / "ctrl_c_twice"
+    proc = _spawn("sigint_twice", work, tok)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr
+    assert not any(p.name.endswith("orbax-checkpoint-tmp") for p in (work / "checkpoints").iterdir())
+    summary, got = _resume(work, tok)
+    assert summary.start_step == 2  # the last complete save
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
 

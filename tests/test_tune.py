@@ -104,7 +104,11 @@ def test_tune_command_dry_run_then_write(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| exact |" in out and "chosen: steps=1" in out and "would set" in out
     assert yaml.safe_load((md / "decode.yaml").read_text())["steps"] == 8  # dry run: unchanged
-    assert main(argv) == 0
+    # decode.yaml exists: refused (before decoding) unless --overwrite
+    assert main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert yaml.safe_load((md / "decode.yaml").read_text())["steps"] == 8
+    assert main(argv + ["--overwrite"]) == 0
     assert "wrote" in capsys.readouterr().out
     got = read_decode_defaults(md)
     assert (got.steps, got.batch_size, got.gen_len) == (1, 2, 8)

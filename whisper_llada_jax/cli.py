@@ -59,6 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        # a disk that refuses a write (full, quota, size limit, read-only) wherever it happens
+        from whisper_llada_jax.outputs import WRITE_ERRNOS, output_error
+
+        if getattr(args, "debug", False) or e.errno not in WRITE_ERRNOS:
+            raise
+        err = output_error(e.filename or "an output", e)
+        print(f"error: {err.message}", file=sys.stderr)
+        print(f"hint: {err.hint}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ optional dependency imported only here, only when a ``.pth`` is actually read or
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import pickle
 import re
@@ -217,6 +218,10 @@ def export_reference_pth(path: str | Path, config: ModelConfig, variables: Mappi
     ckpt = {"model": model, "optimizer": None, "scheduler": None, "config": config_lib.to_dict(config),
             "scaler": None, "epoch": int(epoch)}
     path = Path(path)
+    # Serialised in memory first (the projector and LoRA, not the 8B model): torch's zip writer
+    # turns a disk-full / size-limit error into a bare RuntimeError, the file write keeps the OSError.
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
     with atomic_file(path, "wb") as f:
-        torch.save(ckpt, f)
+        f.write(buf.getbuffer())
     return path

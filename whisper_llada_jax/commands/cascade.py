@@ -33,9 +33,11 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode", action="append", default=[], metavar="CONFIG",
                    help="deliberation config: YAML path, name, or inline k=v,... (default strategy=diffusion)")
     p.add_argument("--grid", choices=["masking_x_ratio", "chunks"], help="expand into a paper table layout")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (new or empty; written atomically: it appears complete at the end)")
     p.add_argument("--overwrite", action="store_true",
-                   help="write into a non-empty --out, replacing only the files cascade writes")
+                   help="replace an earlier cascade at --out as a whole (a folder holding other files is still "
+                        "refused)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N utterances")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="first-pass batch size")
     p.add_argument("--seed", type=seed_arg, default=0)
@@ -47,15 +49,16 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from whisper_llada_jax.checkpoints.model_dir import load_model_dir, read_decode_defaults
-    from whisper_llada_jax.commands.evaluate import limited
+    from whisper_llada_jax.commands.evaluate import WRITES, limited
     from whisper_llada_jax.data.sources import parse_source
     from whisper_llada_jax.errors import UserError
     from whisper_llada_jax.evaluation.cascade import run_cascade
     from whisper_llada_jax.evaluation.evaluate import parse_decode_spec
     from whisper_llada_jax.inference.placement import inference_mesh
-    from whisper_llada_jax.outputs import check_output, data_paths
+    from whisper_llada_jax.outputs import check_output, data_paths, staged_dir
 
-    check_output(args.out, [args.model, args.first, *data_paths(args.data)], overwrite=args.overwrite)
+    check_output(args.out, [args.model, args.first, *data_paths(args.data)], overwrite=args.overwrite,
+                 replaces=WRITES)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     base = read_decode_defaults(args.model)
@@ -66,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
     if not first:
         raise UserError("no first-pass model given", hint="pass --first DIR (a Whisper directory or bundled:tiny.en)")
     source = limited(parse_source(args.data), args.limit)
-    doc = run_cascade(first, loaded, source, configs, args.out, grid=args.grid, batch_size=args.batch_size,
-                      seed=args.seed, strict=args.strict, label=args.data)
+    with staged_dir(args.out) as out:
+        doc = run_cascade(first, loaded, source, configs, out, grid=args.grid, batch_size=args.batch_size,
+                          seed=args.seed, strict=args.strict, label=args.data)
     if not doc:  # not process 0: its rows went to process 0, which writes the results
         return 0
     fp = doc["first_pass"]

@@ -40,9 +40,11 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--first-pass", metavar="FILE.jsonl", help="first-pass transcripts for deliberation")
     p.add_argument("--grid", choices=["steps_x_block", "masking_x_ratio", "chunks"],
                    help="expand each --decode config into one of the paper's table layouts")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (new or empty; written atomically: it appears complete at the end)")
     p.add_argument("--overwrite", action="store_true",
-                   help="write into a non-empty --out, replacing only the files evaluate writes")
+                   help="replace an earlier evaluation at --out as a whole (a folder holding other files is "
+                        "still refused)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N utterances")
     p.add_argument("--seed", type=seed_arg, default=0, help="RNG seed for random remasking / masking")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="feature-extraction worker processes")
@@ -53,6 +55,30 @@ def register(p: argparse.ArgumentParser) -> None:
                         "distributed.* (or on a pod) each process decodes its share and process 0 writes")
     p.add_argument("--profile", metavar="DIR",
                    help="write a JAX profiler trace of the evaluation into DIR (TensorBoard profile tab / Perfetto)")
+
+
+# What evaluate (and cascade) write into --out: --overwrite replaces a folder holding only these.
+WRITES = ("results.json", "results.md", "hypotheses", "first_pass.jsonl")
+
+
+def profile_path(profile: str | None, out: str, staged: Path) -> Path | None:
+    """Where the trace goes: a --profile inside --out is written into the staged --out (it
+    appears with the results; written beside them it would be taken for another run's output)."""
+    import jax
+
+    from whisper_llada_jax.errors import UserError
+
+    if profile is None:
+        return None
+    given, target = Path(profile).expanduser().resolve(), Path(out).expanduser().resolve()
+    if given != target and target not in given.parents:
+        return Path(profile)
+    if given == target:
+        raise UserError(f"--profile {profile} is --out", hint="give a folder inside --out, e.g. OUT/profile, or elsewhere")
+    if jax.process_count() > 1:
+        raise UserError(f"--profile {profile} lies inside --out; with several processes each writes its own trace",
+                        hint="give --profile a folder outside --out")
+    return staged / given.relative_to(target)
 
 
 def limited(source, limit: int | None):
@@ -74,9 +100,13 @@ def run(args: argparse.Namespace) -> int:
     from whisper_llada_jax.errors import UserError
     from whisper_llada_jax.evaluation.evaluate import evaluate, load_first_pass, parse_decode_spec
     from whisper_llada_jax.inference.placement import inference_mesh
-    from whisper_llada_jax.outputs import check_output, data_paths
+    from whisper_llada_jax.outputs import check_output, data_paths, staged_dir
 
-    check_output(args.out, [args.model, args.first_pass, *data_paths(args.data)], overwrite=args.overwrite)
+    writes = WRITES
+    if args.profile and Path(args.out).resolve() in Path(args.profile).resolve().parents:  # a trace in --out
+        writes += (Path(args.profile).resolve().relative_to(Path(args.out).resolve()).parts[0],)
+    check_output(args.out, [args.model, args.first_pass, *data_paths(args.data)], overwrite=args.overwrite,
+                 replaces=writes)
     if args.workers < 0:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
     base = read_decode_defaults(args.model)
@@ -88,8 +118,8 @@ def run(args: argparse.Namespace) -> int:
     mesh, rules = inference_mesh(args.overrides, "evaluate")
     backend.announce("evaluate")
     loaded = load_model_dir(args.model, mesh, rules)
-    with trace(args.profile):
-        doc = evaluate(loaded, source, configs, args.out, first_pass=first_pass, grid=args.grid, seed=args.seed,
+    with staged_dir(args.out) as out, trace(profile_path(args.profile, args.out, out)):
+        doc = evaluate(loaded, source, configs, out, first_pass=first_pass, grid=args.grid, seed=args.seed,
                        num_workers=args.workers, strict=args.strict, extra={"data": args.data})
     if not doc:  # not process 0: its rows went to process 0, which writes the results
         return 0

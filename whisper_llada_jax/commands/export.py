@@ -95,11 +95,10 @@ def check_out(args: argparse.Namespace) -> None:
 
 
 def _run_from_checkpoint(args: argparse.Namespace) -> int:
-    import tempfile
-
     import jax
 
     from whisper_llada_jax.checkpoints.model_dir import load_model_dir
+    from whisper_llada_jax.outputs import scratch_dir
     from whisper_llada_jax.training.export import export_model_dir
 
     step_spec = args.step or "latest"
@@ -109,10 +108,9 @@ def _run_from_checkpoint(args: argparse.Namespace) -> int:
             print(f"wrote {out}: MODEL_DIR of {args.checkpoint} step {step}")
         return 0
     # Other formats: the step as a temporary MODEL_DIR beside OUT (streamed from the shards),
-    # then exported from there by process 0 like any MODEL_DIR.
-    parent = Path(args.out).absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=parent, prefix=f".{Path(args.out).name}.step") as tmp:
+    # then exported from there by process 0 like any MODEL_DIR (a kill leaves the temporary
+    # folder, removed by the next export to OUT).
+    with scratch_dir(args.out) as tmp:
         step, model_dir = export_model_dir(args.checkpoint, step_spec, Path(tmp) / "model", args.overrides)
         if jax.process_index() == 0:
             print(f"{args.checkpoint} step {step}:")

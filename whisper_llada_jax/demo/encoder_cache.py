@@ -23,6 +23,7 @@ import numpy as np
 from whisper_llada_jax.audio.features import log_mel_jax, samples_for_frames
 from whisper_llada_jax.audio.io import load_audio
 from whisper_llada_jax.config import WhisperConfig
+from whisper_llada_jax.outputs import write_text
 
 
 def frames_for_seconds(seconds: float, multiple: int = 34) -> int:
@@ -88,8 +89,11 @@ def cached_encode(cache_dir: str | Path, name: str, params, config: WhisperConfi
                         "d_model": config.d_model, "paths": [str(p) for p in paths]})
     arr, meta = cache_dir / f"{name}.npy", cache_dir / f"{name}.json"
     if arr.exists() and meta.exists():
-        info = json.loads(meta.read_text())
-        if info.get("key") == key:
+        try:
+            info = json.loads(meta.read_text())
+        except (OSError, ValueError):  # cut short by a kill (older runs wrote it in place): recompute
+            info = {}
+        if isinstance(info, dict) and info.get("key") == key:
             return EncodedSplit(np.load(arr, mmap_mode="r"), np.asarray(info["audio_len"], np.int32),
                                 float(info["seconds"]))
     split = encode_files(params, config, paths, batch_size, progress, desc=f"encoder ({name})")
@@ -97,5 +101,6 @@ def cached_encode(cache_dir: str | Path, name: str, params, config: WhisperConfi
     tmp = cache_dir / f".{name}.tmp.npy"
     np.save(tmp, split.encoder_out)
     tmp.replace(arr)
-    meta.write_text(json.dumps({"key": key, "audio_len": split.audio_len.tolist(), "seconds": split.seconds}))
+    # atomically, and after the array: a kill leaves either no record or a complete one
+    write_text(meta, json.dumps({"key": key, "audio_len": split.audio_len.tolist(), "seconds": split.seconds}))
     return split

@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from whisper_llada_jax.demo.corpus import Corpus, build_corpus
-from whisper_llada_jax.outputs import write_text
+from whisper_llada_jax.outputs import atomic_dir, write_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -455,8 +455,9 @@ def evaluate_modes(loaded, settings: DemoSettings, corpus: Corpus, first_pass: l
     records = [{**r, "first_pass": fp[r["id"]]} for r in read_manifest(corpus.manifest("test"))]
     modes = decode_modes(s)
     configs = [(label, DecodeConfig(batch_size=s.eval_batch, **fields)) for _, label, fields, _ in modes]
-    doc = evaluate(loaded, ListSource(records, name="demo test split"), configs, out, seed=s.seed,
-                   progress=progress)
+    with atomic_dir(out) as staged:  # the whole evaluation or the previous one, never a mix (a kill)
+        doc = evaluate(loaded, ListSource(records, name="demo test split"), configs, staged, seed=s.seed,
+                       progress=progress)
     notes = {label: note for _, label, _, note in modes}
     return [Row(r["name"], r["wer"]["wer"], r["rtf"], r["mean_nfe"], notes[r["name"]]) for r in doc["results"]]
 
@@ -543,9 +544,12 @@ RUN_BEGIN, RUN_END = "<!-- BEGIN demo run (written by whisper-llada demo) -->", 
 def write_results_page(path: Path, doc: str) -> None:
     """Writes this run's page to ``path`` (atomically). A page that already has the
     ``RUN_BEGIN`` / ``RUN_END`` markers (docs/results.md) gets only the text between them
-    replaced: the hand-written analysis around them survives a new run."""
-    text = path.read_text() if path.exists() else ""
-    if RUN_BEGIN in text and RUN_END in text.split(RUN_BEGIN, 1)[1]:
+    replaced: the hand-written analysis around them survives a new run. A new page is the block
+    with its markers (``whisper-llada demo`` refuses an existing page without them beforehand)."""
+    text = path.read_text() if path.exists() else None
+    if text is None:  # a new page gets the markers too: the next run finds its block
+        doc = f"{RUN_BEGIN}\n{doc.strip()}\n{RUN_END}\n"
+    elif RUN_BEGIN in text and RUN_END in text.split(RUN_BEGIN, 1)[1]:
         head, rest = text.split(RUN_BEGIN, 1)
         doc = f"{head}{RUN_BEGIN}\n{doc.strip()}\n{RUN_END}{rest.split(RUN_END, 1)[1]}"
     write_text(path, doc)
@@ -596,6 +600,21 @@ def _machine() -> str:
 def run_demo(out_dir: str | Path, quick: bool = False, progress: bool = True,
              print_fn: Callable[[str], None] = print, results_doc: str | Path | None = None) -> dict:
     """Runs (or resumes) every stage; returns the table rows, paths and timings."""
+    from whisper_llada_jax.training.workdir_lock import WorkdirLock
+
+    s = QUICK if quick else FULL
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # one demo per folder: two would build, train and write the same stages at once
+    lock = WorkdirLock(out, print_fn=print_fn, holder="demo").acquire()
+    try:
+        return _run_demo(out, s, quick, progress, print_fn, results_doc)
+    finally:
+        lock.release()
+
+
+def _run_demo(out: Path, s: DemoSettings, quick: bool, progress: bool, print_fn: Callable[[str], None],
+              results_doc: str | Path | None) -> dict:
     import datetime
 
     from whisper_llada_jax.assets import BUNDLED_WHISPER
@@ -605,9 +624,6 @@ def run_demo(out_dir: str | Path, quick: bool = False, progress: bool = True,
     from whisper_llada_jax.inference.recognizer import WhisperRecognizer
     from whisper_llada_jax.text.llada_tokenizer import LLaDATokenizer, build_tokenizer_json
 
-    s = QUICK if quick else FULL
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     cache = out / "cache"
     _check_settings(out, s)
     t_start = time.perf_counter()

@@ -136,8 +136,8 @@ def build_tokenizer_json(texts: Iterable[str], path: str | Path, vocab_size: int
         template = template.replace(special, "\0")
     pieces = [p for p in template.split("\0") if p]
     tok.train_from_iterator([*texts, *pieces * max(1, len(texts))], trainer)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tok.save(str(path))
-    return path
+    from whisper_llada_jax.outputs import write_text
+
+    # atomically: the demo reuses an existing tokenizer.json, which a kill must not leave cut short
+    return write_text(Path(path), tok.to_str(pretty=True))
 

@@ -7,8 +7,9 @@ the Grain data iterator, so a restart continues exactly where the run stopped.
   (validation loss or WER, recorded with each step that was evaluated).
 - Restoring takes an abstract state whose leaves carry the *new* shardings, so a checkpoint
   written on one mesh restores onto another (8 devices -> 4, a different fsdp/tensor split).
-- Preemption: SIGTERM sets a flag that the train loop checks (single process); with several
-  processes Orbax's preemption sync point makes every host save the same step.
+- Preemption: SIGTERM (or a first Ctrl-C) sets a flag that the train loop checks (single
+  process); with several processes Orbax's preemption sync point makes every host save the
+  same step.
 - Integrity: right after Orbax commits a step, process 0 records every file's size and CRC-32
   in ``<step>/integrity.json`` (in Orbax's finalize thread, off the training loop). Restoring
   checks the newest step against it and falls back to the newest intact one, saying which step
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import signal
 import threading
 import zlib
@@ -41,7 +44,7 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers as cm
 
 from whisper_llada_jax.errors import CheckpointError
-from whisper_llada_jax.outputs import write_text
+from whisper_llada_jax.outputs import WRITE_ERRNOS, OutputError, write_text
 from whisper_llada_jax.training.config import CheckpointConfig
 
 VAL_METRIC = "val_loss"
@@ -117,6 +120,8 @@ class _SealingManager(ocp.CheckpointManager):
 
 
 METRICS = ("val_loss", "val_wer")  # both lower-is-better
+# What Orbax / tensorstore say (in a ValueError) when the disk refuses a write.
+_DISK_FULL = re.compile(r"No space left on device|Disk quota exceeded|File too large|Read-only file system")
 
 
 class Checkpointer:
@@ -153,7 +158,8 @@ class Checkpointer:
         self.manager = _SealingManager(self.directory, options=options, handler_registry=_registry(handlers))
         self.manager.seal = self._seal
         self._preempted = threading.Event()
-        self._previous_sigterm = None
+        self.interrupted = False  # the stop came from Ctrl-C (SIGINT), not SIGTERM
+        self._previous_handlers: dict = {}
 
     # ------------------------------------------------------------------ queries
     def latest_step(self) -> int | None:
@@ -186,7 +192,10 @@ class Checkpointer:
             args["data"] = grain.checkpoint.CheckpointSave(data_iter)
         metrics = {k: float(v) for k, v in {VAL_METRIC: val_loss, **(metrics or {})}.items() if v is not None}
         metrics = metrics or None
-        return self.manager.save(step, args=ocp.args.Composite(**args), metrics=metrics, force=force)
+        try:
+            return self.manager.save(step, args=ocp.args.Composite(**args), metrics=metrics, force=force)
+        except Exception as e:  # noqa: BLE001  (a previous asynchronous save's failure surfaces here)
+            raise self._write_failure(e) from e
 
     def restore(self, step: int | None, abstract_state: Any, data_iter: Any = None) -> Any:
         """The state at ``step`` (default latest) placed per ``abstract_state``'s shardings; the
@@ -268,25 +277,63 @@ class Checkpointer:
         skipped.append(step)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._write_failure(e) from e
+
+    def _write_failure(self, e: Exception) -> Exception:
+        """A save the disk refused (full, quota, size limit, read-only) as one clear error that
+        names the last complete step (the failed one is only an Orbax temporary, removed at the
+        next start); any other failure unchanged."""
+        found = _DISK_FULL.search(str(e))
+        if not found and not (isinstance(e, OSError) and e.errno in WRITE_ERRNOS):
+            return e
+        try:
+            self.manager.reload()
+            last = self.manager.latest_step()
+        except Exception:  # noqa: BLE001
+            last = None
+        kept = f"the last complete step, {last}, is kept" if last is not None else "no step had been saved yet"
+        return OutputError(f"{self.directory}: cannot write a checkpoint ({found.group(0) if found else e}); {kept}",
+                           hint="free some space (or set checkpoint.dir to another disk) and run again: training "
+                                "resumes from the last complete step")
 
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
-        if self._previous_sigterm is not None:  # the process outlives the run (tests, notebooks)
-            signal.signal(signal.SIGTERM, self._previous_sigterm)
-            self._previous_sigterm = None
+        self.uninstall_signal_handlers()
 
     # ------------------------------------------------------------------ preemption
     def install_sigterm_handler(self) -> None:
-        """SIGTERM -> ``preempted(step)`` becomes true; the loop saves and exits cleanly."""
+        """SIGTERM, or a first Ctrl-C (SIGINT) -> ``preempted(step)`` becomes true; the loop saves
+        the step it is on and exits cleanly. A second Ctrl-C stops at once (KeyboardInterrupt:
+        the checkpoints stay as they are, the save in flight is an Orbax temporary)."""
         if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
             return  # multi-host: JAX's preemption service + Orbax's sync point handle it
 
-        def handler(signum, frame):
+        def on_term(signum, frame):
             self._preempted.set()
 
-        self._previous_sigterm = signal.signal(signal.SIGTERM, handler)
+        def on_int(signum, frame):
+            if self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
+            self._preempted.set()
+            # os.write: safe whatever the main thread was printing when the signal came
+            os.write(2, b"\nCtrl-C: saving the current step, then exiting (Ctrl-C again to stop at once, "
+                        b"losing the steps since the last checkpoint)\n")
+
+        self._previous_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_term)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a run started with Ctrl-C ignored keeps that
+            self._previous_handlers[signal.SIGINT] = signal.signal(signal.SIGINT, on_int)
+
+    def uninstall_signal_handlers(self) -> None:
+        """The handlers from before ``install_sigterm_handler`` (the loop is over: a Ctrl-C now
+        stops at once; the process may outlive the run: tests, notebooks)."""
+        for signum, previous in self._previous_handlers.items():
+            signal.signal(signum, previous)
+        self._previous_handlers = {}
 
     def preempted(self, step: int) -> bool:
         if jax.process_count() > 1:

@@ -103,7 +103,7 @@ class CheckpointConfig:
     max_to_keep: int = 3  # the last K; the best by validation loss is kept in addition
     keep_best: bool = True
     async_save: bool = True
-    save_on_preemption: bool = True  # SIGTERM: save the current step, then exit
+    save_on_preemption: bool = True  # SIGTERM or a first Ctrl-C: save the current step, then exit
     restore: bool = True  # resume from the latest checkpoint in `dir` if there is one
     # What "best" means (kept checkpoint, `export --step best`): the lowest validation loss, or
     # the lowest validation WER (needs eval.wer_every > 0).

@@ -111,10 +111,78 @@ def validate(cfg: TrainConfig, data_cfg, num_devices: int) -> BatchLayout:
 
 
 def check_output_paths(cfg: TrainConfig) -> None:
-    """Folders the run writes into must be folders (or not exist yet), checked before compiling."""
+    """What the run writes cannot lose anything, checked before compiling (not hours later):
+
+    - workdir, output_dir and checkpoint.dir are folders (or do not exist yet), and can be written;
+    - the final MODEL_DIR (output_dir, default <workdir>/model), which replaces its folder as a
+      whole, is not the workdir or a folder above it, not in or around the checkpoints, and not
+      an input (init_from, the tokenizer, a manifest);
+    - an existing output_dir holds only MODEL_DIR files, and only a run that resumes from a
+      checkpoint replaces it (a fresh run never replaces a model it did not write);
+    - <workdir>/run, replaced at every start, holds only the run's own metadata.
+    """
+    from whisper_llada_jax.checkpoints.model_dir import FILES
+    from whisper_llada_jax.outputs import check_writable, data_paths, remove_stale_temporaries
+
     for field, path in (("workdir", cfg.workdir), ("output_dir", cfg.output_dir), ("checkpoint.dir", cfg.checkpoint.dir)):
         if path and "://" not in path and Path(path).exists() and not Path(path).is_dir():
             raise ConfigError(f"{field}: {path} is a file, not a folder", hint=f"set {field} to a folder path")
+    if "://" in cfg.workdir:
+        return
+    resolve = lambda p: Path(p).expanduser().resolve()  # noqa: E731
+    inside = lambda a, b: a == b or b in a.parents  # noqa: E731
+    workdir = resolve(cfg.workdir)
+    field, out = ("output_dir", resolve(cfg.output_dir)) if cfg.output_dir else ("workdir", workdir / "model")
+    ckdir = None if cfg.checkpoint.dir and "://" in cfg.checkpoint.dir else \
+        resolve(cfg.checkpoint.dir) if cfg.checkpoint.dir else workdir / "checkpoints"
+    replaces = "the final MODEL_DIR replaces that folder as a whole"
+    if inside(workdir, out):
+        raise ConfigError(f"output_dir: {cfg.output_dir} is the workdir {cfg.workdir} or a folder above it; "
+                          f"{replaces}, deleting the checkpoints", hint="leave output_dir unset (<workdir>/model) "
+                          "or give a new folder")
+    if ckdir is not None and (inside(ckdir, out) or inside(out, ckdir)):
+        raise ConfigError(f"{field}: the final MODEL_DIR {out} and checkpoint.dir {ckdir} overlap; {replaces}",
+                          hint="give them separate folders")
+    data = cfg.data or {}
+    inputs = [("init_from", cfg.init_from), ("tokenizer", cfg.tokenizer)] + [
+        (f"data.{k}", p) for k in ("train_source", "eval_source") for p in data_paths(data.get(k))]
+    for name, item in inputs:
+        if item and "://" not in item and (inside(out, resolve(item)) or inside(resolve(item), out)):
+            raise ConfigError(f"{field}: the final MODEL_DIR {out} is, contains or lies inside {name} {item}; "
+                              f"{replaces}, destroying the input", hint="give output_dir a new folder")
+    if out.is_dir() and any(out.iterdir()):
+        foreign = sorted(e.name for e in out.iterdir() if e.name not in FILES)
+        if foreign:
+            raise ConfigError(f"{field}: {out} holds files a MODEL_DIR does not ({', '.join(foreign[:5])}); "
+                              f"{replaces} and would delete them", hint="give output_dir a new folder, or move them away")
+        if not (cfg.checkpoint.restore and _has_checkpoint(cfg.checkpoint.dir or ckdir)):
+            raise ConfigError(f"{field}: {out} already holds a MODEL_DIR and this run has no checkpoint to resume "
+                              "from, so it did not write it; the run would replace it when it ends",
+                              hint="give output_dir a new folder, or move the old model away")
+    meta = workdir / export_lib.RUN_META_DIR
+    ours = {"config.yaml", "tokenizer.json", "decode.yaml", export_lib.TRAIN_FILE}
+    if meta.is_dir() and (foreign := sorted(e.name for e in meta.iterdir() if e.name not in ours)):
+        raise ConfigError(f"workdir: {meta} holds files a run's metadata does not ({', '.join(foreign[:5])}); it is "
+                          "replaced at every start", hint="give the run a new workdir, or move them away")
+    for path in (out, workdir / export_lib.RUN_META_DIR, workdir / "model-latest"):
+        remove_stale_temporaries(path)  # left by a run killed while writing them
+    # a file inside each folder: the run writes into them (the folder itself if it exists)
+    check_writable(workdir / "summary.json", "workdir", shown=cfg.workdir)
+    check_writable(out, field)
+    if ckdir is not None:
+        check_writable(ckdir / "0", "checkpoint.dir", shown=cfg.checkpoint.dir or ckdir)
+
+
+def _has_checkpoint(directory) -> bool:
+    """A committed step in ``directory`` (local or ``gs://``); True when a remote one cannot be
+    listed here (the restore decides; the check must not refuse a run that resumes)."""
+    from etils import epath
+
+    try:
+        path = epath.Path(directory)
+        return path.is_dir() and any(e.name.isdigit() for e in path.iterdir())
+    except Exception:  # noqa: BLE001  (no credentials or network for a remote store)
+        return "://" in str(directory)
 
 
 def load_data_config(cfg: TrainConfig):
@@ -162,7 +230,9 @@ class Summary:
             out = [f"no steps trained (resumed at step {self.start_step})"]
         else:
             out = [f"trained steps {self.start_step}..{self.steps} in {self.seconds:.1f} s "
-                   f"({self.tokens_per_second:,.0f} tokens/s)", f"final train loss {self.final_loss:.4f}"]
+                   f"({self.tokens_per_second:,.0f} tokens/s)"]
+            if not np.isnan(self.final_loss):  # nan: stopped (Ctrl-C, SIGTERM) before the first logged step
+                out.append(f"final train loss {self.final_loss:.4f}")
         if self.final_val_loss is not None:
             out.append(f"validation loss {self.final_val_loss:.4f} (best {self.best_val_loss:.4f})")
         if self.final_val_wer is not None:
@@ -371,9 +441,11 @@ class Trainer:
                 if preempted:
                     self.ckpt.wait()
                     if self.is_main:
-                        self.print(f"preempted: saved step {step} to {self.ckpt.directory}; exiting")
+                        why = "interrupted (Ctrl-C)" if self.ckpt.interrupted else "preempted"
+                        self.print(f"{why}: saved step {step} to {self.ckpt.directory}; exiting")
                     break
         finally:
+            self.ckpt.uninstall_signal_handlers()  # past the loop a Ctrl-C stops at once (nothing to save)
             profiler.finish()
             self.ckpt.wait()
             if bar is not None:

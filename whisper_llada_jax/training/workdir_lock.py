@@ -58,8 +58,10 @@ class WorkdirLock:
     """``acquire()`` or raise WorkdirLockedError; ``release()`` removes the file if still ours."""
 
     def __init__(self, workdir: str | Path, process_index: int = 0, *, print_fn: Callable[[str], None] = print,
+                 holder: str = "trainer",
                  heartbeat_seconds: float = HEARTBEAT_SECONDS, stale_seconds: float = STALE_SECONDS):
         self.path = Path(workdir) / f".train-lock.{process_index}"
+        self.holder = holder  # who takes it, for the message (a trainer, the demo)
         self.print = print_fn
         self.heartbeat_seconds, self.stale_seconds = heartbeat_seconds, stale_seconds
         self.host, self.pid = socket.gethostname(), os.getpid()
@@ -113,7 +115,8 @@ class WorkdirLock:
                 why = "unreadable lock file" if info["pid"] < 0 else f"no heartbeat for {age:.0f} s"
             if not stale:
                 raise WorkdirLockedError(
-                    f"{self.path.parent}: another trainer is running on this workdir ({who}, since "
+                    f"{self.path.parent}: another {self.holder} is running on this "
+                    f"{'workdir' if self.holder == 'trainer' else 'folder'} ({who}, since "
                     f"{info.get('since', '?')}; lock file {self.path})",
                     hint="wait for it to finish, or give this run another workdir; if that trainer is dead "
                          f"on another host, its lock is taken over {self.stale_seconds:.0f} s after its last "
