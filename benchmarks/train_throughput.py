@@ -32,13 +32,14 @@ def matmul_peak(n: int = 1024, reps: int = 10) -> float:
 
 def measure(config: str, overrides: list[str], batch: int, steps: int) -> dict:
     from whisper_llada_jax import mesh as mesh_lib
+    from whisper_llada_jax.config import with_defaults
     from whisper_llada_jax.training import step as step_lib
     from whisper_llada_jax.training.config import load_train_config
     from whisper_llada_jax.training.state import setup_state
     from whisper_llada_jax.training.trainer import (build_model, load_data_config, model_init_fn, synthetic_batch,
                                                     tokens_per_batch)
 
-    cfg = load_train_config(config, ["mesh.data=-1", *overrides])
+    cfg = load_train_config(config, with_defaults(["mesh.data=-1"], overrides))
     r = load_data_config(cfg).max_response_len
     model, mcfg = build_model(cfg)
     mesh = mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1])

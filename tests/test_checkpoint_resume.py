@@ -27,12 +27,13 @@ STEPS = 6
 
 
 def _cfg(workdir, tokenizer, *extra):
+    from whisper_llada_jax.config import with_defaults
     from whisper_llada_jax.training.config import load_train_config
 
-    return load_train_config("tiny", [f"workdir={workdir}", f"tokenizer={tokenizer}", f"steps={STEPS}",
-                                      "checkpoint.save_interval_steps=2", "checkpoint.max_to_keep=5",
-                                      "eval_interval=0", "progress_bar=false", "log_interval=2",
-                                      "memory_report=false", *extra])
+    return load_train_config("tiny", with_defaults([f"workdir={workdir}", f"tokenizer={tokenizer}", f"steps={STEPS}",
+                                                    "checkpoint.save_interval_steps=2", "checkpoint.max_to_keep=5",
+                                                    "eval_interval=0", "progress_bar=false", "log_interval=2",
+                                                    "memory_report=false"], extra))
 
 
 def _make_tokenizer(path):

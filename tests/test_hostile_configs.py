@@ -16,7 +16,7 @@ from safetensors.numpy import load_file, save_file
 from whisper_llada_jax import cli
 from whisper_llada_jax.checkpoints.model_dir import load_model_dir
 from whisper_llada_jax.checkpoints.tensors import IDENTITY, TRANSPOSE, DictSource, Rule, SafetensorsSource, import_params
-from whisper_llada_jax.config import load_model_config, parse_overrides, parse_yaml, read_yaml
+from whisper_llada_jax.config import load_model_config, parse_overrides, parse_yaml, read_yaml, with_defaults
 from whisper_llada_jax.decoding.config import load_decode_config
 from whisper_llada_jax.errors import CheckpointError, ConfigError
 from whisper_llada_jax.text.llada_tokenizer import build_tokenizer_json
@@ -48,6 +48,11 @@ def test_merge_keys_may_be_overridden_and_overrides_parse_strictly():
         parse_overrides(["optim..peak_lr=1"])
     with pytest.raises(ConfigError, match=r"override 'optim.peak_lr=2': optim.peak_lr is set twice"):
         load_train_config("tiny", ["optim.peak_lr=1", "steps=3", "optim.peak_lr=2"])
+    # a caller's defaults composed under the user's list: the user's value wins, once
+    cfg = load_train_config("tiny", with_defaults(["steps=3", "mesh.data=-1"], ["steps=5"]))
+    assert cfg.steps == 5 and cfg.mesh.data == -1
+    with pytest.raises(ConfigError, match="steps is set twice"):
+        load_train_config("tiny", with_defaults(["mesh.data=-1"], ["steps=5", "steps=6"]))
 
 
 def test_an_empty_config_file_is_an_error_not_every_default(tmp_path):

@@ -276,9 +276,10 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_
 
 # ----------------------------------------------------------------------------- train
 def _train_cfg(tmp_path, *extra):
+    from whisper_llada_jax.config import with_defaults
     from whisper_llada_jax.training.config import load_train_config
 
-    return load_train_config("tiny", [f"workdir={tmp_path / 'run'}", *extra])
+    return load_train_config("tiny", with_defaults([f"workdir={tmp_path / 'run'}"], extra))
 
 
 def _model_dir_files(folder: Path) -> None:

@@ -316,7 +316,7 @@ def test_profile_traces_of_train_steps_and_evaluate(run, capsys):
     assert any(line.startswith("profiler trace of steps up to 4") for line in lines)
 
     prof = root / "eval_profile"
-    assert main(["evaluate", "--model", str(root / "run" / "model"), "--data", "synthetic:n=2,seed=1",
+    assert main(["evaluate", "--model", str(root / "run" / "model"), "--data", "synthetic:n=2,seed=1,min_s=0.3,max_s=0.7",
                  "--decode", DECODE, "--out", str(root / "eval"), "--profile", str(prof)]) == 0
     assert f"profiler trace in {prof}" in capsys.readouterr().out
     assert list(prof.glob("plugins/profile/*/*.xplane.pb"))

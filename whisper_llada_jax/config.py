@@ -416,6 +416,14 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
     return out
 
 
+def with_defaults(defaults: list[str] | tuple[str, ...], overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """``overrides`` after those of a caller's ``defaults`` whose field they do not set: the
+    user's list wins over the defaults it is composed with, while a field given twice within
+    the user's own list stays an error (``parse_overrides``)."""
+    given = {o.split("=", 1)[0].strip() for o in overrides}
+    return [d for d in defaults if d.split("=", 1)[0].strip() not in given] + list(overrides)
+
+
 def merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for k, v in extra.items():
