@@ -84,13 +84,19 @@ def hostile(tmp_path_factory):
     write_clip(good, 1.0, seed=3)
     truncated = d / "truncated.flac"
     truncated.write_bytes(good.read_bytes()[:200])
+    whole = d / "whole.wav"
+    sf.write(whole, _noise(SR), SR, subtype="PCM_16")
+    (d / "cut_short.wav").write_bytes(whole.read_bytes()[:SR])  # a copy interrupted half-way
     return d
 
 
-@pytest.mark.parametrize("name", sorted(UNUSABLE) + ["truncated.flac"])
+CUT = {"truncated.flac": "cannot read audio", "cut_short.wav": "WAV file is cut short: its header declares 32000 bytes"}
+
+
+@pytest.mark.parametrize("name", sorted(UNUSABLE) + sorted(CUT))
 def test_unusable_audio_is_one_line_naming_the_file(hostile, name):
     path = hostile / name
-    words = UNUSABLE[name][1] if name in UNUSABLE else "cannot read audio"
+    words = UNUSABLE[name][1] if name in UNUSABLE else CUT[name]
     with pytest.raises(AudioError) as e:
         load_audio(path)
     msg = str(e.value)
@@ -133,6 +139,17 @@ def test_a_file_name_that_is_not_utf8(tmp_path, capsys):
     _fails(capsys, ["transcribe", "--whisper", "bundled:tiny.en", str(path)], "caf\\udce9.wav: the file name is not UTF-8")
 
 
+def test_a_wav_whose_header_never_got_its_length_is_whole(tmp_path):
+    """Streaming writers put 0xFFFFFFFF (length unknown) in the header: such a file is whole."""
+    path = tmp_path / "streamed.wav"
+    sf.write(path, _noise(SR), SR, subtype="PCM_16")
+    raw = bytearray(path.read_bytes())
+    at = raw.find(b"data") + 4
+    raw[at:at + 4] = (0xFFFFFFFF).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    assert len(load_audio(path)) == SR
+
+
 def test_silence_and_dc_offset_load(tmp_path):
     sf.write(tmp_path / "silence.wav", np.zeros(SR, np.float32), SR)
     sf.write(tmp_path / "dc.wav", np.full(SR, 0.5, np.float32), SR)
@@ -164,7 +181,9 @@ def test_in_memory_audio_from_datasets(tmp_path):
     np.testing.assert_allclose(decode_audio((np.round(tone * 127) + 128).astype(np.uint8)), tone, atol=1e-2)
     sf.write(tmp_path / "t.flac", tone, SR)
     np.testing.assert_allclose(decode_audio((tmp_path / "t.flac").read_bytes()), tone, atol=1e-4)
-    for bad, words in ((tone * 1e30, "peaks at"), (np.array([np.nan] * 400, np.float32), "NaN/inf"),
+    sf.write(tmp_path / "t.wav", tone, SR, subtype="PCM_16")
+    cut_short = (tmp_path / "t.wav").read_bytes()[:SR]
+    for bad, words in ((cut_short, "WAV file is cut short"), (tone * 1e30, "peaks at"), (np.array([np.nan] * 400, np.float32), "NaN/inf"),
                        (np.zeros(0, np.float32), "no samples"), (np.array(["a"] * 400), "not PCM samples"),
                        (np.zeros((2, 2, 400), np.float32), "shape"), (b"not audio", "cannot decode audio bytes"),
                        (np.array([2 ** 40] * 400, np.int64), "32-bit PCM range")):

@@ -47,14 +47,29 @@ def _reason(error: Exception, path: Path) -> str:
     return text
 
 
-def _read(path: Path) -> tuple[np.ndarray, int]:
-    """(frames, channels) float32 and the file's rate; soundfile first, librosa as fallback."""
+def read_soundfile(source, where: str) -> tuple[np.ndarray, int]:
+    """(frames, channels) float32 and the rate of a file libsndfile reads (a path as bytes, or a
+    file object of encoded bytes); AudioError for a WAV cut short (``_cut_short``), before any
+    sample is decoded. libsndfile's own errors propagate."""
     import soundfile
 
+    with soundfile.SoundFile(source) as f:
+        cut = _cut_short(f.extra_info)
+        if cut is not None:
+            declared, held = cut
+            raise AudioError(f"{where}: WAV file is cut short: its header declares {declared} bytes of audio, "
+                             f"the file holds {held} ({held / declared:.0%})",
+                             hint="the copy or the recording was interrupted; copy or export it again")
+        return f.read(dtype="float32", always_2d=True), int(f.samplerate)
+
+
+def _read(path: Path) -> tuple[np.ndarray, int]:
+    """(frames, channels) float32 and the file's rate; soundfile first, librosa as fallback."""
     try:
         # bytes: a file name that is not UTF-8 (Linux allows any bytes) still opens
-        data, sr = soundfile.read(os.fsencode(path), dtype="float32", always_2d=True)
-        return data, int(sr)
+        return read_soundfile(os.fsencode(path), _name(path))
+    except AudioError:
+        raise
     except Exception as sf_error:  # libsndfile says only "format not recognised"; try audioread
         try:
             import librosa
@@ -67,6 +82,24 @@ def _read(path: Path) -> tuple[np.ndarray, int]:
                              hint="give a WAV, FLAC, OGG or MP3 file; the file may be corrupt") from None
         data = np.atleast_2d(data).T  # librosa gives (channels, frames)
         return np.ascontiguousarray(data, dtype=np.float32), int(sr)
+
+
+# libsndfile's log line for a WAV whose data chunk runs past the end of the file
+_WAV_DATA = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+# Data sizes streaming writers put in the header when the length is not known yet (0xFFFFFFFF,
+# 0x7FFFFFFF and the like): the file is whole, only the header never got the real size.
+_UNKNOWN_SIZE = 0x7FFFF000
+
+
+def _cut_short(log: str) -> tuple[int, int] | None:
+    """(declared, held) bytes of a WAV's audio data when the header declares more than the file
+    holds (libsndfile then reads the part that is there without a word, and a transcript of
+    half a clip would be scored against the whole clip's text); None for a whole file."""
+    m = _WAV_DATA.search(log)
+    if m is None:
+        return None
+    declared, held = int(m.group(1)), int(m.group(2))
+    return (declared, held) if held < declared < _UNKNOWN_SIZE else None
 
 
 def check_samples(data: np.ndarray, sample_rate: int, where: str) -> None:

@@ -36,7 +36,7 @@ import grain
 import numpy as np
 
 from whisper_llada_jax.audio.features import log_mel_numpy, samples_for_frames
-from whisper_llada_jax.audio.io import SAMPLE_RATE, check_length, check_samples, load_audio, resample
+from whisper_llada_jax.audio.io import SAMPLE_RATE, check_length, check_samples, load_audio, read_soundfile, resample
 from whisper_llada_jax.data.config import DataConfig
 from whisper_llada_jax.data.sources import RecordSource, parse_source
 from whisper_llada_jax.errors import AudioError, DataError
@@ -64,10 +64,10 @@ def decode_audio(audio: Any, sample_rate: int = SAMPLE_RATE, where: str = "audio
     if isinstance(audio, (str, Path)):
         return load_audio(audio)
     if isinstance(audio, bytes):
-        import soundfile
-
         try:
-            data, sr = soundfile.read(io.BytesIO(audio), dtype="float32", always_2d=True)
+            data, sr = read_soundfile(io.BytesIO(audio), where)
+        except AudioError:
+            raise
         except Exception as e:
             raise AudioError(f"{where}: cannot decode audio bytes ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         audio, sample_rate = data, int(sr)
