@@ -13,7 +13,6 @@ import pytest
 import yaml
 from safetensors.numpy import load_file, save_file
 
-from whisper_llada_jax import cli
 from whisper_llada_jax.checkpoints.model_dir import load_model_dir
 from whisper_llada_jax.checkpoints.tensors import IDENTITY, TRANSPOSE, DictSource, Rule, SafetensorsSource, import_params
 from whisper_llada_jax.config import load_model_config, parse_overrides, parse_yaml, read_yaml, with_defaults
@@ -157,10 +156,10 @@ def test_files_a_model_dir_would_ignore_are_refused(model_dir, tmp_path, capsys)
     assert not (tmp_path / "out").exists()
 
 
-def _set_tokens(model_dir, **tokens):
-    cfg = yaml.safe_load((model_dir / "config.yaml").read_text())
+def _set_tokens(folder, **tokens):
+    cfg = yaml.safe_load((folder / "config.yaml").read_text())
     cfg["tokens"].update(tokens)
-    (model_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
 def test_a_tokenizer_that_disagrees_with_the_model_is_refused(model_dir, tmp_path):  # noqa: F811

@@ -37,7 +37,7 @@ def _name(path) -> str:
     return repr(text)[1:-1] if any(ord(c) < 32 or c == "\x7f" for c in text) else text
 
 
-def _reason(error: Exception, path: Path) -> str:
+def read_error_reason(error: Exception) -> str:
     """libsndfile's complaint without its "Error opening 'PATH': " prefix (the message names the
     file already); its "does not exist" for an existing file it cannot parse is replaced."""
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -78,7 +78,7 @@ def _read(path: Path) -> tuple[np.ndarray, int]:
                 warnings.simplefilter("ignore")
                 data, sr = librosa.load(str(path), sr=None, mono=False, dtype=np.float32)
         except Exception:
-            raise AudioError(f"{_name(path)}: cannot read audio ({_reason(sf_error, path)})",
+            raise AudioError(f"{_name(path)}: cannot read audio ({read_error_reason(sf_error)})",
                              hint="give a WAV, FLAC, OGG or MP3 file; the file may be corrupt") from None
         data = np.atleast_2d(data).T  # librosa gives (channels, frames)
         return np.ascontiguousarray(data, dtype=np.float32), int(sr)

@@ -36,7 +36,8 @@ import grain
 import numpy as np
 
 from whisper_llada_jax.audio.features import log_mel_numpy, samples_for_frames
-from whisper_llada_jax.audio.io import SAMPLE_RATE, check_length, check_samples, load_audio, read_soundfile, resample
+from whisper_llada_jax.audio.io import (SAMPLE_RATE, check_length, check_samples, load_audio, read_error_reason,
+                                         read_soundfile, resample)
 from whisper_llada_jax.data.config import DataConfig
 from whisper_llada_jax.data.sources import RecordSource, parse_source
 from whisper_llada_jax.errors import AudioError, DataError
@@ -69,7 +70,7 @@ def decode_audio(audio: Any, sample_rate: int = SAMPLE_RATE, where: str = "audio
         except AudioError:
             raise
         except Exception as e:
-            raise AudioError(f"{where}: cannot decode audio bytes ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            raise AudioError(f"{where}: cannot decode audio bytes ({read_error_reason(e)})") from None
         audio, sample_rate = data, int(sr)
     audio = np.asarray(audio)
     if audio.dtype == np.uint8:  # 8-bit PCM is offset binary
