@@ -10,8 +10,10 @@ would always run the worst case. Instead every mode runs with the **per-utteranc
 and lengths of a trained model** (``--counts FILE``: a JSON list of ``{"exact_nfe", "fast_nfe",
 "length"}`` per utterance, e.g. from ``benchmarks/decode_throughput.py --counts``; the default
 is the demo model's means quoted in issue 13: 9 exact forwards, 3 length-prior forwards, 27
-response tokens). A batch of B utterances takes B consecutive entries and runs in lock step,
-so it costs its longest row:
+response tokens). A batch of B utterances takes the first B entries (cycled) and runs in lock
+step, so it costs its longest row; batch 1 therefore times the first utterance, and a second
+table gives the mean over every utterance from that run's per-forward times (each mode's cost at
+batch 1 is linear in its counts; the autoregressive slope comes from an extra one-token run):
 
 - **exact diffusion**: the real fused program with ``steps = max exact_nfe`` of the batch (one
   block, so exactly that many full forwards over ``[prompt | audio | 128 slots]``);
@@ -124,7 +126,7 @@ def main(argv=None):
     probe = forward_probe(dataclasses.replace(cfg, scan_layers=True), 1, 32, 4 if args.tiny else 16)
     print(f"probe B=1 T=32: scanned {probe[True]:.2f} ms/forward, unrolled {probe[False]:.2f}", flush=True)
 
-    rows, skipped = [], []
+    rows, skipped, means = [], [], []
     model, v = init(cfg)
     ar_cfg = dataclasses.replace(cfg, causal=True, n_kv_heads=max(1, cfg.n_heads // 4))
     ar_model, ar_v = init(ar_cfg)
@@ -151,6 +153,16 @@ def main(argv=None):
         t_fast = t_first + (need["fast_nfe"] - 1) * t_later
         c = DecodeConfig(decoder="autoregressive", max_new_tokens=need["length"] + 1)
         t_ar = timed(lambda: api.autoregressive_decode(ar_model, ar_v, pre, c, tokens=tok).tokens, args.repeats)
+        if b == 1:  # one utterance at a time: every mode's cost is linear in its counts, so the
+            # mean over all utterances follows from this run's per-forward times (AR: a second,
+            # one-token run separates the prefill from the per-token cost)
+            one = DecodeConfig(decoder="autoregressive", max_new_tokens=1)
+            t_ar1 = timed(lambda: api.autoregressive_decode(ar_model, ar_v, pre, one, tokens=tok).tokens, args.repeats)
+            per_token = max(0.0, (t_ar - t_ar1) / max(1, need["length"]))
+            mean = lambda k: float(np.mean([min(int(c[k]), gen) for c in counts]))  # noqa: E731
+            means = [("exact diffusion", mean("exact_nfe"), t_exact / steps * mean("exact_nfe")),
+                     ("length prior", mean("fast_nfe"), t_first + (mean("fast_nfe") - 1) * t_later),
+                     ("autoregressive baseline", mean("length") + 1, t_ar1 + mean("length") * per_token)]
         rows += [("exact diffusion (steps = measured forwards)", b, steps, t_exact),
                  (f"length prior, {args.query_slots} query slots", b, need["fast_nfe"], t_fast),
                  ("autoregressive baseline (greedy, K/V cache)", b, need["length"] + 1, t_ar)]
@@ -163,6 +175,12 @@ def main(argv=None):
     print("| decoder | batch | forwards (or tokens) per batch | s / utterance | utt/s |\n|---|---|---|---|---|")
     for name, b, n, t in rows:
         print(f"| {name} | {b} | {n} | {t / b:.4f} | {b / t:.1f} |")
+    if means:
+        print(f"\nBatch 1, mean over all {len(counts)} utterances (the rows above time the first one only), from "
+              "this run's per-forward times:\n\n| decoder | forwards (or tokens) per utterance, mean | "
+              "s / utterance | utt/s |\n|---|---|---|---|")
+        for name, n, t in means:
+            print(f"| {name} | {n:.2f} | {t:.4f} | {1 / t:.1f} |")
     if skipped:
         print(f"\nnot measured (time budget {args.time_budget:.0f} s spent): batch {skipped}")
     return rows

@@ -22,3 +22,5 @@ def test_tiny_dry_run_measures_every_row(tmp_path, capsys):
     assert [got[(k, 2)][0] for k in ("exact", "length", "autoregressive")] == [7, 3, 10]
     assert [got[(k, 1)][0] for k in ("exact", "length", "autoregressive")] == [5, 2, 7]
     assert all(t > 0 for _, t in got.values())
+    # batch 1 also reports the mean over both utterances
+    assert "mean over all 2 utterances" in out and "| length prior | 2.50 |" in out
