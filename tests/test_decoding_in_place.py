@@ -1,8 +1,12 @@
 """The decoders' K/V buffers are updated in place: the compiled decode programs (prefix cache,
-dual cache, length prior, autoregressive baseline) hold no copy and no concatenation of a
-cache-sized array (one layer's or the whole stack's) apart from the buffer's one
+dual cache, length prior, autoregressive baseline) hold no copy, no slice and no concatenation
+of a cache-sized array (one layer's or the whole stack's) apart from the buffer's one
 initialisation, on a 3-layer model whose cache shape no other array has. The code before the
-in-place writes joined ``[cache ; new]`` in every layer of every cached forward."""
+in-place writes joined ``[cache ; new]`` in every layer of every cached forward; the code before
+per-layer buffers sliced each layer's entries out of one stacked buffer in every forward (XLA
+materialises such a slice: one more pass over the layer's cache). (XLA's CPU backend still
+transposes each layer's keys for its dot kernel, ``[B, KV, D, T]``; the TPU compiler reads the
+buffer as it lies.)"""
 
 import re
 
@@ -21,13 +25,14 @@ def _cache_sized_ops(hlo: str, slots: int) -> list[str]:
     """Copies of a cache-sized array (one layer's or the stack's, ``slots`` or more) and
     concatenations along its slot axis (RoPE's rotate-half joins along the feature axis, a full
     forward's fresh K/V are stacked along the layer axis: neither copies an old cache)."""
-    layer = re.compile(rf"= \w+\[{B},(\d+),{KV_HEADS},8\]\S* (copy|concatenate)\(")
-    stack = re.compile(rf"= \w+\[{LAYERS},{B},(\d+),{KV_HEADS},8\]\S* (copy|concatenate)\(")
+    layer = re.compile(rf"= \w+\[(?:1,)?{B},(\d+),{KV_HEADS},8\]\S* (copy|concatenate|slice)\(")
+    stack = re.compile(rf"= \w+\[{LAYERS},{B},(\d+),{KV_HEADS},8\]\S* (copy|concatenate|slice)\(")
     out = []
     for line in hlo.splitlines():
         for pattern, slot_axis in ((layer, "dimensions={1}"), (stack, "dimensions={2}")):
             m = pattern.search(line)
-            if m and int(m.group(1)) >= slots and (m.group(2) == "copy" or slot_axis in line):
+            init = re.search(r" copy\(%\S*broadcast", line)  # a zero buffer made once, before the loop
+            if m and int(m.group(1)) >= slots and (m.group(2) != "concatenate" or slot_axis in line) and not init:
                 out.append(line.strip())
     return out
 
@@ -53,7 +58,7 @@ def test_diffusion_caches_are_written_in_place(mode):
         bb=api.backbone_of(model), cond=api.Conditioner(), plan=plan, gen_len=GEN, buckets=(),
         prior=prior).compile().as_text()
     ops = _cache_sized_ops(hlo, ref.PREFIX + GEN)
-    assert len(ops) <= 1, ops  # at most the zero buffer's initialisation
+    assert not ops, ops
 
 
 def test_autoregressive_buffer_is_written_in_place():
@@ -63,4 +68,4 @@ def test_autoregressive_buffer_is_written_in_place():
                                             cond=api.Conditioner(), max_new=GEN,
                                             eos_id=ref.TOKENS.eos).compile().as_text()
     ops = _cache_sized_ops(hlo, ref.PREFIX + GEN)
-    assert len(ops) <= 1, ops
+    assert not ops, ops

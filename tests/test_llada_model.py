@@ -16,7 +16,7 @@ from tests.reference_torch.llada import LLaDAReference
 from whisper_llada_jax.checkpoints.llada_hf import import_llada_hf, llada_config_to_hf
 from whisper_llada_jax.checkpoints.tensors import save_safetensors
 from whisper_llada_jax.config import LLMConfig, load_model_config
-from whisper_llada_jax.models.llada import KV, LLaDA, abstract_variables, count_params
+from whisper_llada_jax.models.llada import KV, LLaDA, abstract_variables, count_params, per_layer, stacked
 
 CFG = LLMConfig(vocab_size=96, d_model=32, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=8, mlp_hidden=48,
                 rope_theta=500000.0)
@@ -103,18 +103,22 @@ def test_bidirectional_cache_written_in_place_is_exact(reference, scan):
         cfg, params = import_llada_hf(path, dataclasses.replace(cfg, scan_layers=True))
     ids = jnp.asarray(_ids())
     full = run(cfg, params, ids, return_kv=True)
-    assert full.kv.k.shape == (cfg.n_layers, 2, 12, cfg.n_kv_heads, cfg.head_dim)
+    # the stack's own form: one buffer per layer unrolled (nothing sliced per layer), stacked scanned
+    assert isinstance(full.kv.k, jax.Array) == scan and len(full.kv.k) == cfg.n_layers
+    kv = stacked(full.kv)
+    assert kv.k.shape == (cfg.n_layers, 2, 12, cfg.n_kv_heads, cfg.head_dim)
     rng = np.random.default_rng(0)
-    junk = lambda n: jnp.asarray(rng.standard_normal(full.kv.k[:, :, :n].shape), jnp.float32)
+    junk = lambda n: jnp.asarray(rng.standard_normal(kv.k[:, :, :n].shape), jnp.float32)
     # the prefix's keys/values in a 12-slot buffer, garbage where the rest goes: the rest
-    # overwrites its slots in place (scalar start) and reproduces the full forward
-    buf = KV(*(jnp.concatenate([a[:, :, :7], junk(5)], 2) for a in full.kv))
+    # overwrites its slots in place (scalar start) and reproduces the full forward (a stacked
+    # buffer handed to an unrolled stack is split into per-layer buffers, and back)
+    buf = KV(*(jnp.concatenate([a[:, :, :7], junk(5)], 2) for a in kv))
     rest = run(cfg, params, ids[:, 7:], cache=buf, cache_index=7)
     np.testing.assert_allclose(np.asarray(rest.logits), np.asarray(full.logits[:, 7:]), atol=1e-5)
     np.testing.assert_allclose(np.asarray(rest.kv.k), np.asarray(full.kv.k), atol=1e-5)
     np.testing.assert_allclose(np.asarray(rest.kv.v), np.asarray(full.kv.v), atol=1e-5)
     # invalid slots (cache_mask False) are ignored whatever they hold; the rest lands at 10..14
-    buf = KV(*(jnp.concatenate([a[:, :, :7], junk(3), junk(5)], 2) for a in full.kv))
+    buf = per_layer(KV(*(jnp.concatenate([a[:, :, :7], junk(3), junk(5)], 2) for a in kv)), cfg.n_layers)
     cmask = jnp.broadcast_to((jnp.arange(15) < 7) | (jnp.arange(15) >= 10), (2, 15))
     rest2 = run(cfg, params, ids[:, 7:], cache=buf, cache_index=10, cache_mask=cmask,
                 positions=jnp.broadcast_to(7 + jnp.arange(5), (2, 5)))
@@ -124,7 +128,7 @@ def test_bidirectional_cache_written_in_place_is_exact(reference, scan):
     idx = jnp.array([[9, 2, 11, 30], [0, 5, 6, 30]])
     pos = jnp.array([[9, 2, 11, 0], [0, 5, 6, 0]])
     take = jnp.take_along_axis(ids, jnp.minimum(idx, 11), axis=1)
-    stale = KV(*(a.at[:, jnp.arange(2)[:, None], idx].set(1e3, mode="drop") for a in full.kv))
+    stale = KV(*(a.at[:, jnp.arange(2)[:, None], idx].set(1e3, mode="drop") for a in kv))
     out = run(cfg, params, take, cache=stale, cache_index=idx, positions=pos)
     want = jnp.take_along_axis(full.logits, jnp.minimum(idx, 11)[..., None], axis=1)
     np.testing.assert_allclose(np.asarray(out.logits[:, :3]), np.asarray(want[:, :3]), atol=1e-5)
@@ -139,7 +143,7 @@ def test_causal_gqa_prefix_and_autoregressive_buffer():
     shape = (cfg.n_layers, 2, 10, cfg.n_kv_heads, cfg.head_dim)
     # [prefix] then [rest written after the prefix's own K/V in a 10-slot buffer] == full causal forward
     pre = run(cfg, params, ids[:, :6], return_kv=True)
-    buf = KV(*(jax.lax.dynamic_update_slice_in_dim(jnp.zeros(shape), a, 0, axis=2) for a in pre.kv))
+    buf = KV(*(jax.lax.dynamic_update_slice_in_dim(jnp.zeros(shape), a, 0, axis=2) for a in stacked(pre.kv)))
     rest = run(cfg, params, ids[:, 6:], cache=buf, cache_index=6)
     np.testing.assert_allclose(np.asarray(rest.logits), np.asarray(full.logits[:, 6:]), atol=1e-5)
     # token-by-token decoding: each step writes its own slot in place and sees slots <= t

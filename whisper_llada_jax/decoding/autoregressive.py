@@ -23,7 +23,7 @@ from whisper_llada_jax.models.llada import KV
 
 class _Carry(NamedTuple):
     t: jax.Array  # tokens produced so far
-    kv: KV  # (layers, B, P + max_new, kv_heads, head_dim)
+    kv: KV  # P + max_new slots per layer
     kv_valid: jax.Array  # (B, P + max_new)
     kv_pos: jax.Array  # (B, P + max_new)
     out: jax.Array  # (B, max_new), eos after a row's end
@@ -40,7 +40,7 @@ def greedy(bb: Backbone, variables: Any, prefix: Prefix, max_new: int, eos_id: i
     # The fixed buffer: the prefill writes its K/V into slots [0, P) in place, then one slot per step.
     shape = jax.eval_shape(lambda: bb.hidden(variables, embeds=prefix.embeds, positions=pos,
                                              attention_mask=prefix.valid, return_kv=True).kv)
-    kv0 = KV(*(jnp.zeros(a.shape[:2] + (t_all,) + a.shape[3:], a.dtype) for a in shape))
+    kv0 = shape.zeros(t_all)
     kv_valid = jnp.concatenate([prefix.valid, jnp.zeros((b, max_new), bool)], axis=1)
     kv_pos = jnp.concatenate([pos, jnp.zeros((b, max_new), jnp.int32)], axis=1)
     # Prefixes are left-padded, so the last slot is every row's last real token: the last layer's

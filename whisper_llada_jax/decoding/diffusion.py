@@ -27,7 +27,6 @@ import jax.numpy as jnp
 
 from whisper_llada_jax.decoding import schedule
 from whisper_llada_jax.decoding.backbone import Backbone, Prefix, cached_forward, full_forward, positions
-from whisper_llada_jax.models.llada import KV
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +118,7 @@ def _init_cache(bb: Backbone, variables, plan: Plan, prefix: Prefix, x, resp_val
     if plan.cache == "none":
         return None
     shape = jax.eval_shape(lambda: full_forward(bb, variables, prefix, x, resp_valid, return_kv=True)[1])
-    return KV(*(jnp.zeros(s.shape, s.dtype) for s in shape))
+    return shape.zeros()
 
 
 def head_on_block(plan: Plan, r: int) -> bool:

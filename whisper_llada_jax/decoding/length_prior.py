@@ -52,7 +52,7 @@ class LengthPriorPlan:
 class _Carry(NamedTuple):
     x: jax.Array  # (B, R) canvas
     stale: jax.Array  # (B, R) revealed since the slot's K/V were last computed
-    kv: KV  # (layers, B, P + R, kv_heads, head_dim)
+    kv: KV  # P + R slots per layer
     done: jax.Array  # (B,)
     nfe: jax.Array  # (B,) forward passes (also the RNG step index)
     tokens: jax.Array  # (B,) LLM query positions processed for the row
@@ -103,7 +103,7 @@ def decode(bb: Backbone, variables, prefix: Prefix, gen_len: int, rng: jax.Array
     # 1. the full first forward: first reveal step, length estimate, K/V of every position
     x = jnp.full((b, r), plan.mask_id, jnp.int32)
     shape = jax.eval_shape(lambda: full_forward(bb, variables, prefix, x, resp_valid, return_kv=True)[1])
-    kv = KV(*(jnp.zeros(a.shape, a.dtype) for a in shape))  # filled in place by the first forward
+    kv = shape.zeros()  # filled in place by the first forward
     h, kv = full_forward(bb, variables, prefix, x, resp_valid, return_kv=True, kv=kv)
     logits = bb.head(variables, h)
     keys = schedule.row_keys(rng, jnp.zeros((b,), jnp.int32), row_ids)

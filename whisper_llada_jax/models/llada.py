@@ -6,15 +6,18 @@ Pre-norm blocks: ``x += attn_out(attn(q, k, v of attn_norm(x)))``,
 ``ff_out(ln_f(x))``. Parameter names follow the HF LLaDA checkpoint so the conversion table is
 a plain rename + transpose.
 
-One attention mechanism serves every cache. ``cache`` is a fixed-size K/V buffer
-``(layers, B, T, kv_heads, head_dim)``; each layer writes the current tokens' rotated keys and
+One attention mechanism serves every cache. ``cache`` is a fixed-size K/V buffer of ``T`` slots
+(``KV``: one ``(B, T, kv_heads, head_dim)`` array per layer in an unrolled stack, so each layer
+updates and reads its own buffer and no layer's entries are ever sliced out of a stacked array;
+one stacked ``(layers, B, T, kv_heads, head_dim)`` array in a scanned stack, which ``nn.scan``
+slices anyway; either form is accepted and converted); each layer writes the current tokens' rotated keys and
 values into it *in place* at ``cache_index`` (a scalar start: ``dynamic_update_slice`` of a
 contiguous run, or one slot per token ``(B, S)``: a scatter, out-of-range slots dropped) and the
 tokens attend over the whole buffer, ``cache_mask`` marking the slots that may be attended to
 after the write, and for ``causal`` models ``cache_positions`` / ``positions`` deciding the rest.
 Nothing is concatenated: inside a decode ``while_loop`` the buffer is updated where it lies, and
 the forward returns it as ``kv``. Without a cache, ``return_kv`` hands back the current tokens'
-keys and values ``(layers, B, S, kv_heads, head_dim)``.
+keys and values in the stack's own form (per layer ``(B, S, kv_heads, head_dim)``, or stacked).
 """
 
 from __future__ import annotations
@@ -40,10 +43,35 @@ _REMAT_POLICIES = {
 
 
 class KV(NamedTuple):
-    """Rotated keys and values, each ``(layers, B, S, kv_heads, head_dim)``."""
+    """Rotated keys and values: a tuple of per-layer ``(B, S, kv_heads, head_dim)`` arrays each
+    (an unrolled stack's form) or one stacked ``(layers, B, S, kv_heads, head_dim)`` array each
+    (a scanned stack's)."""
 
-    k: jax.Array
-    v: jax.Array
+    k: jax.Array | tuple[jax.Array, ...]
+    v: jax.Array | tuple[jax.Array, ...]
+
+    def length(self) -> int:
+        """Slots ``S`` per layer."""
+        return jax.tree.leaves(self.k)[0].shape[-3]
+
+    def zeros(self, length: int | None = None) -> KV:
+        """A zero buffer of this one's form, shapes and dtypes (also from ``jax.eval_shape``),
+        with ``length`` slots instead of ``S`` if given."""
+        def zero(a):
+            shape = a.shape if length is None else a.shape[:-3] + (length,) + a.shape[-2:]
+            return jnp.zeros(shape, a.dtype)
+        return jax.tree.map(zero, self)
+
+
+def stacked(kv: KV) -> KV:
+    """``kv`` with each of keys and values as one ``(layers, B, S, kv_heads, head_dim)`` array."""
+    return KV(*(jnp.stack(a) if isinstance(a, (tuple, list)) else a for a in kv))
+
+
+def per_layer(kv: KV, n_layers: int) -> KV:
+    """``kv`` with keys and values as tuples of ``n_layers`` per-layer arrays."""
+    split = lambda a: tuple(a) if isinstance(a, (tuple, list)) else tuple(a[i] for i in range(n_layers))  # noqa: E731
+    return KV(split(kv.k), split(kv.v))
 
 
 class LLMOutput(NamedTuple):
@@ -117,29 +145,22 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) 
     return out.astype(dtype).reshape(b, s, h * d)
 
 
-def write_cache(buf: jax.Array, new: jax.Array, index: jax.Array, layer: int | None) -> jax.Array:
-    """``buf`` with ``new (B, S, KV, D)`` written in place: at slots ``[index, index + S)`` of every
-    row (scalar ``index``) or at ``index[b, s]`` (``(B, S)``; out-of-range slots are dropped).
-    ``buf`` is one layer's ``(B, T, KV, D)`` (``layer=None``) or the whole stack's, of which layer
-    ``layer`` is written."""
+def write_cache(buf: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
+    """One layer's buffer ``(B, T, KV, D)`` with ``new (B, S, KV, D)`` written in place: at slots
+    ``[index, index + S)`` of every row (scalar ``index``) or at ``index[b, s]`` (``(B, S)``;
+    out-of-range slots are dropped)."""
     new = new.astype(buf.dtype)
     index = jnp.asarray(index, jnp.int32)
     if index.ndim == 0:
-        if layer is None:
-            return jax.lax.dynamic_update_slice_in_dim(buf, new, index, axis=1)
-        zero = jnp.zeros((), jnp.int32)
-        return jax.lax.dynamic_update_slice(buf, new[None], (jnp.int32(layer), zero, index, zero, zero))
+        return jax.lax.dynamic_update_slice_in_dim(buf, new, index, axis=1)
     rows = jnp.arange(new.shape[0])[:, None]
-    if layer is None:
-        return buf.at[rows, index].set(new, mode="drop")
-    return buf.at[layer, rows, index].set(new, mode="drop")
+    return buf.at[rows, index].set(new, mode="drop")
 
 
 class Block(nn.Module):
     """One pre-norm LLaDA / LLaMA block. Returns ``(x, kv)`` so it can be scanned: ``kv`` is the
-    updated cache buffer with a cache, the tokens' own ``(k, v)`` with ``return_kv``, else None.
-    ``layer``: this block's index into a stacked (unrolled) cache buffer; None when the buffer
-    handed in is this layer's own (scanned stack). ``queries_from`` (static): only positions
+    updated cache buffer (this layer's own) with a cache, the tokens' own ``(k, v)`` with
+    ``return_kv``, else None. ``queries_from`` (static): only positions
     ``[queries_from, S)`` are queries, the output is theirs ``(B, S - queries_from, D)``, while
     every position still gives keys and values (the last block of a forward whose reader needs
     the response only: the same numbers for those positions, less work). ``fixed_rows``
@@ -149,7 +170,6 @@ class Block(nn.Module):
 
     config: LLMConfig
     lora: LoRAConfig | None = None
-    layer: int | None = None
 
     def _proj(self, name: str, features: int, axes: tuple[str, str]) -> Projection:
         cfg = self.config
@@ -193,8 +213,7 @@ class Block(nn.Module):
             out_kv = (k, v) if return_kv else None
             keys_k, keys_v, kmask, kpos = k, v, key_mask, positions
         else:
-            out_kv = tuple(write_cache(buf, new, cache_index, self.layer) for buf, new in zip(layer_kv, (k, v)))
-            keys_k, keys_v = out_kv if self.layer is None else (out_kv[0][self.layer], out_kv[1][self.layer])
+            out_kv = keys_k, keys_v = tuple(write_cache(buf, new, cache_index) for buf, new in zip(layer_kv, (k, v)))
             kmask, kpos = cache_mask, cache_positions
         mask = kmask[:, None, :]  # (B, 1, T)
         if cfg.causal:
@@ -254,7 +273,7 @@ class LLaDA(nn.Module):
                               length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: "layers"})
             self.blocks = scanned(cfg, self.lora)
         else:
-            self.blocks = [block(cfg, self.lora, layer=i) for i in range(cfg.n_layers)]
+            self.blocks = [block(cfg, self.lora) for _ in range(cfg.n_layers)]
         self.ln_f = RMSNorm(cfg.norm_eps, dtype, pdtype)
         if not cfg.tie_embeddings:
             self.ff_out = Projection(cfg.vocab_size, ("embed", "vocab"), dtype=dtype, param_dtype=pdtype,
@@ -309,10 +328,11 @@ class LLaDA(nn.Module):
         key_mask = jnp.ones((b, s), bool) if attention_mask is None else attention_mask.astype(bool)
         layer_kv = None
         if cache is not None:
-            t = cache.k.shape[2]
+            t = cache.length()
             cache_mask = jnp.ones((b, t), bool) if cache_mask is None else cache_mask.astype(bool)
             if cache_positions is None:
                 cache_positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+            cache = stacked(cache) if cfg.scan_layers else per_layer(cache, cfg.n_layers)
             layer_kv = (cache.k, cache.v)
             return_kv = True
         x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
@@ -322,21 +342,17 @@ class LLaDA(nn.Module):
             x, kv = self.blocks(x, layer_kv, positions, key_mask, cache_mask, cache_positions, cache_index,
                                 deterministic, return_kv, 0, 0)
             x = x[:, outputs_from:]
-        elif cache is not None:  # one stacked buffer threaded through the layers, updated in place
-            kv = layer_kv
-            for i, block in enumerate(self.blocks):
-                x, kv = block(x, kv, positions, key_mask, cache_mask, cache_positions, cache_index,
-                              deterministic, return_kv, outputs_from if i == cfg.n_layers - 1 else 0,
-                              fixed_prefix if i == 0 else 0)
-        else:
+        else:  # each layer's own buffer, updated in place (with a cache), or its tokens' K/V
             ks, vs = [], []
             for i, block in enumerate(self.blocks):
-                x, kv_i = block(x, None, positions, key_mask, None, None, cache_index, deterministic, return_kv,
-                                outputs_from if i == cfg.n_layers - 1 else 0, fixed_prefix if i == 0 else 0)
+                own = None if cache is None else (layer_kv[0][i], layer_kv[1][i])
+                x, kv_i = block(x, own, positions, key_mask, cache_mask, cache_positions, cache_index,
+                                deterministic, return_kv, outputs_from if i == cfg.n_layers - 1 else 0,
+                                fixed_prefix if i == 0 else 0)
                 if return_kv:
                     ks.append(kv_i[0])
                     vs.append(kv_i[1])
-            kv = (jnp.stack(ks), jnp.stack(vs)) if return_kv else None
+            kv = (tuple(ks), tuple(vs)) if return_kv else None
         out_kv = KV(*kv) if return_kv else None
         hidden = self.ln_f(x)
         if return_hidden:
