@@ -10,9 +10,9 @@ also the whole layer cache joined with the new keys and values, in every layer),
 LLaDA-8B shape (the autoregressive step: LLaMA-8B shape, 8 KV heads), bf16, batch 1. (XLA's
 "bytes accessed" is not reported: it counts a scatter's whole operand although XLA updates
 scatter and dynamic-update-slice operands in place, and on CPU it counts bf16-to-fp32 converts.)
-A 32-layer stack is extrapolated from compiled 1- and 2-layer stacks (the layers are
-identical: cost(L) = cost(1) + (L - 1) * (cost(2) - cost(1))), which keeps this a CPU-minutes
-job. Cache buffers are donated, as a ``while_loop`` carry is. Rows:
+A 32-layer stack is extrapolated from compiled 2- and 3-layer stacks (the middle layers are
+identical; the first and the last differ: cost(L) = cost(2) + (L - 2) * (cost(3) - cost(2))),
+which keeps this a CPU-minutes job. Cache buffers are donated, as a ``while_loop`` carry is. Rows:
 
 - ``exact, head on all R``: a full forward over ``[prompt | audio | R slots]`` and the LM head
   on every response slot (one-block diffusion; semi-AR before the head was restricted);
@@ -115,9 +115,11 @@ def forwards(cfg: LLMConfig, p: int, r: int, block: int, q: int, max_new: int) -
 
 
 def extrapolated(cfg: LLMConfig, layers: int, **shape) -> dict[str, tuple[float, float]]:
-    one = forwards(dataclasses.replace(cfg, n_layers=1), **shape)
+    # The first layer (its fixed-prefix rows projected apart) and the last (queries for the
+    # response only) differ from the rest, so the middle layers' cost is 3 layers' minus 2's.
     two = forwards(dataclasses.replace(cfg, n_layers=2), **shape)
-    return {k: tuple(a + (layers - 1) * (b - a) for a, b in zip(one[k], two[k])) for k in one}
+    three = forwards(dataclasses.replace(cfg, n_layers=3), **shape)
+    return {k: tuple(a + (layers - 2) * (b - a) for a, b in zip(two[k], three[k])) for k in two}
 
 
 def main(argv=None):
