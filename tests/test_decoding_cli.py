@@ -5,7 +5,7 @@ import json
 import pytest
 
 from whisper_llada_jax import cli
-from whisper_llada_jax.commands import deliberate
+from whisper_llada_jax.data.manifest import read_first_passes
 
 MANIFEST = "tests/data/clips/manifest.jsonl"
 
@@ -30,4 +30,4 @@ def test_missing_first_pass_and_bad_config_are_one_line_errors(tmp_path, capsys)
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{\"id\": 1}\nnot json\n")
     with pytest.raises(Exception, match="bad.jsonl:1"):
-        deliberate.read_first_pass(bad)
+        read_first_passes(bad)

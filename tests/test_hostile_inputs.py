@@ -16,13 +16,11 @@ import soundfile as sf
 
 from whisper_llada_jax import cli
 from whisper_llada_jax.audio.io import load_audio, load_audio_files
-from whisper_llada_jax.commands.deliberate import read_first_pass
 from whisper_llada_jax.commands.transcribe import read_transcribe_manifest
-from whisper_llada_jax.data.manifest import read_manifest
+from whisper_llada_jax.data.manifest import read_first_passes, read_manifest
 from whisper_llada_jax.data.pipeline import decode_audio
 from whisper_llada_jax.data.sources import librispeech_folder
 from whisper_llada_jax.errors import AudioError, DataError
-from whisper_llada_jax.evaluation.evaluate import load_first_pass
 from tests._data_helpers import write_clip
 from tests.test_output_safety import _fails, model_dir  # noqa: F401  (the tiny MODEL_DIR fixture)
 
@@ -214,7 +212,31 @@ def test_manifest_encodings_and_line_ends(tmp_path):
     assert read_manifest(tmp_path / "ann.json")[0]["id"] == "a"
     fp = tmp_path / "fp.jsonl"
     fp.write_bytes(("\ufeff" + _line(id="a", hypothesis="h\u2028i") + "\r\n").encode())
-    assert read_first_pass(fp) == load_first_pass(fp) == {"a": "h\u2028i"}
+    assert read_first_passes(fp) == {"a": "h\u2028i"}
+
+
+@pytest.mark.parametrize("fields, want", [
+    ({"hypothesis": "a b"}, "a b"),  # what transcribe writes
+    ({"first_pass": "a b"}, "a b"),
+    ({"hypothesis": "a b", "first_pass": None}, "a b"),  # null: absent
+    ({"hypothesis": ""}, ""),  # an empty first pass (a silent clip)
+    ({"hypothesis": "x", "first_pass": "y"}, "both 'hypothesis' and 'first_pass'"),  # a deliberation's output
+    ({"hypothesis": None}, "expected a JSON object with id and hypothesis"),
+    ({"hypothesis": 3}, "'hypothesis' must be a string"),
+])
+def test_one_first_pass_reader_for_deliberate_and_evaluate(tmp_path, fields, want):
+    """deliberate and evaluate --first-pass read first-pass files with one reader (they used to
+    pick different fields from a deliberation's output, and read null differently)."""
+    from whisper_llada_jax.errors import DataError
+
+    fp = tmp_path / "fp.jsonl"
+    fp.write_text(json.dumps({"id": "u1", **fields}) + "\n")
+    if "'" in want or "expected" in want:
+        with pytest.raises(DataError, match="fp.jsonl:1") as err:
+            read_first_passes(fp)
+        assert want in str(err.value)
+    else:
+        assert read_first_passes(fp) == {"u1": want}
 
 
 @pytest.mark.parametrize("entry, words", [

@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
 from whisper_llada_jax.commands import seed_arg
 from whisper_llada_jax.errors import DataError
@@ -86,27 +85,6 @@ def register(p: argparse.ArgumentParser) -> None:
                         "on this host's devices; several processes each decode every n-th batch, process 0 writes")
 
 
-def read_first_pass(path: str | Path) -> dict[str, str]:
-    """``id -> first-pass text`` from JSON lines (``hypothesis``, else ``first_pass``); DataError
-    naming the line."""
-    from whisper_llada_jax.data.manifest import id_field, json_lines, string_field
-
-    hint = "give the JSONL `transcribe` wrote: one object per line with id and hypothesis"
-    out = {}
-    for where, rec in json_lines(path, "first-pass file", hint):
-        uid = id_field(rec, where)
-        if uid is None:
-            raise DataError(f"{where}: expected a JSON object with id and hypothesis", hint=hint)
-        key = "hypothesis" if rec.get("hypothesis") is not None else "first_pass"
-        text = string_field(rec, key, where)
-        if text is None:
-            raise DataError(f"{where}: no hypothesis / first_pass field", hint=hint)
-        if uid in out:
-            raise DataError(f"{where}: duplicate id {uid!r}", hint="one first pass per utterance")
-        out[uid] = text
-    return out
-
-
 def decode_config(args: argparse.Namespace):
     """The flags over the MODEL_DIR's decode defaults (its canvas), validated."""
     from whisper_llada_jax.checkpoints.model_dir import read_decode_defaults
@@ -139,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
     from whisper_llada_jax.checkpoints.model_dir import read_model_config
     from whisper_llada_jax.commands.transcribe import check_inputs, model_window_seconds
-    from whisper_llada_jax.data.manifest import read_manifest
+    from whisper_llada_jax.data.manifest import read_first_passes, read_manifest
     from whisper_llada_jax.decoding.config import check_fits_model
     from whisper_llada_jax.evaluation.evaluate import check_unique_ids
     from whisper_llada_jax.inference.driver import report_cut_first_passes, transcribe_files
@@ -153,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     args.batch_size = min(args.batch_size, len(items)) if args.batch_size >= 1 else args.batch_size
     cfg = decode_config(args)
     check_unique_ids(items, args.manifest)
-    first = read_first_pass(args.first_pass)
+    first = read_first_passes(args.first_pass)
     missing = [it["id"] for it in items if it["id"] not in first]
     if missing:
         raise DataError(f"{args.first_pass}: no first pass for {len(missing)} utterance(s), e.g. {missing[0]!r}",

@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     from whisper_llada_jax.checkpoints.model_dir import load_model_dir, read_decode_defaults
     from whisper_llada_jax.data.sources import parse_source
     from whisper_llada_jax.errors import UserError
-    from whisper_llada_jax.evaluation.evaluate import evaluate, load_first_pass, parse_decode_spec
+    from whisper_llada_jax.data.manifest import read_first_passes
+    from whisper_llada_jax.evaluation.evaluate import evaluate, parse_decode_spec
     from whisper_llada_jax.inference.placement import inference_mesh
     from whisper_llada_jax.outputs import check_output, data_paths, staged_dir
 
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
     base = read_decode_defaults(args.model)
     configs = [parse_decode_spec(s, base) for s in args.decode] or [("default", base)]
-    first_pass = load_first_pass(args.first_pass) if args.first_pass else None
+    first_pass = read_first_passes(args.first_pass) if args.first_pass else None
     source = limited(parse_source(args.data), args.limit)
     from whisper_llada_jax.training.profiling import trace
 

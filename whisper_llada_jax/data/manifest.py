@@ -127,6 +127,30 @@ def _first_pass(entry: dict, where: str):
     return None
 
 
+def read_first_passes(path: str | Path) -> dict[str, str]:
+    """``id -> first-pass text`` from a first-pass file (``deliberate`` and ``evaluate
+    --first-pass``): JSON lines with ``id`` and the text as ``hypothesis`` (what ``transcribe``
+    writes) or ``first_pass``; a null field counts as absent, ``""`` is an empty first pass. A
+    line with both (a deliberation's output: ``first_pass`` was deliberated into ``hypothesis``)
+    is refused rather than guessed at. DataError naming the line."""
+    hint = "JSON lines with id and hypothesis (as transcribe writes them) or first_pass"
+    out: dict[str, str] = {}
+    for where, entry in json_lines(path, "first-pass file", hint):
+        uid = id_field(entry, where)
+        given = [k for k in ("hypothesis", "first_pass") if entry.get(k) is not None]
+        if uid is None or not given:
+            raise DataError(f"{where}: expected a JSON object with id and hypothesis (or first_pass)", hint=hint)
+        if len(given) == 2:
+            raise DataError(f"{where}: both 'hypothesis' and 'first_pass' (a deliberation's output: which one is "
+                            "the first pass?)", hint="keep the field to deliberate from, e.g. "
+                            "jq -c '{id, first_pass}' FILE (the original first pass) or '{id, hypothesis}' (its "
+                            "deliberated result)")
+        if uid in out:
+            raise DataError(f"{where}: duplicate id {uid!r}", hint="one first pass per utterance")
+        out[uid] = string_field(entry, given[0], where)
+    return out
+
+
 def _record(entry, where: str, base: Path, index: int, require_text: bool = True, check_paths: bool = False) -> dict:
     if not isinstance(entry, dict):
         raise DataError(f"{where}: entry is not a JSON object", hint='each entry needs "audio" and "text"')

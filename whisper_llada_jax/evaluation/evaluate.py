@@ -109,25 +109,6 @@ def expand_grid(grid: str, base: DecodeConfig) -> list[tuple[str, DecodeConfig, 
     return out
 
 
-def load_first_pass(path: str | Path) -> dict[str, str]:
-    """``id -> first-pass transcript`` from JSON lines with ``id`` and ``first_pass`` (or
-    ``hypothesis``, as ``transcribe`` / ``evaluate`` write them)."""
-    from whisper_llada_jax.data.manifest import id_field, json_lines, string_field
-
-    hint = "JSON lines with id and first_pass/hypothesis"
-    out = {}
-    for where, e in json_lines(path, "first-pass file", hint):
-        uid = id_field(e, where)
-        key = "first_pass" if "first_pass" in e else "hypothesis"
-        if uid is None or key not in e:
-            raise DataError(f"{where}: expected a JSON object with id and first_pass (or hypothesis)", hint=hint)
-        text = string_field(e, key, where)
-        if uid in out:
-            raise DataError(f"{where}: duplicate id {uid!r}", hint="one first pass per utterance")
-        out[uid] = text or ""
-    return out
-
-
 def check_unique_ids(records, where) -> None:
     """Refuses two utterances with one id (a list of records, or a source holding
     ``records``): their hypotheses and scores could not be told apart."""
