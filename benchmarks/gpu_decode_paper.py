@@ -1,9 +1,14 @@
 """Paper-size decoding on one GPU: exact diffusion, the length-prior fast mode and the
 autoregressive baseline, with a trained model's forward counts and lengths.
 
-    python benchmarks/gpu_decode_paper.py                      # LLaDA-8B / LLaMA-8B shapes, bf16 (< 8 min)
+    python benchmarks/gpu_decode_paper.py                      # LLaDA-8B / LLaMA-8B shapes, bf16
     python benchmarks/gpu_decode_paper.py --counts counts.json # per-utterance counts measured on your model
     python benchmarks/gpu_decode_paper.py --tiny               # a tiny shape on CPU: checks the script
+
+Compiling the 8B programs dominates (about 35 s each on an H200, 4-5 per batch size): batch 1
+and 16 take about 6 minutes, batch 64 about 5. On a lease with a per-call limit, run
+``--batches 1,16`` and then ``--batches 64 --no-probe``; the time budget stops a call from
+starting a batch size it cannot finish.
 
 Random bf16 weights never emit eos and never clear a threshold, so decoding them end to end
 would always run the worst case. Instead every mode runs with the **per-utterance forward counts
@@ -109,6 +114,8 @@ def main(argv=None):
     ap.add_argument("--batches", default="1,16,64")
     ap.add_argument("--query-slots", type=int, default=8)
     ap.add_argument("--scan", action="store_true", help="decoders with the scanned layer stack")
+    ap.add_argument("--no-probe", dest="probe", action="store_false",
+                    help="skip the scanned vs unrolled forward probe (a second call's batch sizes)")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per row (median)")
     ap.add_argument("--time-budget", type=float, default=390.0, metavar="S",
                     help="start no new batch size after this many seconds (keeps a lent GPU call short)")
@@ -123,8 +130,9 @@ def main(argv=None):
           + ", ".join(f"{k} {np.mean([c[k] for c in counts]):.1f}" for k in ("exact_nfe", "fast_nfe", "length")),
           flush=True)
 
-    probe = forward_probe(dataclasses.replace(cfg, scan_layers=True), 1, 32, 4 if args.tiny else 16)
-    print(f"probe B=1 T=32: scanned {probe[True]:.2f} ms/forward, unrolled {probe[False]:.2f}", flush=True)
+    probe = forward_probe(dataclasses.replace(cfg, scan_layers=True), 1, 32, 4 if args.tiny else 16) if args.probe else {}
+    if probe:
+        print(f"probe B=1 T=32: scanned {probe[True]:.2f} ms/forward, unrolled {probe[False]:.2f}", flush=True)
 
     rows, skipped, means = [], [], []
     model, v = init(cfg)
@@ -171,7 +179,8 @@ def main(argv=None):
     print(f"\n{jax.devices()[0].device_kind}, {'tiny shape' if args.tiny else '8B shapes'}, bf16 random weights, "
           f"prefix {prompt}+{audio}, {gen} slots, {'scanned' if args.scan else 'unrolled'} layers, "
           f"{time.perf_counter() - t_start:.0f} s in all\n")
-    print(f"Single forward in a while_loop, B=1, T=32: scanned {probe[True]:.2f} ms, unrolled {probe[False]:.2f} ms.\n")
+    if probe:
+        print(f"Single forward in a while_loop, B=1, T=32: scanned {probe[True]:.2f} ms, unrolled {probe[False]:.2f} ms.\n")
     print("| decoder | batch | forwards (or tokens) per batch | s / utterance | utt/s |\n|---|---|---|---|---|")
     for name, b, n, t in rows:
         print(f"| {name} | {b} | {n} | {t / b:.4f} | {b / t:.1f} |")

@@ -24,3 +24,9 @@ def test_tiny_dry_run_measures_every_row(tmp_path, capsys):
     assert all(t > 0 for _, t in got.values())
     # batch 1 also reports the mean over both utterances
     assert "mean over all 2 utterances" in out and "| length prior | 2.50 |" in out
+
+
+def test_second_call_skips_the_probe(tmp_path, capsys):
+    rows = gpu_decode_paper.main(["--tiny", "--batches", "2", "--repeats", "1", "--no-probe"])
+    out = capsys.readouterr().out
+    assert "scanned" not in out and [b for _, b, _, _ in rows] == [2, 2, 2]
