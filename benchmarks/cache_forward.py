@@ -63,9 +63,10 @@ def main(argv=None) -> dict:
             times[name].append(time.perf_counter() - t)
     t_first, t_all = float(np.median(times["first"])), float(np.median(times["later"]))
     per_later = (t_all - t_first) / max(1, forwards - 1)
-    print(f"{cfg.n_layers} layers x width {cfg.d_model}, batch {args.batch}, {p} + {gen} positions: full forward "
-          f"{1e3 * t_first:.1f} ms; {forwards} forwards in {1e3 * t_all:.1f} ms; later forward {1e3 * per_later:.2f} ms "
-          f"(medians of {args.rounds}; load {open('/proc/loadavg').read().split()[0]})")
+    print(f"{cfg.n_layers} layers x width {cfg.d_model}, batch {args.batch}, {p} + {gen} positions: "
+          f"full forward {1e3 * t_first:.1f} ms; {forwards} forwards in {1e3 * t_all:.1f} ms; "
+          f"later forward {1e3 * per_later:.2f} ms (medians of {args.rounds}; "
+          f"load {open('/proc/loadavg').read().split()[0]})")
     if args.save:
         np.save(args.save, np.asarray(out.tokens))
     return {"first_s": t_first, "later_s": per_later, "forwards": forwards}

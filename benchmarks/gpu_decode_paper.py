@@ -130,7 +130,9 @@ def main(argv=None):
           + ", ".join(f"{k} {np.mean([c[k] for c in counts]):.1f}" for k in ("exact_nfe", "fast_nfe", "length")),
           flush=True)
 
-    probe = forward_probe(dataclasses.replace(cfg, scan_layers=True), 1, 32, 4 if args.tiny else 16) if args.probe else {}
+    probe = {}
+    if args.probe:
+        probe = forward_probe(dataclasses.replace(cfg, scan_layers=True), 1, 32, 4 if args.tiny else 16)
     if probe:
         print(f"probe B=1 T=32: scanned {probe[True]:.2f} ms/forward, unrolled {probe[False]:.2f}", flush=True)
 
@@ -180,7 +182,8 @@ def main(argv=None):
           f"prefix {prompt}+{audio}, {gen} slots, {'scanned' if args.scan else 'unrolled'} layers, "
           f"{time.perf_counter() - t_start:.0f} s in all\n")
     if probe:
-        print(f"Single forward in a while_loop, B=1, T=32: scanned {probe[True]:.2f} ms, unrolled {probe[False]:.2f} ms.\n")
+        print(f"Single forward in a while_loop, B=1, T=32: scanned {probe[True]:.2f} ms, "
+              f"unrolled {probe[False]:.2f} ms.\n")
     print("| decoder | batch | forwards (or tokens) per batch | s / utterance | utt/s |\n|---|---|---|---|---|")
     for name, b, n, t in rows:
         print(f"| {name} | {b} | {n} | {t / b:.4f} | {b / t:.1f} |")

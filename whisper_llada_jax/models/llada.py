@@ -10,8 +10,8 @@ One attention mechanism serves every cache. ``cache`` is a fixed-size K/V buffer
 (``KV``: one ``(B, T, kv_heads, head_dim)`` array per layer in an unrolled stack, so each layer
 updates and reads its own buffer and no layer's entries are ever sliced out of a stacked array;
 one stacked ``(layers, B, T, kv_heads, head_dim)`` array in a scanned stack, which ``nn.scan``
-slices anyway; either form is accepted and converted); each layer writes the current tokens' rotated keys and
-values into it *in place* at ``cache_index`` (a scalar start: ``dynamic_update_slice`` of a
+slices anyway; either form is accepted and converted); each layer writes the current tokens'
+rotated keys and values into it *in place* at ``cache_index`` (a scalar start: ``dynamic_update_slice`` of a
 contiguous run, or one slot per token ``(B, S)``: a scatter, out-of-range slots dropped) and the
 tokens attend over the whole buffer, ``cache_mask`` marking the slots that may be attended to
 after the write, and for ``causal`` models ``cache_positions`` / ``positions`` deciding the rest.
