@@ -33,6 +33,9 @@ batch 1 is linear in its counts; the autoregressive slope comes from an extra on
 - a **single-forward probe** inside a ``while_loop``: scanned vs unrolled layer stack (the
   fixed per-forward cost the issue's cost model attributes ~9 ms to).
 
+Each batch size also prints the later length-prior forward against its read floor: the weights
+plus that batch's K/V cache read once, at the bandwidth of a 4 GiB device copy measured first.
+
 Decoders run the unrolled layer stack (``--scan`` for the scanned one). Prints a Markdown table
 (seconds per utterance and utterances/s per batch size) for docs/benchmarks.md.
 """
@@ -101,6 +104,21 @@ def forward_probe(cfg: LLMConfig, b: int, t: int, n: int) -> dict[bool, float]:
     return out
 
 
+def copy_bandwidth(nbytes: int) -> float:
+    """Bytes/s of a device-to-device pass over ``nbytes`` (bytes read plus bytes written): the
+    unit of the later forward's read floor."""
+    x = jnp.ones((nbytes // 4,), jnp.float32)
+    step = jax.jit(lambda a: a + 1)
+    return 2 * x.nbytes / timed(lambda: step(x), 5)
+
+
+def read_floor(params, cfg: LLMConfig, b: int, slots: int, bandwidth: float) -> float:
+    """Seconds to read the weights and a ``b``-row cache of ``slots`` positions once."""
+    weights = sum(a.nbytes for a in jax.tree.leaves(params))
+    cache = 2 * cfg.n_layers * b * slots * cfg.n_kv_heads * cfg.head_dim * jnp.dtype(cfg.dtype).itemsize
+    return (weights + cache) / bandwidth
+
+
 def batches(counts: list[dict], b: int) -> dict:
     """The lock-step cost drivers of one batch of ``b`` consecutive utterances (cycled)."""
     rows = [counts[i % len(counts)] for i in range(b)]
@@ -140,6 +158,8 @@ def main(argv=None):
     model, v = init(cfg)
     ar_cfg = dataclasses.replace(cfg, causal=True, n_kv_heads=max(1, cfg.n_heads // 4))
     ar_model, ar_v = init(ar_cfg)
+    bandwidth = copy_bandwidth(1 << 20 if args.tiny else 4 << 30)
+    print(f"device copy: {bandwidth / 1e12:.2f} TB/s (read + write)", flush=True)
     rs = np.random.RandomState(0)
     for b in sizes:  # every mode at one batch size before the next, so a cut run stays comparable
         if time.perf_counter() - t_start > args.time_budget:
@@ -176,7 +196,9 @@ def main(argv=None):
         rows += [("exact diffusion (steps = measured forwards)", b, steps, t_exact),
                  (f"length prior, {args.query_slots} query slots", b, need["fast_nfe"], t_fast),
                  ("autoregressive baseline (greedy, K/V cache)", b, need["length"] + 1, t_ar)]
-        print(*rows[-3:], f"(later forward {1e3 * t_later:.2f} ms from {n_lp} forwards)", flush=True)
+        floor = read_floor(v, cfg, b, prompt + audio + gen, bandwidth)
+        print(*rows[-3:], f"(later forward {1e3 * t_later:.2f} ms from {n_lp} forwards, {t_later / floor:.1f}x its "
+              f"read floor of {1e3 * floor:.2f} ms: weights + cache at the copy bandwidth)", flush=True)
 
     print(f"\n{jax.devices()[0].device_kind}, {'tiny shape' if args.tiny else '8B shapes'}, bf16 random weights, "
           f"prefix {prompt}+{audio}, {gen} slots, {'scanned' if args.scan else 'unrolled'} layers, "
