@@ -181,6 +181,19 @@ def test_transcribe_files_sorts_batches_by_length_and_keeps_input_order(tmp_path
     assert [r["hypothesis"] for r in out] == [f"hc{i}" for i in range(len(secs))]
     assert [r["nfe"] for r in out] == [int(16000 * s) for s in secs]
     assert [[i for i, _ in b] for b in seen] == [["c5", "c1"], ["c3", "c2"], ["c0", "c4"]]
+    # samples the up-front check kept are decoded from memory: only the others are read again
+    from whisper_llada_jax.audio.io import load_audio_files
+
+    kept = load_audio_files([it["audio"] for it in items], keep_bytes=4 * int(16000 * 2.3))  # c0, c1
+    assert [a is not None for a in kept] == [True, True, False, False, False, False]  # a prefix
+    read = []
+    monkeypatch.setattr(driver, "load_audio", lambda p: read.append(p) or load_audio_files([p])[0])
+    seen.clear()
+    again = list(driver.transcribe_files("unused", items, DecodeConfig(), batch_size=2, audio=kept))
+    assert again == out and [[i for i, _ in b] for b in seen] == [["c5", "c1"], ["c3", "c2"], ["c0", "c4"]]
+    assert read == [it["audio"] for it in items[2:]]
+    with pytest.raises(ValueError, match="5 audio entries for 6 items"):
+        list(driver.transcribe_files("unused", items, DecodeConfig(), batch_size=2, audio=kept[:5]))
 
 
 def test_schedule_argmax_is_the_first_maximum_without_a_variadic_reduce():

@@ -130,8 +130,8 @@ def test_model_branch_builds_decode_config_and_writes_nfe(tmp_path, capsys, monk
 
     seen = {}
 
-    def fake_transcribe_files(model_dir, items, cfg, batch_size, **placement):
-        seen.update(model_dir=model_dir, items=list(items), cfg=cfg, batch_size=batch_size)
+    def fake_transcribe_files(model_dir, items, cfg, batch_size, audio=None, **placement):
+        seen.update(model_dir=model_dir, items=list(items), cfg=cfg, batch_size=batch_size, audio=audio)
         for i, it in enumerate(seen["items"]):
             yield {"id": it["id"], "hypothesis": f"hyp {i}", "nfe": 10 + i}
 
@@ -151,6 +151,8 @@ def test_model_branch_builds_decode_config_and_writes_nfe(tmp_path, capsys, monk
                                remasking="random", temperature=0.5, threshold=0.9, cache="dual",
                                audio_span="trimmed", batch_size=2)  # capped at the 2 inputs
     assert seen["cfg"] == want and seen["batch_size"] == 2 and seen["model_dir"] == str(tmp_path)
+    # the clips the up-front check read are handed over, not read a second time
+    assert [len(a) for a in seen["audio"]] == [len(load_audio(CLIPS / m["audio"])) for m in MANIFEST[1:3]]
     assert [it["id"] for it in seen["items"]] == [m["id"] for m in MANIFEST[1:3]]
     rows = _lines(capsys.readouterr().out)
     assert rows == [{"id": m["id"], "audio": str(CLIPS / m["audio"]), "hypothesis": f"hyp {i}",

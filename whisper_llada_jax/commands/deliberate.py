@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     import jax
 
     from whisper_llada_jax.checkpoints.model_dir import read_model_config
-    from whisper_llada_jax.commands.transcribe import check_inputs, model_window_seconds
+    from whisper_llada_jax.commands.transcribe import KEEP_AUDIO_BYTES, check_inputs, model_window_seconds
     from whisper_llada_jax.data.manifest import read_first_passes, read_manifest
     from whisper_llada_jax.decoding.config import check_fits_model
     from whisper_llada_jax.evaluation.evaluate import check_unique_ids
@@ -138,9 +138,11 @@ def run(args: argparse.Namespace) -> int:
                         hint="the ids must match the manifest's")
     items = [dict(it, first_pass=first[it["id"]]) for it in items]
     check_fits_model(cfg, read_model_config(args.model))  # before the model is loaded
-    check_inputs(items, model_window_seconds(args.model))  # every clip, before the model loads
+    # every clip, before the model loads (those kept are not read again)
+    audios = check_inputs(items, model_window_seconds(args.model), keep=True, keep_bytes=KEEP_AUDIO_BYTES)
     mesh, rules = inference_mesh(args.overrides, "deliberate")
-    decoded = transcribe_files(args.model, items, cfg, args.batch_size, seed=args.seed, mesh=mesh, rules=rules)
+    decoded = transcribe_files(args.model, items, cfg, args.batch_size, seed=args.seed, mesh=mesh, rules=rules,
+                               audio=audios)
     if jax.process_index() != 0:  # decodes its share of the batches; process 0 writes every result
         for _ in decoded:
             pass

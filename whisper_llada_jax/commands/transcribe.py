@@ -147,15 +147,21 @@ def window_hint(seconds: float) -> str:
             "transcribe it with `--whisper`, which chunks long audio")
 
 
-def check_inputs(items: list[dict], max_seconds: float | None = None, keep: bool = False) -> list:
+KEEP_AUDIO_BYTES = 1 << 30  # the model path keeps the checked clips up to 1 GiB (4.7 h at 16 kHz)
+
+
+def check_inputs(items: list[dict], max_seconds: float | None = None, keep: bool = False,
+                 keep_bytes: int | None = None) -> list:
     """Every input clip read and checked before any model loads or any output is written: one
     AudioError lists every file that cannot be used (missing, a folder, empty, not audio,
     NaN/inf or out-of-range samples, longer than ``max_seconds``). Nothing then fails half-way,
-    so no output line is ever written for some files but not others."""
+    so no output line is ever written for some files but not others. Returns the samples with
+    ``keep`` (all of them, or the first ``keep_bytes`` worth and None for the rest)."""
     from whisper_llada_jax.audio.io import load_audio_files
 
     hint = None if max_seconds is None else window_hint(max_seconds)
-    return load_audio_files([it["audio"] for it in items], max_seconds, keep=keep, limit_hint=hint)
+    return load_audio_files([it["audio"] for it in items], max_seconds, keep=keep, keep_bytes=keep_bytes,
+                            limit_hint=hint)
 
 
 @contextlib.contextmanager
@@ -200,13 +206,14 @@ def decode_config(args):
     return check_fits_model(cfg, read_model_config(args.model))
 
 
-def _run_model(args, items: list[dict], out: TextIO) -> None:
+def _run_model(args, items: list[dict], audios: list, out: TextIO) -> None:
     from whisper_llada_jax.inference import driver
 
     cfg = decode_config(args)
     refs = {it["id"]: it.get("text") for it in items}
     audio = {it["id"]: it["audio"] for it in items}
-    for result in driver.transcribe_files(args.model, items, cfg, args.batch_size, mesh=args.mesh, rules=args.rules):
+    for result in driver.transcribe_files(args.model, items, cfg, args.batch_size, mesh=args.mesh, rules=args.rules,
+                                          audio=audios):
         uid = result["id"]
         record = {"id": uid, "audio": audio.get(uid), "hypothesis": result["hypothesis"]}
         reference = result.get("reference", refs.get(uid))
@@ -241,19 +248,19 @@ def run(args) -> int:
     audios = None
     if args.model:
         decode_config(args)  # a bad setting fails before any audio is read
-        check_inputs(items, model_window_seconds(args.model))
+        audios = check_inputs(items, model_window_seconds(args.model), keep=True, keep_bytes=KEEP_AUDIO_BYTES)
         args.mesh, args.rules = inference_mesh(overrides, "transcribe")
     else:  # Whisper chunks long audio: any length
         audios = check_inputs(items, keep=True)
     if args.model and jax.process_index() != 0:  # decodes its share of the batches; process 0 writes every result
         with open(os.devnull, "w") as out:
-            _run_model(args, items, out)
+            _run_model(args, items, audios, out)
         return 0
     with _open_output(args.output) as out:
         if args.whisper:
             _run_whisper(args, items, audios, out)
         else:
-            _run_model(args, items, out)
+            _run_model(args, items, audios, out)
     if args.output != "-":
         print(f"wrote {len(items)} transcripts to {args.output}", file=sys.stderr)
     return 0

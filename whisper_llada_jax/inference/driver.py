@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -121,11 +121,13 @@ def _stable_id(x: Any) -> int:
 
 
 def transcribe_files(model_dir: str, items: Iterable[dict], cfg: DecodeConfig, batch_size: int | None = None,
-                     seed: int = 0, *, mesh: Any = None, rules: Any = None) -> Iterator[dict]:
+                     seed: int = 0, *, mesh: Any = None, rules: Any = None,
+                     audio: Sequence[np.ndarray | None] | None = None) -> Iterator[dict]:
     """Decodes audio files: ``items`` are dicts with ``id``, ``audio`` (path), optional ``text``
     and ``first_pass``. Yields ``{id, hypothesis, reference, nfe}`` (+ ``first_pass``) in input
     order.
 
+    ``audio``: samples already read for the items (None where not kept: read from the file).
     ``mesh`` / ``rules``: the model is placed on this process's mesh (``inference.placement``).
     With several processes each decodes every n-th batch and process 0 yields every result
     (the others yield nothing); the batches, and so the tokens, are those of one process."""
@@ -135,6 +137,8 @@ def transcribe_files(model_dir: str, items: Iterable[dict], cfg: DecodeConfig, b
     n_samples = wcfg.input_frames * 160
     bs = batch_size or cfg.batch_size
     items = list(items)
+    if audio is not None and len(audio) != len(items):
+        raise ValueError(f"transcribe_files: {len(audio)} audio entries for {len(items)} items")
     rng = jax.random.key(seed)
     hosts, me = jax.process_count(), jax.process_index()
     # Batches run in lock step until their longest row ends: decode clips of similar length
@@ -145,12 +149,13 @@ def transcribe_files(model_dir: str, items: Iterable[dict], cfg: DecodeConfig, b
     number = 0  # batch number over the whole run: batch j is process j % hosts's
     for w0 in range(0, len(items), window):
         group = items[w0:w0 + window]
-        audio = []
-        for it in group:
-            a = load_audio(it["audio"])
+        clips_of_group = []
+        for j, it in enumerate(group):
+            a = audio[w0 + j] if audio is not None else None
+            a = load_audio(it["audio"]) if a is None else a
             check_duration(a, it["audio"], max_seconds=n_samples / 16000)
-            audio.append(a)
-        order = sorted(range(len(group)), key=lambda i: len(audio[i]))
+            clips_of_group.append(a)
+        order = sorted(range(len(group)), key=lambda i: len(clips_of_group[i]))
         done: dict[int, dict] = {}
         for start in range(0, len(order), bs):
             number += 1
@@ -158,7 +163,7 @@ def transcribe_files(model_dir: str, items: Iterable[dict], cfg: DecodeConfig, b
                 continue
             idx = order[start:start + bs]
             chunk = [group[i] for i in idx]
-            clips = [audio[i] for i in idx]
+            clips = [clips_of_group[i] for i in idx]
             pad = bs - len(chunk)  # fixed batch shape: pad the last batch with silent rows
             feats = log_mel_numpy(clips + [np.zeros(160, np.float32)] * pad, n_mels=wcfg.n_mels, n_samples=n_samples)
             batch = {"features": feats, "audio_len": np.array([len(a) for a in clips] + [160] * pad, np.int32),
