@@ -130,7 +130,9 @@ def main(argv=None):
     ap.add_argument("--tiny", "--dry-run", dest="tiny", action="store_true", help="tiny shapes (CPU check)")
     ap.add_argument("--counts", type=Path, help="JSON list of {exact_nfe, fast_nfe, length} per utterance")
     ap.add_argument("--batches", default="1,16,64")
-    ap.add_argument("--query-slots", type=int, default=8)
+    ap.add_argument("--query-slots", type=int, default=4,
+                    help="the length prior's query window: that of the mode the counts come from "
+                         "(decode_throughput.py --counts takes threshold 0.7, 4 query slots)")
     ap.add_argument("--scan", action="store_true", help="decoders with the scanned layer stack")
     ap.add_argument("--no-probe", dest="probe", action="store_false",
                     help="skip the scanned vs unrolled forward probe (a second call's batch sizes)")
