@@ -153,7 +153,6 @@ def main(argv=None):
     probe = {}
     if args.probe:
         probe = forward_probe(dataclasses.replace(cfg, scan_layers=True), 1, 32, 4 if args.tiny else 16)
-    if probe:
         print(f"probe B=1 T=32: scanned {probe[True]:.2f} ms/forward, unrolled {probe[False]:.2f}", flush=True)
 
     rows, skipped, means = [], [], []

@@ -22,17 +22,19 @@ B, GEN, LAYERS, KV_HEADS = 2, 16, 3, 2
 
 
 def _cache_sized_ops(hlo: str, slots: int) -> list[str]:
-    """Copies of a cache-sized array (one layer's or the stack's, ``slots`` or more) and
-    concatenations along its slot axis (RoPE's rotate-half joins along the feature axis, a full
-    forward's fresh K/V are stacked along the layer axis: neither copies an old cache)."""
+    """Copies and slices of a cache-sized array (one layer's or the stack's, ``slots`` or more;
+    not a zero buffer's one initialisation) and concatenations along its slot axis (RoPE's
+    rotate-half joins along the feature axis, a full forward's fresh K/V are stacked along the
+    layer axis: neither copies an old cache)."""
     layer = re.compile(rf"= \w+\[(?:1,)?{B},(\d+),{KV_HEADS},8\]\S* (copy|concatenate|slice)\(")
     stack = re.compile(rf"= \w+\[{LAYERS},{B},(\d+),{KV_HEADS},8\]\S* (copy|concatenate|slice)\(")
     out = []
     for line in hlo.splitlines():
+        if re.search(r" copy\(%\S*broadcast", line):  # a zero buffer made once, before the loop
+            continue
         for pattern, slot_axis in ((layer, "dimensions={1}"), (stack, "dimensions={2}")):
             m = pattern.search(line)
-            init = re.search(r" copy\(%\S*broadcast", line)  # a zero buffer made once, before the loop
-            if m and int(m.group(1)) >= slots and (m.group(2) != "concatenate" or slot_axis in line) and not init:
+            if m and int(m.group(1)) >= slots and (m.group(2) != "concatenate" or slot_axis in line):
                 out.append(line.strip())
     return out
 

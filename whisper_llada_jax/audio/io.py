@@ -177,14 +177,12 @@ def check_length(audio: np.ndarray, where: str, sample_rate: int = SAMPLE_RATE) 
 
 
 def load_audio_files(paths: Sequence[str | Path], max_seconds: float | None = None, *,
-                     keep: bool = True, keep_bytes: int | None = None,
-                     limit_hint: str | None = None) -> list[np.ndarray | None]:
+                     keep_bytes: int | None = None, limit_hint: str | None = None) -> list[np.ndarray | None]:
     """``load_audio`` over every path (with ``check_duration`` when ``max_seconds`` is set);
     a batch command's up-front check. Every bad file is found before the first is reported:
     one AudioError lists them all (up to ``_LISTED``), so one fix-up round is enough.
-    ``keep=False`` only checks (returns an empty list, holds no audio); ``keep_bytes`` keeps the
-    first clips' samples up to that many bytes and gives None for the rest (read again when
-    needed), so a long manifest is not held in memory."""
+    Returns the samples; with ``keep_bytes``, only the first clips' up to that many bytes and
+    None for the rest (read again when needed), so a long manifest is not held in memory."""
     out: list[np.ndarray | None] = []
     problems, long_hint, held, full = [], None, 0, False
     for p in paths:
@@ -200,13 +198,12 @@ def load_audio_files(paths: Sequence[str | Path], max_seconds: float | None = No
                 problems.append(e)
                 long_hint = e.hint
                 continue
-        if keep:
-            if keep_bytes is not None and (full or held + audio.nbytes > keep_bytes):
-                full = True  # kept: a prefix of the clips (the decoder reads them in order)
-                out.append(None)
-            else:
-                out.append(audio)
-                held += audio.nbytes
+        if keep_bytes is not None and (full or held + audio.nbytes > keep_bytes):
+            full = True  # kept: a prefix of the clips (the decoder reads them in order)
+            out.append(None)
+        else:
+            out.append(audio)
+            held += audio.nbytes
     if len(problems) == 1:
         raise problems[0]
     if problems:

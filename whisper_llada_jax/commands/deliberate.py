@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     items = [dict(it, first_pass=first[it["id"]]) for it in items]
     check_fits_model(cfg, read_model_config(args.model))  # before the model is loaded
     # every clip, before the model loads (those kept are not read again)
-    audios = check_inputs(items, model_window_seconds(args.model), keep=True, keep_bytes=KEEP_AUDIO_BYTES)
+    audios = check_inputs(items, model_window_seconds(args.model), keep_bytes=KEEP_AUDIO_BYTES)
     mesh, rules = inference_mesh(args.overrides, "deliberate")
     decoded = transcribe_files(args.model, items, cfg, args.batch_size, seed=args.seed, mesh=mesh, rules=rules,
                                audio=audios)

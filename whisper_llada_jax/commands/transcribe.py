@@ -150,18 +150,16 @@ def window_hint(seconds: float) -> str:
 KEEP_AUDIO_BYTES = 1 << 30  # the model path keeps the checked clips up to 1 GiB (4.7 h at 16 kHz)
 
 
-def check_inputs(items: list[dict], max_seconds: float | None = None, keep: bool = False,
-                 keep_bytes: int | None = None) -> list:
+def check_inputs(items: list[dict], max_seconds: float | None = None, keep_bytes: int | None = None) -> list:
     """Every input clip read and checked before any model loads or any output is written: one
     AudioError lists every file that cannot be used (missing, a folder, empty, not audio,
     NaN/inf or out-of-range samples, longer than ``max_seconds``). Nothing then fails half-way,
-    so no output line is ever written for some files but not others. Returns the samples with
-    ``keep`` (all of them, or the first ``keep_bytes`` worth and None for the rest)."""
+    so no output line is ever written for some files but not others. Returns the samples (all
+    of them, or the first ``keep_bytes`` worth and None for the rest)."""
     from whisper_llada_jax.audio.io import load_audio_files
 
     hint = None if max_seconds is None else window_hint(max_seconds)
-    return load_audio_files([it["audio"] for it in items], max_seconds, keep=keep, keep_bytes=keep_bytes,
-                            limit_hint=hint)
+    return load_audio_files([it["audio"] for it in items], max_seconds, keep_bytes=keep_bytes, limit_hint=hint)
 
 
 @contextlib.contextmanager
@@ -248,10 +246,10 @@ def run(args) -> int:
     audios = None
     if args.model:
         decode_config(args)  # a bad setting fails before any audio is read
-        audios = check_inputs(items, model_window_seconds(args.model), keep=True, keep_bytes=KEEP_AUDIO_BYTES)
+        audios = check_inputs(items, model_window_seconds(args.model), keep_bytes=KEEP_AUDIO_BYTES)
         args.mesh, args.rules = inference_mesh(overrides, "transcribe")
     else:  # Whisper chunks long audio: any length
-        audios = check_inputs(items, keep=True)
+        audios = check_inputs(items)
     if args.model and jax.process_index() != 0:  # decodes its share of the batches; process 0 writes every result
         with open(os.devnull, "w") as out:
             _run_model(args, items, audios, out)
