@@ -79,6 +79,9 @@ def _worker(mode: str, workdir: str, tokenizer: str, *extra: str) -> None:
 
         trainer_lib.Trainer._global = global_batch
     elif mode in ("sigint", "sigint_twice"):
+        # Ctrl-C as from a terminal, even where this test runs with SIGINT ignored (started in the
+        # background), which a child inherits and the checkpointer rightly keeps.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         original_global = trainer_lib.Trainer._global
         calls = {"n": 0}
 

@@ -358,19 +358,44 @@ def test_ctrl_c_saves_the_current_step_and_a_second_one_stops_at_once(tmp_path):
     from whisper_llada_jax.training.checkpointing import Checkpointer
     from whisper_llada_jax.training.config import CheckpointConfig
 
-    before = signal.getsignal(signal.SIGINT)
-    ck = Checkpointer(tmp_path / "ck", CheckpointConfig(), with_data=False)
+    # A run started from a terminal: Python's own Ctrl-C handler. (A test process started in the
+    # background inherits SIGINT ignored, which the checkpointer rightly keeps.)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        ck.install_sigterm_handler()
-        assert not ck.preempted(1)
-        os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C: save this step, then exit
-        assert ck.preempted(1) and ck.interrupted
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)  # the second: at once
+        ck = Checkpointer(tmp_path / "ck", CheckpointConfig(), with_data=False)
+        try:
+            ck.install_sigterm_handler()
+            assert not ck.preempted(1)
+            os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C: save this step, then exit
+            assert ck.preempted(1) and ck.interrupted
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)  # the second: at once
+        finally:
+            ck.close()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
-        ck.close()
-    assert signal.getsignal(signal.SIGINT) is before
+        signal.signal(signal.SIGINT, outer)
 
+
+
+def test_a_run_started_with_ctrl_c_ignored_keeps_ignoring_it(tmp_path):
+    """``nohup`` and background jobs start with SIGINT ignored: the checkpointer leaves that be."""
+    from whisper_llada_jax.training.checkpointing import Checkpointer
+    from whisper_llada_jax.training.config import CheckpointConfig
+
+    outer = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ck = Checkpointer(tmp_path / "ck", CheckpointConfig(), with_data=False)
+        try:
+            ck.install_sigterm_handler()
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            assert not ck.preempted(1) and not ck.interrupted
+        finally:
+            ck.close()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 # ----------------------------------------------------------------------------- tune, evaluate, demo
 def test_tune_refuses_an_existing_decode_yaml_before_decoding(tmp_path, capsys, monkeypatch):
