@@ -209,3 +209,37 @@ def test_an_intact_step_of_another_config_is_an_error_not_a_fallback(tmp_path):
         ck.restore_latest({"a": jax.ShapeDtypeStruct((4096,), np.float32)}, report=lambda s: None)
     ck.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "2"]  # nothing set aside
+
+
+def test_replica_parallel_saving_only_slices_large_arrays(tmp_path, monkeypatch):
+    """Arrays replicated over the 8 devices: Orbax cuts each one it saves replica-parallel into
+    one slice per replica (an eager op each); a small one is written whole, a large one (a slice
+    of at least REPLICA_PARALLEL_MIN_SLICE_BYTES) still in slices, and both restore exactly."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from whisper_llada_jax.training import checkpointing
+
+    mesh = jax.make_mesh((8,), ("data",))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    big_rows = 8 * checkpointing.REPLICA_PARALLEL_MIN_SLICE_BYTES // (4 * 128)  # 8 slices of the minimum
+    state = {"small": jax.device_put(jnp.arange(3 * 128, dtype=jnp.float32).reshape(3, 128), replicated),
+             "big": jax.device_put(jnp.ones((big_rows, 128), jnp.float32), replicated)}
+    sliced = []
+    real = jax.lax.slice_in_dim
+
+    def counting(x, *a, **kw):
+        sliced.append(x.shape)
+        return real(x, *a, **kw)
+
+    monkeypatch.setattr(jax.lax, "slice_in_dim", counting)
+    ck = _checkpointer(tmp_path)
+    ck.save(1, state, force=True)
+    ck.close()
+    assert (3, 128) not in sliced and sliced.count((big_rows, 128)) == 8, sliced
+    ck = _checkpointer(tmp_path)
+    got = ck.restore(1, {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=replicated) for k, v in state.items()})
+    ck.close()
+    for k in state:
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(state[k]))
