@@ -163,7 +163,7 @@ def test_two_runs_writing_one_new_output_never_replace_each_other(tmp_path, late
     assert _read(target, "dir") == "2" and _hidden(target) == []
 
 
-def test_temporaries_of_live_processes_and_other_hosts_are_never_touched(tmp_path):
+def test_temporaries_of_live_processes_and_other_hosts_recent_ones_are_never_touched(tmp_path):
     target = tmp_path / "out"
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -182,6 +182,39 @@ def test_temporaries_of_live_processes_and_other_hosts_are_never_touched(tmp_pat
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def _age(path: Path, seconds: float) -> None:
+    """Sets the modification time of ``path`` and everything under it ``seconds`` back."""
+    when = time.time() - seconds
+    for p in [path, *path.rglob("*")]:
+        os.utime(p, (when, when), follow_symlinks=False)
+
+
+def test_another_hosts_temporaries_go_once_untouched_for_a_day(tmp_path):
+    """A killed run on another host (a shared disk) cannot be checked by pid: its temporaries
+    are removed once nothing in them changed for FOREIGN_STALE_SECONDS, its swapped-aside old
+    output put back; one with a file written recently (a live writer) stays."""
+    target = tmp_path / "out"
+    day = outputs.FOREIGN_STALE_SECONDS
+    old_file = tmp_path / ".out.otherhost~11.abc.tmp"
+    old_dir = tmp_path / ".out.otherhost~12.def.tmp"
+    busy = tmp_path / ".out.otherhost~13.ghi.tmp"  # its folder is old, one file inside is not
+    aside = tmp_path / ".out.otherhost~14.jkl.old"  # the previous output, moved aside by a killed swap
+    old_file.write_text("x")
+    for d in (old_dir, busy, aside / "x"):
+        d.mkdir(parents=True)
+        (d / "params").write_text("x")
+    for p in (old_file, old_dir, busy, aside):
+        _age(p, day + 60)
+    (busy / "shard").write_text("still being written")
+    os.utime(busy, (time.time() - day - 60,) * 2)
+    young = tmp_path / ".out.otherhost~15.mno.tmp"
+    young.write_text("x")
+    _age(young, day - 600)
+    assert remove_stale_temporaries(target) == sorted([old_file, old_dir, aside])
+    assert busy.exists() and young.exists() and not old_file.exists() and not old_dir.exists()
+    assert (target / "params").read_text() == "x" and not aside.exists()  # the old output is back
 
 
 # ----------------------------------------------------------------------------- the disk refuses

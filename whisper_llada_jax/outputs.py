@@ -15,6 +15,8 @@ Rules, so that nothing the user has is lost and nothing half-written looks compl
 - Temporaries name their host and process: the next write to the same output (and
   ``check_output``) removes those of dead processes of this host, so killed runs do not pile
   up copies of a model. A live process's temporaries (a concurrent run) are never touched.
+  Another host's (a shared disk) cannot be checked for a live writer: they are removed once
+  nothing in them has changed for ``FOREIGN_STALE_SECONDS`` (a day).
 - A write that fails for lack of space, a read-only disk or a file-size limit is one
   ``OutputError`` naming the output, with nothing left at its real name.
 - Outputs get the user's umask (``mkstemp`` / ``mkdtemp`` would leave them 0600 / 0700).
@@ -30,6 +32,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Iterable, Iterator, Literal
 
@@ -37,6 +40,9 @@ from whisper_llada_jax.errors import UserError
 
 # errno values that mean "this output cannot be written here", whoever raised them
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+# Another host's temporary untouched (itself and everything in it) for this long is a killed
+# run's: a live writer changes its files far more often than once a day.
+FOREIGN_STALE_SECONDS = 24 * 3600
 
 
 class OutputError(UserError):
@@ -134,10 +140,32 @@ def _owner(name: str, target: Path) -> tuple[str, int] | None:
     return host, int(pid)
 
 
+def _untouched_for(path: Path, seconds: float) -> bool:
+    """Whether ``path`` and everything under it were last modified more than ``seconds`` ago
+    (False if any of it cannot be read: then it is not provably abandoned)."""
+    limit = time.time() - seconds
+    try:
+        if os.lstat(path).st_mtime > limit:
+            return False
+        if path.is_dir() and not path.is_symlink():
+            for root, dirs, files in os.walk(path, onerror=_raise):
+                for name in dirs + files:
+                    if os.lstat(os.path.join(root, name)).st_mtime > limit:
+                        return False
+    except OSError:
+        return False
+    return True
+
+
+def _raise(e: OSError) -> None:
+    raise e
+
+
 def remove_stale_temporaries(target: str | Path) -> list[Path]:
-    """Removes the temporaries of ``target`` left by killed processes of this host (a dead pid);
-    returns them. Those of live processes and of other hosts are left alone. A folder moved
-    aside by a killed swap (the old output, while the real name is empty) is put back first."""
+    """Removes the temporaries of ``target`` left by killed processes (a dead pid of this host,
+    or another host's untouched for ``FOREIGN_STALE_SECONDS``); returns them. Those of live
+    processes are left alone. A folder moved aside by a killed swap (the old output, while the
+    real name is empty) is put back first."""
     target = Path(target).expanduser().absolute()
     try:
         entries = list(target.parent.iterdir())
@@ -147,7 +175,12 @@ def remove_stale_temporaries(target: str | Path) -> list[Path]:
     removed = []
     for entry in sorted(entries):
         owner = _owner(entry.name, target)
-        if owner is None or owner[0] != host or _alive(owner[1]):
+        if owner is None:
+            continue
+        if owner[0] == host:
+            if _alive(owner[1]):
+                continue
+        elif not _untouched_for(entry, FOREIGN_STALE_SECONDS):
             continue
         if entry.name.endswith(".old") and (entry / "x").exists() and not os.path.lexists(target):
             os.replace(entry / "x", target)  # the previous output, moved aside before a kill: restored
