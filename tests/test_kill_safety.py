@@ -7,6 +7,7 @@ call of one file-system step (``os.replace``, ``os.fsync``, the folder swap, ``s
 for n = 1, 2, ... until the write completes, so every point between two steps is hit once.
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -387,48 +388,44 @@ def test_train_refuses_a_folder_it_cannot_write_before_compiling(tmp_path, monke
         check_output_paths(_train_cfg(tmp_path, f"{field}={ro / 'x'}"))
 
 
-def test_ctrl_c_saves_the_current_step_and_a_second_one_stops_at_once(tmp_path):
+@contextlib.contextmanager
+def _checkpointer_with_sigint(disposition, tmp_path):
+    """A checkpointer with its signal handlers installed in a process whose SIGINT disposition
+    was ``disposition``; afterwards that disposition is back, then the test process's own."""
     from whisper_llada_jax.training.checkpointing import Checkpointer
     from whisper_llada_jax.training.config import CheckpointConfig
 
-    # A run started from a terminal: Python's own Ctrl-C handler. (A test process started in the
-    # background inherits SIGINT ignored, which the checkpointer rightly keeps.)
-    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    outer = signal.signal(signal.SIGINT, disposition)
     try:
         ck = Checkpointer(tmp_path / "ck", CheckpointConfig(), with_data=False)
         try:
             ck.install_sigterm_handler()
-            assert not ck.preempted(1)
-            os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C: save this step, then exit
-            assert ck.preempted(1) and ck.interrupted
-            with pytest.raises(KeyboardInterrupt):
-                os.kill(os.getpid(), signal.SIGINT)  # the second: at once
+            yield ck
         finally:
             ck.close()
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is disposition
     finally:
         signal.signal(signal.SIGINT, outer)
 
+
+def test_ctrl_c_saves_the_current_step_and_a_second_one_stops_at_once(tmp_path):
+    # A run started from a terminal: Python's own Ctrl-C handler. (A test process started in the
+    # background inherits SIGINT ignored, which the checkpointer rightly keeps: next test.)
+    with _checkpointer_with_sigint(signal.default_int_handler, tmp_path) as ck:
+        assert not ck.preempted(1)
+        os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C: save this step, then exit
+        assert ck.preempted(1) and ck.interrupted
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # the second: at once
 
 
 def test_a_run_started_with_ctrl_c_ignored_keeps_ignoring_it(tmp_path):
     """``nohup`` and background jobs start with SIGINT ignored: the checkpointer leaves that be."""
-    from whisper_llada_jax.training.checkpointing import Checkpointer
-    from whisper_llada_jax.training.config import CheckpointConfig
-
-    outer = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        ck = Checkpointer(tmp_path / "ck", CheckpointConfig(), with_data=False)
-        try:
-            ck.install_sigterm_handler()
-            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-            os.kill(os.getpid(), signal.SIGINT)
-            assert not ck.preempted(1) and not ck.interrupted
-        finally:
-            ck.close()
+    with _checkpointer_with_sigint(signal.SIG_IGN, tmp_path) as ck:
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGINT, outer)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert not ck.preempted(1) and not ck.interrupted
+
 
 # ----------------------------------------------------------------------------- tune, evaluate, demo
 def test_tune_refuses_an_existing_decode_yaml_before_decoding(tmp_path, capsys, monkeypatch):
