@@ -60,6 +60,7 @@ UNUSABLE = {
                    "unrecognised format or damaged data"),
     "folder.wav": (lambda p: p.mkdir(), "is a directory"),
     "dangling.wav": (_symlink, "broken symbolic link"),
+    "loop.wav": (lambda p: os.symlink(p.name, p), "symbolic link loop (to loop.wav)"),
     "pipe.wav": (_fifo, "not a regular file"),
     "nan.wav": (_float_wav(np.nan), "1 NaN/inf sample"),
     "inf.wav": (_float_wav(-np.inf), "1 NaN/inf sample"),

@@ -9,6 +9,7 @@ handle longer audio with overlapping windows.
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 import re
 import warnings
@@ -139,7 +140,13 @@ def check_file(path: str | Path) -> Path:
     path = Path(path)
     name = _name(path)
     if path.is_symlink() and not path.exists():
-        raise AudioError(f"{name}: broken symbolic link (to {_name(os.readlink(path))})",
+        try:
+            os.stat(path)
+            looped = False
+        except OSError as e:
+            looped = e.errno == errno.ELOOP
+        what = "symbolic link loop" if looped else "broken symbolic link"
+        raise AudioError(f"{name}: {what} (to {_name(os.readlink(path))})",
                          hint="point it at an existing file or remove it")
     if not path.exists():
         raise AudioError(f"{name}: audio file does not exist",
