@@ -3,6 +3,7 @@ model sizes, data settings, decode canvases too long for the model, wrongly type
 checkpoint's config.json, an empty MODEL_DIR config, integer tensors where floats belong."""
 
 import json
+import os
 import shutil
 
 import ml_dtypes
@@ -145,6 +146,13 @@ def test_output_paths_of_the_wrong_kind(model_dir, tmp_path, capsys):  # noqa: F
     (tmp_path / "folder").mkdir()
     _fails(capsys, ["transcribe", "--model", str(model_dir), str(a_file), "--output", str(tmp_path / "folder")],
            "is a folder")
+    # (/dev/stdout at a terminal or into a pipe is the same case; under pytest it is a file)
+    _fails(capsys, ["transcribe", "--model", str(model_dir), str(a_file), "--output", "/dev/null"],
+           "/dev/null: --output is not a regular file or folder (a device, pipe or socket)")
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    _fails(capsys, ["evaluate", "--model", str(model_dir), "--data", "synthetic:n=2", "--out", str(pipe)],
+           "--out is not a regular file or folder")
     assert isinstance(ConfigError("x"), UserError)
 
 

@@ -417,7 +417,11 @@ def check_output(out: str | Path, inputs: Iterable[str | Path | None] = (), *, o
     Temporaries of ``out`` left by killed runs are removed.
     """
     given = str(out)
-    path = Path(out).expanduser().resolve()
+    raw = Path(out).expanduser()
+    if raw.exists() and not raw.is_file() and not raw.is_dir():  # /dev/stdout, a pipe, a device
+        raise UserError(f"{given}: {flag} is not a regular file or folder (a device, pipe or socket); outputs are "
+                        "written to a temporary file and renamed into place", hint="give a path on a disk")
+    path = raw.resolve()
     hint = f"give a new path, or add --overwrite to replace what this command writes at {given}"
     for item in inputs:
         if item is None or str(item) == "":
