@@ -98,6 +98,7 @@ def test_bad_inputs_one_line_exit_2(tmp_path, capsys):
     bad.write_text("\n")
     _fails(capsys, WHISPER + ["--manifest", str(bad)], "manifest holds no utterances")
     _fails(capsys, WHISPER + ["--manifest", str(tmp_path / "none.jsonl")], "manifest does not exist")
+    _fails(capsys, WHISPER + ["--manifest", "/dev/null"], "/dev/null: manifest is not a regular file (a pipe or device)")
 
     _fails(capsys, WHISPER, "no input")
     _fails(capsys, WHISPER + ["--manifest", str(bad), good], "either --manifest or AUDIO")

@@ -33,7 +33,8 @@ def read_text_file(path: str | Path, what: str, hint: str) -> str:
     is missing, a folder or not UTF-8 text."""
     path = Path(path)
     if not path.is_file():
-        state = "is a folder, not a file" if path.is_dir() else "does not exist"
+        state = ("is a folder, not a file" if path.is_dir() else "is not a regular file (a pipe or device)"
+                 if path.exists() else "does not exist")
         raise DataError(f"{path}: {what} {state}", hint=hint)
     try:
         return path.read_text(encoding="utf-8-sig")
