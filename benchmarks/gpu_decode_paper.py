@@ -8,7 +8,7 @@ autoregressive baseline, with a trained model's forward counts and lengths.
 Compiling the 8B programs dominates (about 35 s each on an H200, 4-5 per batch size): batch 1
 and 16 take about 6 minutes, batch 64 about 5. On a lease with a per-call limit, run
 ``--batches 1,16`` and then ``--batches 64 --no-probe``; the time budget stops a call from
-starting a batch size it cannot finish.
+starting a batch size it cannot finish. ``--lp-canvas`` adds two programs per batch size.
 
 Random bf16 weights never emit eos and never clear a threshold, so decoding them end to end
 would always run the worst case. Instead every mode runs with the **per-utterance forward counts
@@ -31,7 +31,12 @@ batch 1 is linear in its counts; the autoregressive slope comes from an extra on
   attention, in-place K/V writes, logits for the last slot only): the real program with
   ``max_new_tokens = max length + 1`` of the batch (random weights never stop early);
 - a **single-forward probe** inside a ``while_loop``: scanned vs unrolled layer stack (the
-  fixed per-forward cost the issue's cost model attributes ~9 ms to).
+  fixed per-forward cost the issue's cost model attributes ~9 ms to);
+- with ``--lp-canvas N``, the **length prior on an N-slot canvas** as well (its first forward
+  over ``[prompt | audio | N slots]``): the speed a canvas sized from the audio duration would
+  give (a model trained as the reference, padded to its group's longest transcript, never sees
+  a 128-slot canvas that is mostly eos). Speed only: what such a canvas does to WER needs a
+  trained model. N must hold the longest ``length`` of the counts plus its eos.
 
 Each batch size also prints the later length-prior forward against its read floor: the weights
 plus that batch's K/V cache read once, at the bandwidth of a 4 GiB device copy measured first.
@@ -136,6 +141,8 @@ def main(argv=None):
     ap.add_argument("--scan", action="store_true", help="decoders with the scanned layer stack")
     ap.add_argument("--no-probe", dest="probe", action="store_false",
                     help="skip the scanned vs unrolled forward probe (a second call's batch sizes)")
+    ap.add_argument("--lp-canvas", type=int, metavar="N",
+                    help="also time the length prior on an N-slot canvas (one sized from the audio duration)")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per row (median)")
     ap.add_argument("--time-budget", type=float, default=390.0, metavar="S",
                     help="start no new batch size after this many seconds (keeps a lent GPU call short)")
@@ -144,6 +151,10 @@ def main(argv=None):
     tok = TokenConfig(bos=1, eos=2, pad=2, mask=3, start_header=4, end_header=5, eot=6) if args.tiny else TokenConfig()
     prompt, audio, gen = (4, 16, 32) if args.tiny else (20, 352, 128)
     counts = json.loads(args.counts.read_text()) if args.counts else DEFAULT_COUNTS
+    longest = max(int(c["length"]) for c in counts)
+    if args.lp_canvas is not None and not longest < args.lp_canvas <= gen:
+        ap.error(f"--lp-canvas {args.lp_canvas}: give {longest + 1} to {gen} slots (the counts' longest "
+                 f"transcript, {longest} tokens, plus its eos; at most the {gen}-slot canvas)")
     sizes = [int(b) for b in args.batches.split(",")]
     t_start = time.perf_counter()
     print(f"{jax.devices()[0].device_kind}; counts: {len(counts)} utterances, means "
@@ -173,14 +184,19 @@ def main(argv=None):
 
         def run(c):
             return api.diffusion_decode(model, v, pre, c, jax.random.key(0), tokens=tok).tokens
+
+        def length_prior(canvas: int) -> tuple[float, float, int]:
+            """Its first forward, one later forward (from a threshold-1.0 run) and that run's forwards."""
+            one_step = DecodeConfig(gen_len=canvas, steps=1, block_length=canvas)
+            first = timed(lambda: run(one_step), args.repeats)
+            lp = dataclasses.replace(one_step, steps=canvas, threshold=1.0, length_prior=True,
+                                     query_slots=args.query_slots)
+            n = int(api.diffusion_decode(model, v, pre, lp, jax.random.key(0), tokens=tok).nfe.max())
+            return first, max(0.0, (timed(lambda: run(lp), 1) - first) / max(1, n - 1)), n
+
         steps = min(gen, need["exact_nfe"])
         t_exact = timed(lambda: run(dataclasses.replace(exact, steps=steps)), args.repeats)
-        t_first = timed(lambda: run(dataclasses.replace(exact, steps=1)), args.repeats)
-        lp = dataclasses.replace(exact, threshold=1.0, length_prior=True, query_slots=args.query_slots)
-        out = api.diffusion_decode(model, v, pre, lp, jax.random.key(0), tokens=tok)
-        t_lp = timed(lambda: run(lp), 1)
-        n_lp = int(out.nfe.max())
-        t_later = max(0.0, (t_lp - t_first) / max(1, n_lp - 1))
+        t_first, t_later, n_lp = length_prior(gen)
         t_fast = t_first + (need["fast_nfe"] - 1) * t_later
         c = DecodeConfig(decoder="autoregressive", max_new_tokens=need["length"] + 1)
         t_ar = timed(lambda: api.autoregressive_decode(ar_model, ar_v, pre, c, tokens=tok).tokens, args.repeats)
@@ -197,9 +213,14 @@ def main(argv=None):
         rows += [("exact diffusion (steps = measured forwards)", b, steps, t_exact),
                  (f"length prior, {args.query_slots} query slots", b, need["fast_nfe"], t_fast),
                  ("autoregressive baseline (greedy, K/V cache)", b, need["length"] + 1, t_ar)]
+        if args.lp_canvas is not None:
+            first_n, later_n, _ = length_prior(args.lp_canvas)
+            rows.append((f"length prior, {args.query_slots} query slots, {args.lp_canvas}-slot canvas", b,
+                         need["fast_nfe"], first_n + (need["fast_nfe"] - 1) * later_n))
         floor = read_floor(v, cfg, b, prompt + audio + gen, bandwidth)
-        print(*rows[-3:], f"(later forward {1e3 * t_later:.2f} ms from {n_lp} forwards, {t_later / floor:.1f}x its "
-              f"read floor of {1e3 * floor:.2f} ms: weights + cache at the copy bandwidth)", flush=True)
+        print(*rows[-4 if args.lp_canvas is not None else -3:], f"(later forward {1e3 * t_later:.2f} ms from {n_lp} "
+              f"forwards, {t_later / floor:.1f}x its read floor of {1e3 * floor:.2f} ms: weights + cache at the copy "
+              "bandwidth)", flush=True)
 
     print(f"\n{jax.devices()[0].device_kind}, {'tiny shape' if args.tiny else '8B shapes'}, bf16 random weights, "
           f"prefix {prompt}+{audio}, {gen} slots, {'scanned' if args.scan else 'unrolled'} layers, "

@@ -4,6 +4,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import gpu_decode_paper  # noqa: E402
 
@@ -30,3 +32,19 @@ def test_second_call_skips_the_probe(tmp_path, capsys):
     rows = gpu_decode_paper.main(["--tiny", "--batches", "2", "--repeats", "1", "--no-probe"])
     out = capsys.readouterr().out
     assert "scanned" not in out and [b for _, b, _, _ in rows] == [2, 2, 2]
+
+
+def test_length_prior_on_a_smaller_canvas(tmp_path, capsys):
+    counts = tmp_path / "counts.json"
+    counts.write_text(json.dumps([{"exact_nfe": 5, "fast_nfe": 2, "length": 6}]))
+    rows = gpu_decode_paper.main(["--tiny", "--batches", "2", "--repeats", "1", "--no-probe", "--counts", str(counts),
+                                  "--lp-canvas", "8"])
+    got = {name: (b, n, t) for name, b, n, t in rows}
+    assert set(got) == {"exact diffusion (steps = measured forwards)", "length prior, 4 query slots",
+                        "autoregressive baseline (greedy, K/V cache)", "length prior, 4 query slots, 8-slot canvas"}
+    assert got["length prior, 4 query slots, 8-slot canvas"][:2] == (2, 2) and all(t > 0 for _, _, t in got.values())
+    assert "| length prior, 4 query slots, 8-slot canvas | 2 | 2 |" in capsys.readouterr().out
+    for canvas in ("6", "33"):  # no room for the longest transcript's eos; more than the canvas
+        with pytest.raises(SystemExit):
+            gpu_decode_paper.main(["--tiny", "--counts", str(counts), "--lp-canvas", canvas])
+        assert "--lp-canvas" in capsys.readouterr().err
