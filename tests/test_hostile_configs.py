@@ -269,6 +269,24 @@ def test_resuming_with_a_same_shaped_but_different_model_is_refused(tmp_path, ca
     assert (work / "run" / "config.yaml").read_text() == before
 
 
+def test_a_run_recorded_before_a_model_field_existed_resumes_as_added_model_fields_says(tmp_path, monkeypatch):
+    from whisper_llada_jax import config as config_lib
+    from whisper_llada_jax.training.checkpointing import checkpoint_path
+    from whisper_llada_jax.training.export import check_resume
+
+    tok = build_tokenizer_json(["the cat sat on the mat"] * 4, tmp_path / "tok" / "tokenizer.json")
+    work, mcfg = _run_dir(tmp_path, tok)
+    recorded = yaml.safe_load((work / "run" / "config.yaml").read_text())
+    del recorded["llm"]["rope_theta"]  # as if rope_theta were new since this run started
+    (work / "run" / "config.yaml").write_text(yaml.safe_dump(recorded, sort_keys=False))
+    ck = checkpoint_path(work / "checkpoints")
+    monkeypatch.setattr(config_lib, "ADDED_MODEL_FIELDS", {"llm.rope_theta": mcfg.llm.rope_theta})
+    check_resume(work, ck, mcfg, tok.read_text())  # the older record computes what this model does
+    monkeypatch.setattr(config_lib, "ADDED_MODEL_FIELDS", {"llm.rope_theta": 1.0})
+    with pytest.raises(ConfigError, match=r"resuming a run of another model \(llm.rope_theta: checkpoints 1.0 vs"):
+        check_resume(work, ck, mcfg, tok.read_text())
+
+
 def test_init_from_with_a_tokenizer_of_another_model_is_refused(model_dir, tmp_path):  # noqa: F811
     from whisper_llada_jax.training.trainer import load_tokenizer, model_config
 

@@ -2,6 +2,7 @@
 and the reference .pth, HF / PEFT export, CTranslate2 Whisper import, and clear errors."""
 
 import shutil
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -240,3 +241,42 @@ def test_decode_defaults_round_trip_and_are_what_the_commands_start_from(setup, 
     (tmp_path / "d" / "decode.yaml").write_text("gen_len: 8\nstep: 8\n")
     with pytest.raises(CheckpointError, match=r"decode.yaml: unknown field\(s\) \['step'\]"):
         load_model_dir(tmp_path / "d")
+
+
+FIRST_FORMAT = Path(__file__).parent / "data" / "model_dir_fields.txt"
+
+
+def test_model_fields_added_since_the_first_format_say_how_older_files_read():
+    """Every ModelConfig field a MODEL_DIR must hold is one of the first format's or has its
+    value for older files in ADDED_MODEL_FIELDS; none of the first format's was removed (an
+    older config.yaml holding it would then be refused as an unknown field)."""
+    from whisper_llada_jax import config as config_lib
+
+    first = {line.strip() for line in FIRST_FORMAT.read_text().splitlines() if line.strip() and line[0] != "#"}
+    now = {k for k in config_lib.dotted_fields(config_lib.to_dict(config_lib.ModelConfig()))
+           if k not in config_lib.COMPUTE_FIELDS}
+    assert not first - now, f"{sorted(first - now)}: fields of existing MODEL_DIRs removed from ModelConfig"
+    unreadable = now - first - set(config_lib.ADDED_MODEL_FIELDS)
+    assert not unreadable, (f"{sorted(unreadable)}: new ModelConfig fields without their value for MODEL_DIRs "
+                            "written before them (config.ADDED_MODEL_FIELDS); every existing MODEL_DIR would be "
+                            "refused for a missing field")
+
+
+def test_a_model_dir_written_before_a_field_existed_reads_it_as_added_model_fields_says(tmp_path, monkeypatch):
+    import yaml
+
+    from tests._data_helpers import tiny_model_dir
+    from whisper_llada_jax import config as config_lib
+
+    model = tiny_model_dir(tmp_path)
+    written = yaml.safe_load((model / "config.yaml").read_text())
+    assert written["llm"]["rope_theta"] != 123.0
+    del written["llm"]["rope_theta"]  # as if rope_theta were new since this MODEL_DIR was written
+    (model / "config.yaml").write_text(yaml.safe_dump(written))
+    with pytest.raises(CheckpointError, match=r"missing field\(s\) \['llm.rope_theta'\]"):
+        load_model_dir(model)
+    monkeypatch.setattr(config_lib, "ADDED_MODEL_FIELDS", {"llm.rope_theta": 123.0})
+    assert load_model_dir(model).config.llm.rope_theta == 123.0
+    written["llm"]["rope_theta"] = 77.0  # a file that holds the field keeps its value
+    (model / "config.yaml").write_text(yaml.safe_dump(written))
+    assert load_model_dir(model).config.llm.rope_theta == 77.0

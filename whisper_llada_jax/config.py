@@ -9,6 +9,7 @@ Model configs live here; the trainer, decoder and data configs reuse the same lo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -278,9 +279,29 @@ def dotted_fields(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+# ModelConfig fields added after MODEL_DIRs (and training runs' records of their model) were first
+# written, each with the value that reproduces what a file written before it computes (which need
+# not be the new field's default). A file without such a field reads as if it held that value.
+# A new field that changes what the weights compute belongs here, or every existing MODEL_DIR
+# stops loading ("missing field"): tests/test_model_dir.py compares ModelConfig with the fields
+# of the first format (tests/data/model_dir_fields.txt) and fails until it is added.
+ADDED_MODEL_FIELDS: dict[str, Any] = {}
+
+
+def with_added_fields(data: dict) -> dict:
+    """``data`` (a ModelConfig mapping read from a file) with each ``ADDED_MODEL_FIELDS`` entry
+    it lacks set to its value for files written before that field existed."""
+    given = dotted_fields(data)
+    for name, value in ADDED_MODEL_FIELDS.items():
+        if name not in given:
+            *parents, leaf = name.split(".")
+            data = merge(data, functools.reduce(lambda inner, key: {key: inner}, reversed(parents), {leaf: value}))
+    return data
+
+
 def missing_model_fields(data: dict) -> list[str]:
     """The ModelConfig fields (outside COMPUTE_FIELDS) that ``data`` does not give."""
-    given = dotted_fields(data)
+    given = dotted_fields(with_added_fields(data))
     return [k for k in dotted_fields(to_dict(ModelConfig())) if k not in given and k not in COMPUTE_FIELDS]
 
 
@@ -501,8 +522,10 @@ def read_yaml(path: Path, *, allow_empty: bool = True) -> dict:
     return data
 
 
-def load(cls: type, source: str | Path | dict | None = None, overrides=(), kind: str = "model") -> Any:
-    """Loads ``cls`` from a YAML file, a named config, a dict or defaults, plus overrides."""
+def load(cls: type, source: str | Path | dict | None = None, overrides=(), kind: str = "model", *,
+         fill=None) -> Any:
+    """Loads ``cls`` from a YAML file, a named config, a dict or defaults, plus overrides
+    (``fill``: applied to the mapping read, before the overrides)."""
     where = "config"
     if source is None:
         data: dict = {}
@@ -511,10 +534,13 @@ def load(cls: type, source: str | Path | dict | None = None, overrides=(), kind:
     else:
         path = resolve_config_path(source, kind)
         data, where = read_yaml(path, allow_empty=False), str(path)
+    if fill is not None:
+        data = fill(data)
     data = merge(data, parse_overrides(list(overrides)))
     return from_dict(cls, data, where)
 
 
-def load_model_config(source: str | Path | dict | None = None, overrides=()) -> ModelConfig:
-    """``load_model_config("paper")`` or a YAML path."""
-    return load(ModelConfig, source, overrides, kind="model")
+def load_model_config(source: str | Path | dict | None = None, overrides=(), *, written: bool = False) -> ModelConfig:
+    """``load_model_config("paper")`` or a YAML path. ``written``: the file was written with a
+    model (a MODEL_DIR's): fields added to ModelConfig since read as ``ADDED_MODEL_FIELDS`` says."""
+    return load(ModelConfig, source, overrides, kind="model", fill=with_added_fields if written else None)

@@ -222,7 +222,7 @@ def read_model_config(path: str | Path, overrides: Sequence[str] = ()) -> ModelC
         # Never the paper's sizes by default: they would not match the weights beside it.
         raise CheckpointError(f"{path / CONFIG_FILE}: the config is empty",
                               hint="restore it from the run that wrote this MODEL_DIR, or re-create the MODEL_DIR")
-    return config_lib.load_model_config(path / CONFIG_FILE, overrides)
+    return config_lib.load_model_config(path / CONFIG_FILE, overrides, written=True)
 
 
 def check_entries(path: Path) -> None:

@@ -58,7 +58,7 @@ def check_resume(workdir: str | Path, checkpoint_dir, mcfg, tokenizer_json: str 
         has_steps = False
     if not has_steps or not (meta / CONFIG_FILE).is_file():
         return
-    old = config_lib.dotted_fields(config_lib.read_yaml(meta / CONFIG_FILE))
+    old = config_lib.dotted_fields(config_lib.with_added_fields(config_lib.read_yaml(meta / CONFIG_FILE)))
     new = config_lib.dotted_fields(config_lib.to_dict(mcfg))
     # compute settings, dropout and init may change on resume; what the weights compute may not
     diff = [f"{k}: checkpoints {old.get(k)!r} vs now {new.get(k)!r}" for k in sorted(set(old) | set(new))
