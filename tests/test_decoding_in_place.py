@@ -71,3 +71,69 @@ def test_autoregressive_buffer_is_written_in_place():
                                             eos_id=ref.TOKENS.eos).compile().as_text()
     ops = _cache_sized_ops(hlo, ref.PREFIX + GEN)
     assert not ops, ops
+
+
+def _loop_computations(hlo: str) -> tuple[dict, set]:
+    """The compiled program's computations (name -> lines) and the names of those a decode loop
+    runs at every iteration: while bodies and the conditional branches they call."""
+    comps, current = {}, None
+    for line in hlo.splitlines():
+        if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+            current = "ENTRY" if line.startswith("ENTRY") else line.split()[0]
+            comps[current] = []
+        elif current:
+            comps[current].append(line)
+    todo, seen = re.findall(r"body=(%[\w.\-]+)", hlo), set()
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            for line in comps.get(name, []):
+                for group in re.findall(r"branch_computations=\{([^}]*)\}", line):
+                    todo += [g.strip() for g in group.split(",")]
+                todo += re.findall(r"(?:true_computation|false_computation|body)=(%[\w.\-]+)", line)
+    return comps, seen
+
+
+@pytest.mark.parametrize("mode", ["length_prior", "autoregressive"])
+def test_on_a_tpu_the_loop_only_writes_the_buffers_in_place(mode):
+    """Compiled for a TPU v5e (libtpu's compile-only device; no TPU attached): every
+    instruction of the decode loop whose output has one layer's buffer shape (in any layout or
+    axis order) is that layer's in-place write (a scatter or dynamic-update-slice). A relayout
+    for the attention or the scatter, or a copy between iterations, would read and write the
+    whole cache in every forward. (The prefix / dual caches also build a fresh stack when a
+    segment starts; they are checked on CPU above.)"""
+    from jax.experimental import topologies
+    from jax.sharding import SingleDeviceSharding
+
+    tpu = SingleDeviceSharding(topologies.get_topology_desc("v5e:1x1", platform="tpu").devices[0])
+    on_tpu = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=tpu), tree)  # noqa: E731
+    model = ref.tiny_llm(causal=mode == "autoregressive", layers=LAYERS, kv_heads=KV_HEADS)
+    variables, prefix = ref.init_vars(model), ref.random_prefix(B)
+    if mode == "autoregressive":
+        hlo = api._autoregressive_program.lower(*on_tpu((variables, prefix, jnp.ones(B, bool))),
+                                                bb=api.backbone_of(model), cond=api.Conditioner(), max_new=GEN,
+                                                eos_id=ref.TOKENS.eos).compile().as_text()
+    else:
+        prior = api.length_prior.LengthPriorPlan(threshold=0.9, query_slots=4, length_margin=2,
+                                                 mask_id=ref.TOKENS.mask, eos_id=ref.TOKENS.eos)
+        plan = api.diffusion.Plan(num_segments=1, segments="blocks", block=GEN, eos_rule=True, threshold=0.9,
+                                  mask_id=ref.TOKENS.mask, eos_id=ref.TOKENS.eos)
+        args = on_tpu((variables, prefix, jnp.int32(GEN), jax.random.key(0), jnp.arange(B), jnp.ones(B, bool)))
+        hlo = api._diffusion_program.lower(*args, bb=api.backbone_of(model), cond=api.Conditioner(), plan=plan,
+                                           gen_len=GEN, buckets=(), prior=prior).compile().as_text()
+    comps, loop = _loop_computations(hlo)
+    assert loop, "no decode loop in the compiled program"
+    layer = sorted([B, ref.PREFIX + GEN, KV_HEADS, 8])
+    writes, other = 0, []
+    for name in loop:
+        for line in comps[name]:
+            m = re.match(r"^\s*\S+ = \w+\[([\d,]*)\]\S* ([\w-]+)\(", line)
+            if not m or m.group(2) in ("parameter", "get-tuple-element", "tuple", "bitcast"):
+                continue
+            if sorted(int(d) for d in m.group(1).split(",") if d) == layer:
+                if re.search(r'op_name="[^"]*/(scatter|dynamic_update_slice)"', line):
+                    writes += 1
+                else:
+                    other.append(line.strip()[:200])
+    assert writes == 2 * LAYERS and not other, (writes, other)
