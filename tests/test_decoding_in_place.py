@@ -8,7 +8,11 @@ materialises such a slice: one more pass over the layer's cache). (XLA's CPU bac
 transposes each layer's keys for its dot kernel, ``[B, KV, D, T]``; the TPU compiler reads the
 buffer as it lies.)"""
 
+import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -95,14 +99,10 @@ def _loop_computations(hlo: str) -> tuple[dict, set]:
     return comps, seen
 
 
-@pytest.mark.parametrize("mode", ["length_prior", "autoregressive"])
-def test_on_a_tpu_the_loop_only_writes_the_buffers_in_place(mode):
-    """Compiled for a TPU v5e (libtpu's compile-only device; no TPU attached): every
-    instruction of the decode loop whose output has one layer's buffer shape (in any layout or
-    axis order) is that layer's in-place write (a scatter or dynamic-update-slice). A relayout
-    for the attention or the scatter, or a copy between iterations, would read and write the
-    whole cache in every forward. (The prefix / dual caches also build a fresh stack when a
-    segment starts; they are checked on CPU above.)"""
+def _tpu_loop_writes(mode: str) -> tuple[int, list[str]]:
+    """Compiles ``mode``'s decode for a TPU v5e (libtpu's compile-only device) and returns the
+    in-place writes among its loop's instructions of one layer's buffer shape (in any layout or
+    axis order), and those that are something else."""
     from jax.experimental import topologies
     from jax.sharding import SingleDeviceSharding
 
@@ -136,4 +136,27 @@ def test_on_a_tpu_the_loop_only_writes_the_buffers_in_place(mode):
                     writes += 1
                 else:
                     other.append(line.strip()[:200])
+    return writes, other
+
+
+@pytest.mark.parametrize("mode", ["length_prior", "autoregressive"])
+def test_on_a_tpu_the_loop_only_writes_the_buffers_in_place(mode):
+    """Compiled for a TPU v5e (libtpu's compile-only device; no TPU attached): every
+    instruction of the decode loop whose output has one layer's buffer shape (in any layout or
+    axis order) is that layer's in-place write (a scatter or dynamic-update-slice). A relayout
+    for the attention or the scatter, or a copy between iterations, would read and write the
+    whole cache in every forward. (The prefix / dual caches also build a fresh stack when a
+    segment starts; they are checked on CPU above.) Compiled in a child process: a process that
+    has loaded libtpu's compile-only client crashes in a later ``jax.profiler`` trace (another
+    test's, in the same pytest worker)."""
+    proc = subprocess.run([sys.executable, __file__, mode], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    writes, other = json.loads(proc.stdout.strip().splitlines()[-1])
     assert writes == 2 * LAYERS and not other, (writes, other)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    import conftest  # noqa: F401  (the tests' JAX set-up)
+
+    print(json.dumps(_tpu_loop_writes(sys.argv[1])))
