@@ -1,5 +1,7 @@
 """tfds' real ``librispeech`` builder prepared offline from a fake tree, then read by the pipeline."""
 
+import tempfile
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -14,7 +16,11 @@ from whisper_llada_jax.data.sources import parse_source
 from whisper_llada_jax.errors import DataError
 
 
-def test_builder_prepares_offline_and_pipeline_reads_it(tmp_path):
+def test_builder_prepares_offline_and_pipeline_reads_it(tmp_path, monkeypatch):
+    # tfds' stock builder leaves an empty mkdtemp folder behind for each unprepared dataset
+    system_tmp = tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
     texts = fake_librispeech(tmp_path / "raw", {"dev-clean": (84, 174), "test-other": (7,)})
     data_dir = tmp_path / "tfds"
     builder = prepare_librispeech(tmp_path / "raw", data_dir)
@@ -51,3 +57,4 @@ def test_builder_prepares_offline_and_pipeline_reads_it(tmp_path):
     tokens = WordTokenizer().encode(texts[key])
     assert b0["response_ids"][0, :len(tokens)].tolist() == tokens
     assert (b0["response_ids"][0, len(tokens):] == model.tokens.eos).all()
+    assert not list(system_tmp.iterdir())

@@ -37,6 +37,16 @@ def _tfds():
     return tfds
 
 
+def _builder(name: str, **kwargs):
+    """``tfds.builder`` without its GCS lookup: for a dataset not yet prepared, tfds asks the
+    ``gs://tfds-data`` bucket for pre-computed metadata, into a fresh ``mkdtemp`` folder under
+    /tmp that it never removes (one empty folder per call; the lookup itself is off in tfds'
+    default settings). Nothing here may reach the network, so the lookup is skipped."""
+    tfds = _tfds()
+    with mock.patch.object(tfds.core.DatasetInfo, "initialize_from_bucket", lambda self: None):
+        return tfds.builder(name, **kwargs)
+
+
 def _stage_split(root: Path, subset: str, stage: Path) -> Path:
     """A folder shaped like one extracted tarball (``LibriSpeech/<subset>`` + metadata files),
     made of symlinks, so the builder's per-split glob sees only that subset."""
@@ -74,7 +84,7 @@ def prepare_librispeech(extracted_root: str | Path, data_dir: str | Path, *,
     if not present:
         raise DataError(f"{base}: no extracted LibriSpeech subset found",
                         hint="expected e.g. LibriSpeech/dev-clean/SPEAKER/CHAPTER/*.flac")
-    builder = tfds.builder(f"librispeech/{config}", data_dir=str(data_dir), file_format="array_record")
+    builder = _builder(f"librispeech/{config}", data_dir=str(data_dir), file_format="array_record")
     with tempfile.TemporaryDirectory() as tmp:
         local = {split: _stage_split(root, subset, Path(tmp)) for split, subset in present.items()}
 
@@ -110,7 +120,7 @@ class TfdsSource:
         self.name, self.split, self.data_dir = name, split, data_dir
         tfds = _tfds()
         try:
-            builder = tfds.builder(name, data_dir=data_dir)
+            builder = _builder(name, data_dir=data_dir)
         except Exception as e:  # tfds raises several types for an unknown or unprepared name
             raise DataError(f"tfds:{name}: cannot open ({str(e).splitlines()[0]})",
                             hint="prepare it first (`tfds build`, or prepare_librispeech) and pass data_dir=") from None
