@@ -2,14 +2,12 @@
 from a clean directory (table + MODEL_DIR), then `transcribe` of one clip with that model."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests._cli import run_cli
 from tests._docs_blocks import blocks, cli_args, commands
 from whisper_llada_jax.config import WhisperConfig
 from whisper_llada_jax.demo import run as demo_run
@@ -151,18 +149,11 @@ def test_encoder_cache_is_reused(tmp_path):
     assert (tmp_path / "enc.npy").stat().st_mtime_ns != mtime  # other inputs: recomputed
 
 
-def _cli(args, cwd, timeout):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, like a user
-    env["JAX_PLATFORMS"] = "cpu"
-    return subprocess.run([sys.executable, "-m", "whisper_llada_jax.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path):
     work = tmp_path / "clean"
     work.mkdir()
-    proc = _cli(["demo", "--quick", "--out", "run", "--no-progress"], work, timeout=900)
+    proc = run_cli(["demo", "--quick", "--out", "run", "--no-progress"], work, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = work / "run"
     summary = json.loads((run / "summary.json").read_text())
@@ -192,7 +183,7 @@ def test_demo_quick_end_to_end(tmp_path):
     assert json.loads((run / "settings.json").read_text())["train_recipe"]["substitution_rate"] == 0.1
     # ... and transcribes a clip.
     clip = sorted((run / "corpus" / "test").glob("*.flac"))[0]
-    proc = _cli(["transcribe", "--model", "run/model", str(clip), "--batch-size", "1"], work, timeout=600)
+    proc = run_cli(["transcribe", "--model", "run/model", str(clip), "--batch-size", "1"], work, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     assert len(out) == 1 and out[0]["id"] == clip.stem and isinstance(out[0]["hypothesis"], str)
@@ -201,7 +192,7 @@ def test_demo_quick_end_to_end(tmp_path):
     for page, kind, body in blocks():
         for command in commands(body) if kind == "demo" else ():
             args = [a.replace("runs/demo", "run").replace("runs/eval", "eval") for a in cli_args(command)]
-            proc = _cli(args, work, timeout=600)
+            proc = run_cli(args, work, timeout=600)
             assert proc.returncode == 0, f"{page.name}: `{command}` failed:\n{proc.stderr[-3000:]}"
             if "--output" in args:
                 assert (work / args[args.index("--output") + 1]).read_text().strip(), command

@@ -5,7 +5,8 @@ Both sides: greedy (beam 1), temperature 0 only, no timestamps, no previous-text
 VAD, and no no-speech skipping (our recogniser never drops a window); a CTranslate2 directory
 makes the recogniser pad features the way faster-whisper does. The transcripts come
 from the real CLI (`whisper-llada transcribe --manifest ... --output ...`) so the manifest
-path handling and output format are exercised on the full clip set too.
+path handling and output format are exercised on the full clip set too), in a fresh process
+with XLA's default optimisation (tests/_cli.py).
 """
 
 import json
@@ -13,7 +14,7 @@ import json
 import numpy as np
 import pytest
 
-from whisper_llada_jax import cli
+from tests._cli import run_cli
 from whisper_llada_jax.assets import BUNDLED_CLIPS, bundled_whisper_dir
 from whisper_llada_jax.evaluation.wer import corpus_wer, normalize
 
@@ -21,9 +22,9 @@ from whisper_llada_jax.evaluation.wer import corpus_wer, normalize
 @pytest.fixture(scope="module")
 def ours(tmp_path_factory):
     out = tmp_path_factory.mktemp("parity") / "hyp.jsonl"
-    rc = cli.main(["transcribe", "--whisper", "bundled:tiny.en", "--manifest", str(BUNDLED_CLIPS),
-                   "--output", str(out), "--batch-size", "8"])
-    assert rc == 0
+    proc = run_cli(["transcribe", "--whisper", "bundled:tiny.en", "--manifest", str(BUNDLED_CLIPS),
+                    "--output", str(out), "--batch-size", "8"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
