@@ -75,7 +75,7 @@ def forwards(cfg: LLMConfig, p: int, r: int, block: int, q: int, max_new: int) -
     dt = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
     prefix = Prefix(sd((1, p, cfg.d_model), dt), sd((1, p), jnp.bool_))
     ids = lambda n: sd((1, n), jnp.int32)
-    buf = lambda t: KV(*((sd((1, t, cfg.n_kv_heads, cfg.head_dim), dt),) * cfg.n_layers,) * 2)  # one per layer
+    buf = lambda t: KV(*((sd((1, cfg.n_kv_heads, t, cfg.head_dim), dt),) * cfg.n_layers,) * 2)  # one per layer
     out = {}
     if not cfg.causal:
         def exact(rows):

@@ -13,6 +13,7 @@ def test_tiny_run(tmp_path, capsys):
     out = cache_forward.main(["--tiny", "--batch", "2", "--rounds", "1", "--save", str(tmp_path / "t.npy")])
     # threshold 1.0 on random weights: one slot per forward (fewer once an eos fills the rest)
     assert 1 < out["forwards"] <= 16
-    assert out["first_s"] > 0 and out["later_s"] >= 0
+    # a later forward's time is a difference of two timings: under load it can come out negative
+    assert out["first_s"] > 0 and np.isfinite(out["later_s"])
     assert np.load(tmp_path / "t.npy").shape == (2, 16)
     assert "later forward" in capsys.readouterr().out

@@ -4,9 +4,10 @@ of a cache-sized array (one layer's or the whole stack's) apart from the buffer'
 initialisation, on a 3-layer model whose cache shape no other array has. The code before the
 in-place writes joined ``[cache ; new]`` in every layer of every cached forward; the code before
 per-layer buffers sliced each layer's entries out of one stacked buffer in every forward (XLA
-materialises such a slice: one more pass over the layer's cache). (XLA's CPU backend still
-transposes each layer's keys for its dot kernel, ``[B, KV, D, T]``; the TPU compiler reads the
-buffer as it lies.)"""
+materialises such a slice: one more pass over the layer's cache); the code before head-major
+buffers, ``(B, T, KV, D)``, had every layer's keys and values copied into the attention
+products' layout (batch dimensions outermost) in every forward on CPU, and by the same rule of
+XLA's GPU layout assignment on a GPU. The TPU compiler reads the buffer as it lies."""
 
 import json
 import re
@@ -26,20 +27,28 @@ B, GEN, LAYERS, KV_HEADS = 2, 16, 3, 2
 
 
 def _cache_sized_ops(hlo: str, slots: int) -> list[str]:
-    """Copies and slices of a cache-sized array (one layer's or the stack's, ``slots`` or more;
-    not a zero buffer's one initialisation) and concatenations along its slot axis (RoPE's
-    rotate-half joins along the feature axis, a full forward's fresh K/V are stacked along the
-    layer axis: neither copies an old cache)."""
-    layer = re.compile(rf"= \w+\[(?:1,)?{B},(\d+),{KV_HEADS},8\]\S* (copy|concatenate|slice)\(")
-    stack = re.compile(rf"= \w+\[{LAYERS},{B},(\d+),{KV_HEADS},8\]\S* (copy|concatenate|slice)\(")
+    """Copies and slices of a cache-sized array in the buffers' head-major form (one layer's
+    ``(B, KV, T, D)`` or the stack's, ``slots`` or more; not a zero buffer's one initialisation)
+    and concatenations along its slot axis (RoPE's rotate-half joins along the feature axis, a
+    full forward's fresh K/V are stacked along the layer axis: neither copies an old cache).
+    A copy that changes the layout is a full forward's fresh K/V put head-major (once per full
+    forward); what is refused is a copy of a buffer as it lies."""
+    layer = re.compile(rf"= \w+\[(?:1,)?{B},{KV_HEADS},(\d+),8\](\S*) (copy|concatenate|slice)\((%[\w.\-]+)")
+    stack = re.compile(rf"= \w+\[{LAYERS},{B},{KV_HEADS},(\d+),8\](\S*) (copy|concatenate|slice)\((%[\w.\-]+)")
+    layouts = dict(re.findall(r"(%[\w.\-]+) = \w+\[[\d,]*\](\{[\d,]*\})", hlo))
     out = []
     for line in hlo.splitlines():
         if re.search(r" copy\(%\S*broadcast", line):  # a zero buffer made once, before the loop
             continue
-        for pattern, slot_axis in ((layer, "dimensions={1}"), (stack, "dimensions={2}")):
+        for pattern, slot_axis in ((layer, "dimensions={2}"), (stack, "dimensions={3}")):
             m = pattern.search(line)
-            if m and int(m.group(1)) >= slots and (m.group(2) != "concatenate" or slot_axis in line):
-                out.append(line.strip())
+            if not m or int(m.group(1)) < slots:
+                continue
+            if m.group(3) == "concatenate" and slot_axis not in line:
+                continue
+            if m.group(3) == "copy" and layouts.get(m.group(4)) not in (None, m.group(2)):
+                continue
+            out.append(line.strip())
     return out
 
 
@@ -77,9 +86,10 @@ def test_autoregressive_buffer_is_written_in_place():
     assert not ops, ops
 
 
-def _loop_computations(hlo: str) -> tuple[dict, set]:
+def _loop_computations(hlo: str, fusions: bool = False) -> tuple[dict, set]:
     """The compiled program's computations (name -> lines) and the names of those a decode loop
-    runs at every iteration: while bodies and the conditional branches they call."""
+    runs at every iteration: while bodies and the conditional branches they call (and with
+    ``fusions`` the fused computations they call: the CPU backend fuses its copies)."""
     comps, current = {}, None
     for line in hlo.splitlines():
         if line and not line.startswith(" ") and line.rstrip().endswith("{"):
@@ -96,47 +106,75 @@ def _loop_computations(hlo: str) -> tuple[dict, set]:
                 for group in re.findall(r"branch_computations=\{([^}]*)\}", line):
                     todo += [g.strip() for g in group.split(",")]
                 todo += re.findall(r"(?:true_computation|false_computation|body)=(%[\w.\-]+)", line)
+                if fusions:
+                    todo += re.findall(r"calls=(%[\w.\-]+)", line)
     return comps, seen
 
 
-def _tpu_loop_writes(mode: str) -> tuple[int, list[str]]:
-    """Compiles ``mode``'s decode for a TPU v5e (libtpu's compile-only device) and returns the
-    in-place writes among its loop's instructions of one layer's buffer shape (in any layout or
-    axis order), and those that are something else."""
-    from jax.experimental import topologies
-    from jax.sharding import SingleDeviceSharding
-
-    tpu = SingleDeviceSharding(topologies.get_topology_desc("v5e:1x1", platform="tpu").devices[0])
-    on_tpu = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=tpu), tree)  # noqa: E731
+def _compiled_loop(mode: str, tpu: bool) -> str:
+    """The optimised HLO of ``mode``'s decode (length prior or autoregressive), compiled for this
+    CPU or for a TPU v5e (libtpu's compile-only device). 3 query slots: no array of the length
+    prior's loop (the attention's probabilities are ``(B, KV, heads per KV x slots, T)``) then
+    has one layer's buffer shape in another axis order."""
     model = ref.tiny_llm(causal=mode == "autoregressive", layers=LAYERS, kv_heads=KV_HEADS)
     variables, prefix = ref.init_vars(model), ref.random_prefix(B)
+    place = lambda tree: tree  # noqa: E731
+    if tpu:
+        from jax.experimental import topologies
+        from jax.sharding import SingleDeviceSharding
+
+        dev = SingleDeviceSharding(topologies.get_topology_desc("v5e:1x1", platform="tpu").devices[0])
+        place = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev), tree)  # noqa: E731
     if mode == "autoregressive":
-        hlo = api._autoregressive_program.lower(*on_tpu((variables, prefix, jnp.ones(B, bool))),
-                                                bb=api.backbone_of(model), cond=api.Conditioner(), max_new=GEN,
-                                                eos_id=ref.TOKENS.eos).compile().as_text()
-    else:
-        prior = api.length_prior.LengthPriorPlan(threshold=0.9, query_slots=4, length_margin=2,
-                                                 mask_id=ref.TOKENS.mask, eos_id=ref.TOKENS.eos)
-        plan = api.diffusion.Plan(num_segments=1, segments="blocks", block=GEN, eos_rule=True, threshold=0.9,
-                                  mask_id=ref.TOKENS.mask, eos_id=ref.TOKENS.eos)
-        args = on_tpu((variables, prefix, jnp.int32(GEN), jax.random.key(0), jnp.arange(B), jnp.ones(B, bool)))
-        hlo = api._diffusion_program.lower(*args, bb=api.backbone_of(model), cond=api.Conditioner(), plan=plan,
-                                           gen_len=GEN, buckets=(), prior=prior).compile().as_text()
-    comps, loop = _loop_computations(hlo)
+        return api._autoregressive_program.lower(*place((variables, prefix, jnp.ones(B, bool))),
+                                                 bb=api.backbone_of(model), cond=api.Conditioner(), max_new=GEN,
+                                                 eos_id=ref.TOKENS.eos).compile().as_text()
+    prior = api.length_prior.LengthPriorPlan(threshold=0.9, query_slots=3, length_margin=2,
+                                             mask_id=ref.TOKENS.mask, eos_id=ref.TOKENS.eos)
+    plan = api.diffusion.Plan(num_segments=1, segments="blocks", block=GEN, eos_rule=True, threshold=0.9,
+                              mask_id=ref.TOKENS.mask, eos_id=ref.TOKENS.eos)
+    args = place((variables, prefix, jnp.int32(GEN), jax.random.key(0), jnp.arange(B), jnp.ones(B, bool)))
+    return api._diffusion_program.lower(*args, bb=api.backbone_of(model), cond=api.Conditioner(), plan=plan,
+                                        gen_len=GEN, buckets=(), prior=prior).compile().as_text()
+
+
+def _layer_sized(line: str) -> str | None:
+    """The instruction kind of a line whose output has one layer's buffer shape, in any layout or
+    axis order (None for other lines and for plumbing: parameters, tuples, bitcasts)."""
+    m = re.match(r"^\s*(?:ROOT )?\S+ = \w+\[([\d,]*)\]\S* ([\w-]+)\(", line)
+    if not m or m.group(2) in ("parameter", "get-tuple-element", "tuple", "bitcast"):
+        return None
+    same = sorted(int(d) for d in m.group(1).split(",") if d) == sorted([B, ref.PREFIX + GEN, KV_HEADS, 8])
+    return m.group(2) if same else None
+
+
+def _tpu_loop_writes(mode: str) -> tuple[int, list[str]]:
+    """The in-place writes among the TPU-compiled loop's instructions of one layer's buffer shape,
+    and those that are something else."""
+    comps, loop = _loop_computations(_compiled_loop(mode, tpu=True))
     assert loop, "no decode loop in the compiled program"
-    layer = sorted([B, ref.PREFIX + GEN, KV_HEADS, 8])
     writes, other = 0, []
     for name in loop:
         for line in comps[name]:
-            m = re.match(r"^\s*\S+ = \w+\[([\d,]*)\]\S* ([\w-]+)\(", line)
-            if not m or m.group(2) in ("parameter", "get-tuple-element", "tuple", "bitcast"):
-                continue
-            if sorted(int(d) for d in m.group(1).split(",") if d) == layer:
+            if _layer_sized(line):
                 if re.search(r'op_name="[^"]*/(scatter|dynamic_update_slice)"', line):
                     writes += 1
                 else:
                     other.append(line.strip()[:200])
     return writes, other
+
+
+@pytest.mark.parametrize("mode", ["length_prior", "autoregressive"])
+def test_on_cpu_the_loop_never_relayouts_the_cache(mode):
+    """Compiled for this CPU, the decode loop (with every fused computation it calls) holds no
+    copy or transpose of an array of one layer's buffer shape, in any axis order: the attention
+    reads each head-major buffer where the in-place write left it. With ``(B, T, KV, D)``
+    buffers the loop copied all of them into ``(B, KV, D, T)`` in every forward."""
+    comps, loop = _loop_computations(_compiled_loop(mode, tpu=False), fusions=True)
+    assert loop, "no decode loop in the compiled program"
+    relayouts = [line.strip()[:200] for name in loop for line in comps[name]
+                 if _layer_sized(line) in ("copy", "transpose")]
+    assert not relayouts, relayouts
 
 
 @pytest.mark.parametrize("mode", ["length_prior", "autoregressive"])

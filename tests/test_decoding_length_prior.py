@@ -40,7 +40,7 @@ def stale_at(kv, idx, sel):
     """``kv`` with garbage at the selected response slots (the window must not read them)."""
     b = idx.shape[0]
     cols = jnp.where(sel, ref.PREFIX + idx, 10 ** 6)
-    return jax.tree.map(lambda a: a.at[:, jnp.arange(b)[:, None], cols].set(1e3, mode="drop"), kv)
+    return jax.tree.map(lambda a: a.at[..., jnp.arange(b)[:, None], :, cols, :].set(1e3, mode="drop"), kv)
 
 
 def test_length_estimate_takes_the_last_non_eos_argmax_plus_margin():

@@ -106,19 +106,19 @@ def test_bidirectional_cache_written_in_place_is_exact(reference, scan):
     # the stack's own form: one buffer per layer unrolled (nothing sliced per layer), stacked scanned
     assert isinstance(full.kv.k, jax.Array) == scan and len(full.kv.k) == cfg.n_layers
     kv = stacked(full.kv)
-    assert kv.k.shape == (cfg.n_layers, 2, 12, cfg.n_kv_heads, cfg.head_dim)
+    assert kv.k.shape == (cfg.n_layers, 2, cfg.n_kv_heads, 12, cfg.head_dim)  # head-major, as HF's
     rng = np.random.default_rng(0)
-    junk = lambda n: jnp.asarray(rng.standard_normal(kv.k[:, :, :n].shape), jnp.float32)
+    junk = lambda n: jnp.asarray(rng.standard_normal(kv.k[:, :, :, :n].shape), jnp.float32)
     # the prefix's keys/values in a 12-slot buffer, garbage where the rest goes: the rest
     # overwrites its slots in place (scalar start) and reproduces the full forward (a stacked
     # buffer handed to an unrolled stack is split into per-layer buffers, and back)
-    buf = KV(*(jnp.concatenate([a[:, :, :7], junk(5)], 2) for a in kv))
+    buf = KV(*(jnp.concatenate([a[:, :, :, :7], junk(5)], 3) for a in kv))
     rest = run(cfg, params, ids[:, 7:], cache=buf, cache_index=7)
     np.testing.assert_allclose(np.asarray(rest.logits), np.asarray(full.logits[:, 7:]), atol=1e-5)
     np.testing.assert_allclose(np.asarray(rest.kv.k), np.asarray(full.kv.k), atol=1e-5)
     np.testing.assert_allclose(np.asarray(rest.kv.v), np.asarray(full.kv.v), atol=1e-5)
     # invalid slots (cache_mask False) are ignored whatever they hold; the rest lands at 10..14
-    buf = per_layer(KV(*(jnp.concatenate([a[:, :, :7], junk(3), junk(5)], 2) for a in kv)), cfg.n_layers)
+    buf = per_layer(KV(*(jnp.concatenate([a[:, :, :, :7], junk(3), junk(5)], 3) for a in kv)), cfg.n_layers)
     cmask = jnp.broadcast_to((jnp.arange(15) < 7) | (jnp.arange(15) >= 10), (2, 15))
     rest2 = run(cfg, params, ids[:, 7:], cache=buf, cache_index=10, cache_mask=cmask,
                 positions=jnp.broadcast_to(7 + jnp.arange(5), (2, 5)))
@@ -128,7 +128,7 @@ def test_bidirectional_cache_written_in_place_is_exact(reference, scan):
     idx = jnp.array([[9, 2, 11, 30], [0, 5, 6, 30]])
     pos = jnp.array([[9, 2, 11, 0], [0, 5, 6, 0]])
     take = jnp.take_along_axis(ids, jnp.minimum(idx, 11), axis=1)
-    stale = KV(*(a.at[:, jnp.arange(2)[:, None], idx].set(1e3, mode="drop") for a in kv))
+    stale = KV(*(a.at[:, jnp.arange(2)[:, None, None], :, idx[:, None, :]].set(1e3, mode="drop") for a in kv))
     out = run(cfg, params, take, cache=stale, cache_index=idx, positions=pos)
     want = jnp.take_along_axis(full.logits, jnp.minimum(idx, 11)[..., None], axis=1)
     np.testing.assert_allclose(np.asarray(out.logits[:, :3]), np.asarray(want[:, :3]), atol=1e-5)
@@ -140,10 +140,10 @@ def test_causal_gqa_prefix_and_autoregressive_buffer():
     ids = jnp.asarray(_ids(s=10))
     params = _random_params(cfg)
     full = run(cfg, params, ids)
-    shape = (cfg.n_layers, 2, 10, cfg.n_kv_heads, cfg.head_dim)
+    shape = (cfg.n_layers, 2, cfg.n_kv_heads, 10, cfg.head_dim)
     # [prefix] then [rest written after the prefix's own K/V in a 10-slot buffer] == full causal forward
     pre = run(cfg, params, ids[:, :6], return_kv=True)
-    buf = KV(*(jax.lax.dynamic_update_slice_in_dim(jnp.zeros(shape), a, 0, axis=2) for a in stacked(pre.kv)))
+    buf = KV(*(jax.lax.dynamic_update_slice_in_dim(jnp.zeros(shape), a, 0, axis=3) for a in stacked(pre.kv)))
     rest = run(cfg, params, ids[:, 6:], cache=buf, cache_index=6)
     np.testing.assert_allclose(np.asarray(rest.logits), np.asarray(full.logits[:, 6:]), atol=1e-5)
     # token-by-token decoding: each step writes its own slot in place and sees slots <= t
@@ -230,7 +230,7 @@ def test_cached_forward_does_not_concatenate_the_cache(reference, index):
     writes into the buffer in place (the old code joined ``[cache ; new]`` in every layer)."""
     _, cfg, params, _ = reference
     t = 37  # a slot count no other dimension of this model has
-    buf = KV(*(jnp.zeros((cfg.n_layers, 2, t, cfg.n_kv_heads, cfg.head_dim)),) * 2)
+    buf = KV(*(jnp.zeros((cfg.n_layers, 2, cfg.n_kv_heads, t, cfg.head_dim)),) * 2)
     ids = jnp.asarray(_ids(s=5))
     where = jnp.int32(30) if index == "start" else jnp.broadcast_to(jnp.arange(5) * 7, (2, 5))
     lowered = _jitted(cfg, "__call__", ()).lower(params, (ids,), {"cache": buf, "cache_index": where})
@@ -255,7 +255,7 @@ def test_outputs_from_runs_the_last_layer_for_those_positions_only(reference, sc
     model = LLaDA(cfg)
     kw = {}
     if cache:  # the whole sequence written in place into a 12-slot buffer, as a cache refresh
-        kw = {"cache": KV(*(jnp.zeros((cfg.n_layers, 2, 12, cfg.n_kv_heads, cfg.head_dim)),) * 2), "cache_index": 0}
+        kw = {"cache": KV(*(jnp.zeros((cfg.n_layers, 2, cfg.n_kv_heads, 12, cfg.head_dim)),) * 2), "cache_index": 0}
 
     def fwd(params, outputs_from, fixed_prefix=0):
         return jax.jit(lambda prm: model.apply({"params": prm}, ids, return_kv=True, outputs_from=outputs_from,

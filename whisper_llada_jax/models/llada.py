@@ -7,9 +7,9 @@ Pre-norm blocks: ``x += attn_out(attn(q, k, v of attn_norm(x)))``,
 a plain rename + transpose.
 
 One attention mechanism serves every cache. ``cache`` is a fixed-size K/V buffer of ``T`` slots
-(``KV``: one ``(B, T, kv_heads, head_dim)`` array per layer in an unrolled stack, so each layer
+(``KV``: one ``(B, kv_heads, T, head_dim)`` array per layer in an unrolled stack, so each layer
 updates and reads its own buffer and no layer's entries are ever sliced out of a stacked array;
-one stacked ``(layers, B, T, kv_heads, head_dim)`` array in a scanned stack, which ``nn.scan``
+one stacked ``(layers, B, kv_heads, T, head_dim)`` array in a scanned stack, which ``nn.scan``
 slices anyway; either form is accepted and converted); each layer writes the current tokens'
 rotated keys and values into it *in place* at ``cache_index`` (a scalar start: ``dynamic_update_slice`` of a
 contiguous run, or one slot per token ``(B, S)``: a scatter, out-of-range slots dropped) and the
@@ -17,7 +17,13 @@ tokens attend over the whole buffer, ``cache_mask`` marking the slots that may b
 after the write, and for ``causal`` models ``cache_positions`` / ``positions`` deciding the rest.
 Nothing is concatenated: inside a decode ``while_loop`` the buffer is updated where it lies, and
 the forward returns it as ``kv``. Without a cache, ``return_kv`` hands back the current tokens'
-keys and values in the stack's own form (per layer ``(B, S, kv_heads, head_dim)``, or stacked).
+keys and values in the stack's own form (per layer ``(B, kv_heads, S, head_dim)``, or stacked).
+
+The buffers are head-major, as HF's caches are: the attention's matrix products batch over
+(row, head), and a GPU GEMM needs its batch dimensions physically outermost and adjacent.
+A ``(B, T, kv_heads, head_dim)`` buffer has the slots between them, so XLA's GPU layout
+assignment copies every layer's keys and values into head-major order in every forward: several
+passes over the whole cache per forward, where a later decoding forward should read it once.
 """
 
 from __future__ import annotations
@@ -43,8 +49,8 @@ _REMAT_POLICIES = {
 
 
 class KV(NamedTuple):
-    """Rotated keys and values: a tuple of per-layer ``(B, S, kv_heads, head_dim)`` arrays each
-    (an unrolled stack's form) or one stacked ``(layers, B, S, kv_heads, head_dim)`` array each
+    """Rotated keys and values: a tuple of per-layer ``(B, kv_heads, S, head_dim)`` arrays each
+    (an unrolled stack's form) or one stacked ``(layers, B, kv_heads, S, head_dim)`` array each
     (a scanned stack's)."""
 
     k: jax.Array | tuple[jax.Array, ...]
@@ -52,19 +58,19 @@ class KV(NamedTuple):
 
     def length(self) -> int:
         """Slots ``S`` per layer."""
-        return jax.tree.leaves(self.k)[0].shape[-3]
+        return jax.tree.leaves(self.k)[0].shape[-2]
 
     def zeros(self, length: int | None = None) -> KV:
         """A zero buffer of this one's form, shapes and dtypes (also from ``jax.eval_shape``),
         with ``length`` slots instead of ``S`` if given."""
         def zero(a):
-            shape = a.shape if length is None else a.shape[:-3] + (length,) + a.shape[-2:]
+            shape = a.shape if length is None else a.shape[:-2] + (length,) + a.shape[-1:]
             return jnp.zeros(shape, a.dtype)
         return jax.tree.map(zero, self)
 
 
 def stacked(kv: KV) -> KV:
-    """``kv`` with each of keys and values as one ``(layers, B, S, kv_heads, head_dim)`` array."""
+    """``kv`` with each of keys and values as one ``(layers, B, kv_heads, S, head_dim)`` array."""
     return KV(*(jnp.stack(a) if isinstance(a, (tuple, list)) else a for a in kv))
 
 
@@ -126,13 +132,17 @@ def attention_implementation() -> str | None:
     return None if impl == "xla" else impl
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, head_major: bool = False) -> jax.Array:
     """Grouped-query attention with an fp32 softmax, through ``jax.nn.dot_product_attention``.
 
-    ``q (B, S, H, D)``, ``k, v (B, T, KV, D)`` (query head ``h`` uses KV head ``h // (H/KV)``,
-    as HF's ``repeat_kv``), ``mask`` broadcastable to ``(B, S, T)`` (True = may attend).
+    ``q (B, S, H, D)``, ``k, v (B, T, KV, D)``, or ``(B, KV, T, D)`` with ``head_major`` (a cache
+    buffer: handed over as a transposed view, which XLA folds into the products' dimension
+    numbers); query head ``h`` uses KV head ``h // (H/KV)``, as HF's ``repeat_kv``. ``mask``
+    broadcastable to ``(B, S, T)`` (True = may attend).
     """
     b, s, h, d = q.shape
+    if head_major:
+        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
     if mask is not None:
         mask = jnp.broadcast_to(mask, (b, s, k.shape[1]))[:, None]  # (B, 1, S, T)
     dtype = q.dtype
@@ -146,15 +156,16 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) 
 
 
 def write_cache(buf: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
-    """One layer's buffer ``(B, T, KV, D)`` with ``new (B, S, KV, D)`` written in place: at slots
+    """One layer's buffer ``(B, KV, T, D)`` with ``new (B, KV, S, D)`` written in place: at slots
     ``[index, index + S)`` of every row (scalar ``index``) or at ``index[b, s]`` (``(B, S)``;
     out-of-range slots are dropped)."""
     new = new.astype(buf.dtype)
     index = jnp.asarray(index, jnp.int32)
     if index.ndim == 0:
-        return jax.lax.dynamic_update_slice_in_dim(buf, new, index, axis=1)
-    rows = jnp.arange(new.shape[0])[:, None]
-    return buf.at[rows, index].set(new, mode="drop")
+        return jax.lax.dynamic_update_slice_in_dim(buf, new, index, axis=2)
+    rows = jnp.arange(new.shape[0])[:, None, None]
+    heads = jnp.arange(new.shape[1])[None, :, None]
+    return buf.at[rows, heads, index[:, None, :]].set(new, mode="drop")
 
 
 class Block(nn.Module):
@@ -209,16 +220,18 @@ class Block(nn.Module):
 
         # Keys: the current tokens, or the cache buffer with them written in place.
         # Visibility: valid keys, and q_pos >= k_pos when causal.
-        if layer_kv is None:
-            out_kv = (k, v) if return_kv else None
+        to_cache = lambda a: jnp.swapaxes(a, 1, 2)  # noqa: E731  (B, S, KV, D) -> the cache's (B, KV, S, D)
+        if layer_kv is None:  # (training: no cache, no transposes)
+            out_kv = (to_cache(k), to_cache(v)) if return_kv else None
             keys_k, keys_v, kmask, kpos = k, v, key_mask, positions
         else:
-            out_kv = keys_k, keys_v = tuple(write_cache(buf, new, cache_index) for buf, new in zip(layer_kv, (k, v)))
+            out_kv = keys_k, keys_v = tuple(write_cache(buf, to_cache(new), cache_index)
+                                            for buf, new in zip(layer_kv, (k, v)))
             kmask, kpos = cache_mask, cache_positions
         mask = kmask[:, None, :]  # (B, 1, T)
         if cfg.causal:
             mask = mask & (q_pos[:, :, None] >= kpos[:, None, :])
-        attn = attention(q, keys_k, keys_v, mask)
+        attn = attention(q, keys_k, keys_v, mask, head_major=layer_kv is not None)
         attn = nn.with_logical_constraint(attn, ("act_batch", "act_length", "act_heads"))
         x = x[:, queries_from:] + self._proj("attn_out", cfg.d_model, ("heads", "embed"))(attn, deterministic)
         x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
