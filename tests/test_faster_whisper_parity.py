@@ -5,8 +5,8 @@ Both sides: greedy (beam 1), temperature 0 only, no timestamps, no previous-text
 VAD, and no no-speech skipping (our recogniser never drops a window); a CTranslate2 directory
 makes the recogniser pad features the way faster-whisper does. The transcripts come
 from the real CLI (`whisper-llada transcribe --manifest ... --output ...`) so the manifest
-path handling and output format are exercised on the full clip set too), in a fresh process
-with XLA's default optimisation (tests/_cli.py).
+path handling and output format are exercised on the full clip set too. It runs in a fresh
+process with XLA's default optimisation (tests/_cli.py).
 """
 
 import json

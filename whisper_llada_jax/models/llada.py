@@ -221,7 +221,7 @@ class Block(nn.Module):
         # Keys: the current tokens, or the cache buffer with them written in place.
         # Visibility: valid keys, and q_pos >= k_pos when causal.
         to_cache = lambda a: jnp.swapaxes(a, 1, 2)  # noqa: E731  (B, S, KV, D) -> the cache's (B, KV, S, D)
-        if layer_kv is None:  # (training: no cache, no transposes)
+        if layer_kv is None:  # no cache (training: nothing transposed unless return_kv)
             out_kv = (to_cache(k), to_cache(v)) if return_kv else None
             keys_k, keys_v, kmask, kpos = k, v, key_mask, positions
         else:
