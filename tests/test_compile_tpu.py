@@ -6,17 +6,16 @@ compile-only client crashes in a later ``jax.profiler`` trace (another test's, i
 pytest worker)."""
 
 import subprocess
-import sys
 
 import pytest
 
+from tests._cli import run_cli
 from whisper_llada_jax.errors import ConfigError
 from whisper_llada_jax.training.aot import HEADER, parse_topology
 
 
 def _compile(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "whisper_llada_jax.cli", "compile", *args], capture_output=True,
-                          text=True, timeout=600)
+    return run_cli(["compile", *args])
 
 
 def test_compile_tiny_for_v5e_2x2():
