@@ -1,6 +1,7 @@
 """The laptop demo: its batching and caching pieces, and `whisper-llada demo --quick` end to end
 from a clean directory (table + MODEL_DIR), then `transcribe` of one clip with that model."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -76,20 +77,26 @@ def test_format_table_and_decode_modes():
     rows = [demo_run.Row("Whisper", 0.25, 0.05, 14.0, "x"), demo_run.Row("LLaDA", 0.125, 0.5, 24.0)]
     table = demo_run.format_table(rows)
     assert "| Whisper | 25.00 | 0.0500 | 14.0 | x |" in table and "| LLaDA | 12.50 |" in table
-    labels = [m[1] for m in demo_run.decode_modes(demo_run.FULL)]
+    canvas = demo_run.decode_canvas(demo_run.FULL, [13])
+    labels = [m[1] for m in demo_run.decode_modes(demo_run.FULL, canvas)]
     assert len(labels) == 6 and any("Text-only" in x for x in labels)
     from whisper_llada_jax.decoding.config import DecodeConfig, validate
 
     for settings in (demo_run.FULL, demo_run.QUICK):
-        for key, _, fields, _ in demo_run.decode_modes(settings):
+        canvas = demo_run.decode_canvas(settings, [13])
+        for key, _, fields, _ in demo_run.decode_modes(settings, canvas):
             cfg = validate(DecodeConfig(batch_size=settings.eval_batch, **fields))
+            assert (cfg.gen_len, cfg.steps) == (canvas["gen_len"], canvas["steps"])  # every row on the trained slots
+            if key == "semi_ar":
+                assert cfg.num_blocks == settings.semi_ar_blocks
             if cfg.strategy != "none":  # every deliberation row reads the first pass as the model was trained
                 assert cfg.deliberation_canvas == "training" and cfg.unknown_words == "mask"
                 assert cfg.first_pass_normalizer == "spoken_en"
             if key in ("deliberation_low_confidence", "text_only_deliberation"):
                 assert cfg.confidence_fill == "mask" and cfg.mask_threshold == settings.mask_threshold
     # results.json: one WER / forwards / RTF triple per row, in %
-    doc = demo_run.results_json([demo_run.Row(str(i), 0.01 * i, 0.1, 2.0) for i in range(8)], demo_run.QUICK)
+    doc = demo_run.results_json([demo_run.Row(str(i), 0.01 * i, 0.1, 2.0) for i in range(8)], demo_run.QUICK,
+                                 canvas)
     assert doc["first_pass_wer"] == 0.0 and doc["vocabulary_filter_wer"] == 1.0
     assert doc["text_only_deliberation_wer"] == pytest.approx(7.0) and doc["fast_forwards_per_utt"] == 2.0
 
@@ -175,11 +182,17 @@ def test_demo_quick_end_to_end(tmp_path):
     loaded = load_model_dir(run / "model")
     assert loaded.config.whisper.d_model == 384 and loaded.config.whisper.input_frames == summary["input_frames"]
     assert loaded.config.tokens.prompt_ids and loaded.tokenizer.vocab_size <= loaded.config.llm.vocab_size
-    # Trained on its whole canvas (loss_span: canvas), so it decodes and deliberates on that canvas
-    # by default (mask-filled confidence pass), reading first passes as its corpus writes them.
-    r = demo_run.QUICK.gen_len
-    assert loaded.decode == {"gen_len": r, "block_length": r, "steps": r, "deliberation_canvas": "training",
+    # Trained with the reference's padding, so it decodes and deliberates on the slots it trained:
+    # the training split's longest transcript + 1, rounded up to whole blocks (2) and steps (2
+    # slots each); a mask-filled confidence pass, first passes read as its corpus writes them.
+    train_texts = [json.loads(line)["text"] for line in (run / "corpus" / "train.jsonl").read_text().splitlines()]
+    longest = max(len(ids) for ids in loaded.tokenizer.encode_batch(train_texts))
+    n = loaded.decode["gen_len"]
+    assert longest + 1 <= n < longest + 5 and n % 4 == 0 and summary["canvas"] == n
+    assert loaded.decode == {"gen_len": n, "block_length": n // 2, "steps": n // 2, "deliberation_canvas": "training",
                              "confidence_fill": "mask", "first_pass_normalizer": "spoken_en", "unknown_words": "mask"}
+    assert f"Canvas: {n} response slots, the training split's longest transcript ({longest} tokens) plus" in (
+        run / "results.md").read_text()
     assert json.loads((run / "settings.json").read_text())["train_recipe"]["substitution_rate"] == 0.1
     # ... and transcribes a clip.
     clip = sorted((run / "corpus" / "test").glob("*.flac"))[0]
@@ -228,9 +241,24 @@ def test_recipe_draws_substitutions_from_the_tokenizers_words_only(tmp_path):
     low, high = recipe["substitution_range"]
     assert high == tok.vocab_size and low == max(tok.special_ids) + 1 and low not in tok.special_ids
     assert demo_run.FULL.train_recipe.get("substitution_range") is None  # the settings are left as they are
-    cfg = TrainConfig(loss_span="canvas", **recipe)  # every recipe field is a TrainConfig field
+    cfg = TrainConfig(**recipe)  # every recipe field is a TrainConfig field
     assert cfg.loss_positions == "all" and cfg.loss_norm == "token_mean" and 0 < cfg.audio_drop_rate < 1
+    assert cfg.loss_span == "group_longest"  # the reference's padding (the canvas bound comes from the data)
     assert demo_run.substitution_range({"loss_norm": "token_mean"}, tok) == {"loss_norm": "token_mean"}
+
+
+def test_decode_canvas_is_the_trained_bound_plus_one_in_whole_blocks_and_steps():
+    full, quick = demo_run.FULL, demo_run.QUICK
+    # FULL: 2 blocks, one slot per step: the longest training transcript (13) + 1 = 14 slots.
+    assert demo_run.decode_canvas(full, np.array([5, 13, 9])) == {"gen_len": 14, "block_length": 7, "steps": 14}
+    assert demo_run.decode_canvas(full, [14]) == {"gen_len": 16, "block_length": 8, "steps": 16}  # 15 rounded up
+    # QUICK: 2 blocks of 2-slot steps, so a multiple of 4.
+    assert demo_run.decode_canvas(quick, [13]) == {"gen_len": 16, "block_length": 8, "steps": 8}
+    # Never past the training slots: a transcript cut at max_response_len trained all of them.
+    r = full.max_response_len
+    assert demo_run.decode_canvas(full, [r])["gen_len"] == r == demo_run.decode_canvas(full, [400])["gen_len"]
+    with pytest.raises(ValueError, match="not a multiple"):
+        demo_run.decode_canvas(dataclasses.replace(full, max_response_len=23), [5])
 
 
 def test_decode_inputs_are_merged_into_decode_yaml(tmp_path):
