@@ -21,7 +21,6 @@ import pytest
 
 import reference_decode as ref
 from whisper_llada_jax.decoding import api
-from whisper_llada_jax.decoding.config import DecodeConfig
 
 B, GEN, LAYERS, KV_HEADS = 2, 16, 3, 2
 
@@ -52,37 +51,9 @@ def _cache_sized_ops(hlo: str, slots: int) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("mode", ["prefix", "dual", "length_prior"])
-def test_diffusion_caches_are_written_in_place(mode):
-    model = ref.tiny_llm(layers=LAYERS, kv_heads=KV_HEADS)
-    variables, prefix = ref.init_vars(model), ref.random_prefix(B)
-    if mode == "length_prior":
-        cfg = DecodeConfig(gen_len=GEN, steps=GEN, length_prior=True, threshold=0.9, query_slots=4)
-    else:
-        cfg = DecodeConfig(decoder="semi_ar", gen_len=GEN, block_length=8, steps=8, cache=mode)
-    plan = api.diffusion.Plan(num_segments=cfg.num_blocks, segments="blocks", block=cfg.block,
-                              block_window=cfg.cache == "dual", eos_rule=True, threshold=cfg.threshold,
-                              cache=cfg.cache, mask_id=ref.TOKENS.mask, eos_id=ref.TOKENS.eos)
-    prior = None
-    if cfg.length_prior:
-        prior = api.length_prior.LengthPriorPlan(threshold=cfg.threshold, query_slots=cfg.query_slots,
-                                                 length_margin=cfg.length_margin, mask_id=ref.TOKENS.mask,
-                                                 eos_id=ref.TOKENS.eos)
-    hlo = api._diffusion_program.lower(
-        variables, prefix, jnp.int32(4), jax.random.key(0), jnp.arange(B), jnp.ones(B, bool),
-        bb=api.backbone_of(model), cond=api.Conditioner(), plan=plan, gen_len=GEN, buckets=(),
-        prior=prior).compile().as_text()
-    ops = _cache_sized_ops(hlo, ref.PREFIX + GEN)
-    assert not ops, ops
-
-
-def test_autoregressive_buffer_is_written_in_place():
-    model = ref.tiny_llm(causal=True, layers=LAYERS, kv_heads=KV_HEADS)
-    variables, prefix = ref.init_vars(model), ref.random_prefix(B)
-    hlo = api._autoregressive_program.lower(variables, prefix, jnp.ones(B, bool), bb=api.backbone_of(model),
-                                            cond=api.Conditioner(), max_new=GEN,
-                                            eos_id=ref.TOKENS.eos).compile().as_text()
-    ops = _cache_sized_ops(hlo, ref.PREFIX + GEN)
+@pytest.mark.parametrize("mode", ["prefix", "dual", "length_prior", "autoregressive"])
+def test_caches_are_written_in_place(mode):
+    ops = _cache_sized_ops(_compiled(mode), ref.PREFIX + GEN)
     assert not ops, ops
 
 
@@ -111,9 +82,10 @@ def _loop_computations(hlo: str, fusions: bool = False) -> tuple[dict, set]:
     return comps, seen
 
 
-def _compiled_loop(mode: str, tpu: bool) -> str:
-    """The optimised HLO of ``mode``'s decode (length prior or autoregressive), compiled for this
-    CPU or for a TPU v5e (libtpu's compile-only device). 3 query slots: no array of the length
+def _compiled(mode: str, tpu: bool = False) -> str:
+    """The optimised HLO of ``mode``'s decode (``prefix`` / ``dual``: semi-AR blocks of 8 with
+    that cache; ``length_prior``; ``autoregressive``: the causal baseline), compiled for this CPU
+    or for a TPU v5e (libtpu's compile-only device). 3 query slots: no array of the length
     prior's loop (the attention's probabilities are ``(B, KV, heads per KV x slots, T)``) then
     has one layer's buffer shape in another axis order."""
     model = ref.tiny_llm(causal=mode == "autoregressive", layers=LAYERS, kv_heads=KV_HEADS)
@@ -129,11 +101,15 @@ def _compiled_loop(mode: str, tpu: bool) -> str:
         return api._autoregressive_program.lower(*place((variables, prefix, jnp.ones(B, bool))),
                                                  bb=api.backbone_of(model), cond=api.Conditioner(), max_new=GEN,
                                                  eos_id=ref.TOKENS.eos).compile().as_text()
-    prior = api.length_prior.LengthPriorPlan(threshold=0.9, query_slots=3, length_margin=2,
-                                             mask_id=ref.TOKENS.mask, eos_id=ref.TOKENS.eos)
-    plan = api.diffusion.Plan(num_segments=1, segments="blocks", block=GEN, eos_rule=True, threshold=0.9,
-                              mask_id=ref.TOKENS.mask, eos_id=ref.TOKENS.eos)
-    args = place((variables, prefix, jnp.int32(GEN), jax.random.key(0), jnp.arange(B), jnp.ones(B, bool)))
+    ids = dict(mask_id=ref.TOKENS.mask, eos_id=ref.TOKENS.eos)
+    prior = None
+    if mode == "length_prior":
+        plan = api.diffusion.Plan(num_segments=1, segments="blocks", block=GEN, eos_rule=True, threshold=0.9, **ids)
+        prior = api.length_prior.LengthPriorPlan(threshold=0.9, query_slots=3, length_margin=2, **ids)
+    else:
+        plan = api.diffusion.Plan(num_segments=GEN // 8, segments="blocks", block=8, block_window=mode == "dual",
+                                  eos_rule=True, threshold=None, cache=mode, **ids)
+    args = place((variables, prefix, jnp.int32(4), jax.random.key(0), jnp.arange(B), jnp.ones(B, bool)))
     return api._diffusion_program.lower(*args, bb=api.backbone_of(model), cond=api.Conditioner(), plan=plan,
                                         gen_len=GEN, buckets=(), prior=prior).compile().as_text()
 
@@ -151,7 +127,7 @@ def _layer_sized(line: str) -> str | None:
 def _tpu_loop_writes(mode: str) -> tuple[int, list[str]]:
     """The in-place writes among the TPU-compiled loop's instructions of one layer's buffer shape,
     and those that are something else."""
-    comps, loop = _loop_computations(_compiled_loop(mode, tpu=True))
+    comps, loop = _loop_computations(_compiled(mode, tpu=True))
     assert loop, "no decode loop in the compiled program"
     writes, other = 0, []
     for name in loop:
@@ -170,7 +146,7 @@ def test_on_cpu_the_loop_never_relayouts_the_cache(mode):
     copy or transpose of an array of one layer's buffer shape, in any axis order: the attention
     reads each head-major buffer where the in-place write left it. With ``(B, T, KV, D)``
     buffers the loop copied all of them into ``(B, KV, D, T)`` in every forward."""
-    comps, loop = _loop_computations(_compiled_loop(mode, tpu=False), fusions=True)
+    comps, loop = _loop_computations(_compiled(mode), fusions=True)
     assert loop, "no decode loop in the compiled program"
     relayouts = [line.strip()[:200] for name in loop for line in comps[name]
                  if _layer_sized(line) in ("copy", "transpose")]
