@@ -90,6 +90,19 @@ def test_write_decode_choice_keeps_other_fields_and_is_atomic(tmp_path):
     assert yaml.safe_load((tmp_path / "decode.yaml").read_text()) == {"gen_len": 64, "treshold": 0.5}
 
 
+def test_a_diffusion_choice_keeps_the_model_dirs_semi_ar_block(tmp_path):
+    # The demo's decode.yaml: one-block diffusion by default, blocks of 7 for `--decoder semi_ar`.
+    # Diffusion ignores block_length, so choosing it must not turn the semi-AR default into one block.
+    own = {"gen_len": 14, "block_length": 7, "steps": 14}
+    (tmp_path / "decode.yaml").write_text(yaml.safe_dump(own))
+    grid = dict(tune.candidates(DecodeConfig(**own), thresholds=(0.7,), query_slots=(4,)))
+    for name in ("diffusion,threshold=0.7", "length_prior,threshold=0.7,query_slots=4"):
+        tune.write_decode_choice(tmp_path, grid[name])
+        got = yaml.safe_load((tmp_path / "decode.yaml").read_text())
+        assert (got["block_length"], got["decoder"], got["threshold"]) == (7, "diffusion", 0.7), (name, got)
+    assert grid["semi_ar,block=7,threshold=0.7"].block_length == 7
+
+
 @pytest.mark.slow
 def test_tune_command_dry_run_then_write(tmp_path, capsys):
     tok_json = build_tokenizer_json([" ".join(_WORDS)] * 4, tmp_path / "tokenizer.json", vocab_size=120)

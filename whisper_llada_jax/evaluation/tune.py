@@ -71,12 +71,13 @@ def candidates(base: DecodeConfig, thresholds: Sequence[float] = (0.9, 0.8, 0.7,
         if steps < base.steps and steps % base.num_blocks == 0:
             add(f"steps={steps}", steps=steps, threshold=None)
     for t in thresholds:
-        add(f"diffusion,threshold={t}", decoder="diffusion", block_length=g, steps=g, threshold=t)
+        # one-block diffusion ignores block_length: the base's stays (a MODEL_DIR's semi-AR block)
+        add(f"diffusion,threshold={t}", decoder="diffusion", steps=g, threshold=t)
         for blk in (g // 2, g // 4):
             if blk >= 1:
                 add(f"semi_ar,block={blk},threshold={t}", decoder="semi_ar", block_length=blk, steps=g, threshold=t)
         for q in query_slots:
-            add(f"length_prior,threshold={t},query_slots={q}", decoder="diffusion", block_length=g, steps=g,
+            add(f"length_prior,threshold={t},query_slots={q}", decoder="diffusion", steps=g,
                 threshold=t, length_prior=True, query_slots=q, cache="none", length_buckets=())
     return out
 
@@ -127,9 +128,10 @@ def dataset_decoder(loaded: Any, source: Any, *, seed: int = 0, num_workers: int
 
 
 def choice_fields(cfg: DecodeConfig) -> dict:
-    """The tuned fields of ``cfg`` as decode.yaml values."""
+    """The tuned fields of ``cfg`` as decode.yaml values (no ``block_length`` for one-block
+    diffusion, which ignores it: the file's semi-AR block is left as it is)."""
     d = config_lib.to_dict(cfg)
-    return {k: d[k] for k in TUNED_FIELDS}
+    return {k: d[k] for k in TUNED_FIELDS if not (k == "block_length" and cfg.decoder == "diffusion")}
 
 
 def write_decode_choice(model_dir: str | Path, cfg: DecodeConfig, decode_file: str = "decode.yaml") -> Path:
