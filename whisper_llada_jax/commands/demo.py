@@ -8,7 +8,7 @@ from pathlib import Path
 from whisper_llada_jax.errors import UserError
 
 NAME = "demo"
-HELP = "build a speech corpus, train a small Whisper-LLaDA on it and print its WER table (CPU, ~20 min)"
+HELP = "build a speech corpus, train a small Whisper-LLaDA on it and print its WER table (CPU, ~15 min)"
 EXAMPLES = """examples:
   # the full demo: 2,000 training utterances, results also written to docs/results.md
   whisper-llada demo --out runs/demo
