@@ -57,6 +57,19 @@ def test_caches_are_written_in_place(mode):
     assert not ops, ops
 
 
+@pytest.mark.parametrize("mode", ["prefix", "dual", "length_prior", "autoregressive"])
+def test_buffers_hold_whole_tiles_of_slots(mode):
+    """Every decode loop carries K/V buffers of ``cache_slots`` slots, a multiple of 8, the slots
+    past the positions masked out: 8 prefix + 12 response positions (autoregressive: 12 new
+    tokens) get 24. XLA's GPU matmuls pad a 16-bit dimension that is not a multiple of 8, which
+    copied every layer's keys and values in every cached forward of a 20-slot buffer
+    (docs/benchmarks.md, "The K/V buffer's length"); exactness: test_decoding_fast / _length_prior."""
+    hlo = _compiled(mode, gen=12)
+    carries = re.findall(r"= \((.*?)\) while\(", hlo)
+    slots = {int(t) for carry in carries for t in re.findall(rf"f32\[{B},{KV_HEADS},(\d+),8\]", carry)}
+    assert ref.PREFIX + 12 == 20 and slots == {24}, slots
+
+
 def _loop_computations(hlo: str, fusions: bool = False) -> tuple[dict, set]:
     """The compiled program's computations (name -> lines) and the names of those a decode loop
     runs at every iteration: while bodies and the conditional branches they call (and with
@@ -82,8 +95,8 @@ def _loop_computations(hlo: str, fusions: bool = False) -> tuple[dict, set]:
     return comps, seen
 
 
-def _compiled(mode: str, tpu: bool = False) -> str:
-    """The optimised HLO of ``mode``'s decode (``prefix`` / ``dual``: semi-AR blocks of 8 with
+def _compiled(mode: str, tpu: bool = False, gen: int = GEN) -> str:
+    """The optimised HLO of ``mode``'s decode (``prefix`` / ``dual``: semi-AR blocks of 4 with
     that cache; ``length_prior``; ``autoregressive``: the causal baseline), compiled for this CPU
     or for a TPU v5e (libtpu's compile-only device). 3 query slots: no array of the length
     prior's loop (the attention's probabilities are ``(B, KV, heads per KV x slots, T)``) then
@@ -99,19 +112,19 @@ def _compiled(mode: str, tpu: bool = False) -> str:
         place = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev), tree)  # noqa: E731
     if mode == "autoregressive":
         return api._autoregressive_program.lower(*place((variables, prefix, jnp.ones(B, bool))),
-                                                 bb=api.backbone_of(model), cond=api.Conditioner(), max_new=GEN,
+                                                 bb=api.backbone_of(model), cond=api.Conditioner(), max_new=gen,
                                                  eos_id=ref.TOKENS.eos).compile().as_text()
     ids = dict(mask_id=ref.TOKENS.mask, eos_id=ref.TOKENS.eos)
     prior = None
     if mode == "length_prior":
-        plan = api.diffusion.Plan(num_segments=1, segments="blocks", block=GEN, eos_rule=True, threshold=0.9, **ids)
+        plan = api.diffusion.Plan(num_segments=1, segments="blocks", block=gen, eos_rule=True, threshold=0.9, **ids)
         prior = api.length_prior.LengthPriorPlan(threshold=0.9, query_slots=3, length_margin=2, **ids)
     else:
-        plan = api.diffusion.Plan(num_segments=GEN // 8, segments="blocks", block=8, block_window=mode == "dual",
+        plan = api.diffusion.Plan(num_segments=gen // 4, segments="blocks", block=4, block_window=mode == "dual",
                                   eos_rule=True, threshold=None, cache=mode, **ids)
     args = place((variables, prefix, jnp.int32(4), jax.random.key(0), jnp.arange(B), jnp.ones(B, bool)))
     return api._diffusion_program.lower(*args, bb=api.backbone_of(model), cond=api.Conditioner(), plan=plan,
-                                        gen_len=GEN, buckets=(), prior=prior).compile().as_text()
+                                        gen_len=gen, buckets=(), prior=prior).compile().as_text()
 
 
 def _layer_sized(line: str) -> str | None:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from whisper_llada_jax.decoding import autoregressive, deliberation, diffusion, length_prior
-from whisper_llada_jax.decoding.backbone import Backbone, Prefix, full_forward
+from whisper_llada_jax.decoding.backbone import LOOP_COMPILER_OPTIONS, Backbone, Prefix, full_forward
 from whisper_llada_jax.decoding.config import DecodeConfig, validate
 from whisper_llada_jax.errors import DataError, DecodeConfigError
 
@@ -89,7 +89,8 @@ def _rows(inputs: Any) -> int:
 
 
 # ----------------------------------------------------------------------------- programs
-@functools.partial(jax.jit, static_argnames=("bb", "cond", "plan", "gen_len", "buckets", "prior"))
+@functools.partial(jax.jit, static_argnames=("bb", "cond", "plan", "gen_len", "buckets", "prior"),
+                   compiler_options=LOOP_COMPILER_OPTIONS)
 def _diffusion_program(variables, inputs, spb, rng, row_ids, live, *, bb, cond, plan, gen_len, buckets, prior=None):
     """``spb`` (steps per block) is traced: every step count shares one compiled program.
     Returns ``(canvas, nfe, llm_tokens)``."""
@@ -125,7 +126,8 @@ def _diffusion_program(variables, inputs, spb, rng, row_ids, live, *, bb, cond, 
     return jax.lax.switch(idx, [functools.partial(run, s) for s in sizes], live.astype(jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnames=("bb", "cond", "plan"))
+@functools.partial(jax.jit, static_argnames=("bb", "cond", "plan"),
+                   compiler_options=LOOP_COMPILER_OPTIONS)
 def _deliberation_program(variables, inputs, first, length, num_masked, steps, mask, rng, row_ids, live, *, bb,
                           cond, plan):
     prefix = cond(bb, variables, inputs)
@@ -133,7 +135,8 @@ def _deliberation_program(variables, inputs, first, length, num_masked, steps, m
                                           live, plan, mask)
 
 
-@functools.partial(jax.jit, static_argnames=("bb", "cond", "max_new", "eos_id"))
+@functools.partial(jax.jit, static_argnames=("bb", "cond", "max_new", "eos_id"),
+                   compiler_options=LOOP_COMPILER_OPTIONS)
 def _autoregressive_program(variables, inputs, live, *, bb, cond, max_new, eos_id):
     prefix = cond(bb, variables, inputs)
     # Left-pad nothing: every prefix is full length, so the last slot is each row's last token.

@@ -17,15 +17,15 @@ import jax
 import jax.numpy as jnp
 
 from whisper_llada_jax.decoding import schedule
-from whisper_llada_jax.decoding.backbone import Backbone, Prefix
+from whisper_llada_jax.decoding.backbone import Backbone, Prefix, cache_slots, to_slots
 from whisper_llada_jax.models.llada import KV
 
 
 class _Carry(NamedTuple):
     t: jax.Array  # tokens produced so far
-    kv: KV  # P + max_new slots per layer
-    kv_valid: jax.Array  # (B, P + max_new)
-    kv_pos: jax.Array  # (B, P + max_new)
+    kv: KV  # cache_slots(P + max_new) slots per layer
+    kv_valid: jax.Array  # (B, slots)
+    kv_pos: jax.Array  # (B, slots)
     out: jax.Array  # (B, max_new), eos after a row's end
     done: jax.Array  # (B,)
     nfe: jax.Array  # (B,)
@@ -35,14 +35,14 @@ def greedy(bb: Backbone, variables: Any, prefix: Prefix, max_new: int, eos_id: i
            live: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Returns ``(tokens (B, max_new) eos-padded, lengths (B,) before eos, nfe (B,))``."""
     b, p = prefix.valid.shape
-    t_all = p + max_new
+    t_all = cache_slots(p + max_new)
     pos = jnp.maximum(jnp.cumsum(prefix.valid.astype(jnp.int32), axis=1) - 1, 0)
     # The fixed buffer: the prefill writes its K/V into slots [0, P) in place, then one slot per step.
     shape = jax.eval_shape(lambda: bb.hidden(variables, embeds=prefix.embeds, positions=pos,
                                              attention_mask=prefix.valid, return_kv=True).kv)
     kv0 = shape.zeros(t_all)
-    kv_valid = jnp.concatenate([prefix.valid, jnp.zeros((b, max_new), bool)], axis=1)
-    kv_pos = jnp.concatenate([pos, jnp.zeros((b, max_new), jnp.int32)], axis=1)
+    kv_valid = to_slots(prefix.valid, t_all, False)
+    kv_pos = to_slots(pos, t_all, 0)
     # Prefixes are left-padded, so the last slot is every row's last real token: the last layer's
     # queries and the head run on it only.
     first = bb.hidden(variables, embeds=prefix.embeds, positions=pos, cache=kv0, cache_index=0,

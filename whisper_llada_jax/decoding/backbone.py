@@ -61,6 +61,35 @@ class Backbone:
         return self.head(variables, h)
 
 
+# A K/V buffer has a multiple of CACHE_ALIGN slots, those past the real positions masked out.
+# XLA's GPU matmuls pad a 16-bit dimension that is not a multiple of 8 (its cuBLAS padding pass):
+# with 372 + 128 = 500 slots, every cached forward copied each layer's keys and values into a
+# 504-slot buffer (compiled for an H100: docs/benchmarks.md, "The K/V buffer's length").
+CACHE_ALIGN = 8
+
+# Compiler options of every jitted decode loop. XLA's GPU dot merger joins matmuls that share an
+# input (a layer's q / k / v projections) by concatenating their weights, and inside a
+# while_loop that concatenation runs again in every forward: 200 MB written per LLaDA-8B layer,
+# 6.4 GB per forward (compiled for an H100: docs/benchmarks.md). Other backends ignore it.
+LOOP_COMPILER_OPTIONS = {"xla_gpu_dot_merger_threshold_mb": 0}
+
+
+def cache_slots(positions: int) -> int:
+    """Slots of a K/V buffer for ``positions`` positions."""
+    return -(-positions // CACHE_ALIGN) * CACHE_ALIGN
+
+
+def to_slots(a: jax.Array, slots: int, fill) -> jax.Array:
+    """``(B, S)`` per-position values extended to a buffer's ``slots`` with ``fill``."""
+    return jnp.pad(a, ((0, 0), (0, slots - a.shape[1])), constant_values=fill)
+
+
+def cache_buffer(bb: Backbone, variables, prefix: Prefix, ids: jax.Array, resp_valid: jax.Array) -> KV:
+    """A zero K/V buffer for every ``[prefix | response]`` position, ``cache_slots`` long."""
+    shape = jax.eval_shape(lambda: full_forward(bb, variables, prefix, ids, resp_valid, return_kv=True)[1])
+    return shape.zeros(cache_slots(prefix.valid.shape[1] + ids.shape[1]))
+
+
 def positions(prefix_valid: jax.Array, resp_valid: jax.Array) -> jax.Array:
     """RoPE positions ``(B, P + R)`` counting valid slots only (padding gets position 0)."""
     valid = jnp.concatenate([prefix_valid, resp_valid], axis=1).astype(jnp.int32)
@@ -70,7 +99,7 @@ def positions(prefix_valid: jax.Array, resp_valid: jax.Array) -> jax.Array:
 def full_forward(bb: Backbone, variables, prefix: Prefix, ids: jax.Array, resp_valid: jax.Array,
                  return_kv: bool, kv: KV | None = None) -> tuple[jax.Array, KV | None]:
     """Hidden states of the response ``(B, R, D)`` (and the K/V of every position). With a
-    buffer ``kv`` of ``P + R`` slots, every layer writes its keys and values into it in place
+    buffer ``kv`` (``cache_buffer``), every layer writes its keys and values into it in place
     (no per-layer stacking) and the updated buffer is returned. Only the response's states are
     computed in the last layer (``outputs_from``): nothing reads the prefix's. The prefix is the
     same at every step of a decode loop (``fixed_prefix``): the first layer's projections of it
@@ -80,8 +109,8 @@ def full_forward(bb: Backbone, variables, prefix: Prefix, ids: jax.Array, resp_v
     pos = positions(prefix.valid, resp_valid)
     p = prefix.embeds.shape[1]
     if kv is not None:
-        out = bb.hidden(variables, embeds=emb, positions=pos, cache=kv, cache_index=0, cache_mask=mask, outputs_from=p,
-                        fixed_prefix=p)
+        out = bb.hidden(variables, embeds=emb, positions=pos, cache=kv, cache_index=0,
+                        cache_mask=to_slots(mask, kv.length(), False), outputs_from=p, fixed_prefix=p)
     else:
         out = bb.hidden(variables, embeds=emb, positions=pos, attention_mask=mask, return_kv=return_kv,
                         outputs_from=p, fixed_prefix=p)
@@ -92,8 +121,10 @@ def cached_forward(bb: Backbone, variables, ids: jax.Array, pos: jax.Array, kv: 
                    kv_valid: jax.Array, kv_pos: jax.Array | None = None) -> tuple[jax.Array, KV]:
     """Hidden states of ``ids`` whose keys / values are written into the buffer ``kv`` in place
     at ``index`` (a scalar start, or one slot per token ``(B, S)``), attending over the whole
-    buffer (``kv_valid``: the slots that may be attended to after the write). Returns the hidden
-    states and the updated buffer."""
+    buffer (``kv_valid``: the positions that may be attended to after the write; the buffer's
+    slots past them never are). Returns the hidden states and the updated buffer."""
+    slots = kv.length()
     out = bb.hidden(variables, embeds=bb.embed(variables, ids), positions=pos, cache=kv, cache_index=index,
-                    cache_mask=kv_valid, cache_positions=kv_pos)
+                    cache_mask=to_slots(kv_valid, slots, False),
+                    cache_positions=None if kv_pos is None else to_slots(kv_pos, slots, 0))
     return out.hidden, out.kv

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from whisper_llada_jax.decoding import schedule
-from whisper_llada_jax.decoding.backbone import Backbone, Prefix, cached_forward, full_forward, positions
+from whisper_llada_jax.decoding.backbone import Backbone, Prefix, cache_buffer, cached_forward, full_forward, positions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +95,8 @@ def _window_hidden(bb: Backbone, variables, plan: Plan, prefix: Prefix, x, resp_
     # (A refresh writing into the carried buffer in place would make XLA copy the buffer into
     # both branches of this cond; a fresh stack of the layers' K/V, once per segment, is cheaper.)
     def refresh(_):
-        h, kv = full_forward(bb, variables, prefix, x, resp_valid, return_kv=True)
+        h, kv = full_forward(bb, variables, prefix, x, resp_valid, return_kv=True,
+                             kv=cache_buffer(bb, variables, prefix, x, resp_valid))
         return take(h), kv
 
     # On a cache hit the query tokens' fresh K/V are written over their own slots of the buffer
@@ -117,8 +118,7 @@ def _init_cache(bb: Backbone, variables, plan: Plan, prefix: Prefix, x, resp_val
     """A zero K/V buffer of every ``P + R`` position (filled by each segment's first forward)."""
     if plan.cache == "none":
         return None
-    shape = jax.eval_shape(lambda: full_forward(bb, variables, prefix, x, resp_valid, return_kv=True)[1])
-    return shape.zeros()
+    return cache_buffer(bb, variables, prefix, x, resp_valid)
 
 
 def head_on_block(plan: Plan, r: int) -> bool:

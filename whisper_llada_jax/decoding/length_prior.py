@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from whisper_llada_jax.decoding import schedule
-from whisper_llada_jax.decoding.backbone import Backbone, Prefix, cached_forward, full_forward, positions
+from whisper_llada_jax.decoding.backbone import Backbone, Prefix, cache_buffer, cached_forward, full_forward, positions
 from whisper_llada_jax.models.llada import KV
 
 
@@ -102,8 +102,7 @@ def decode(bb: Backbone, variables, prefix: Prefix, gen_len: int, rng: jax.Array
 
     # 1. the full first forward: first reveal step, length estimate, K/V of every position
     x = jnp.full((b, r), plan.mask_id, jnp.int32)
-    shape = jax.eval_shape(lambda: full_forward(bb, variables, prefix, x, resp_valid, return_kv=True)[1])
-    kv = shape.zeros()  # filled in place by the first forward
+    kv = cache_buffer(bb, variables, prefix, x, resp_valid)  # filled in place by the first forward
     h, kv = full_forward(bb, variables, prefix, x, resp_valid, return_kv=True, kv=kv)
     logits = bb.head(variables, h)
     keys = schedule.row_keys(rng, jnp.zeros((b,), jnp.int32), row_ids)

@@ -24,6 +24,7 @@ from whisper_llada_jax.assets import resolve_whisper_dir
 from whisper_llada_jax.audio.features import HOP_LENGTH, N_SAMPLES, log_mel_jax
 from whisper_llada_jax.audio.io import SAMPLE_RATE, chunk_audio, load_audio, merge_chunk_texts
 from whisper_llada_jax.config import WhisperConfig
+from whisper_llada_jax.decoding.backbone import LOOP_COMPILER_OPTIONS
 from whisper_llada_jax.errors import CheckpointError
 from whisper_llada_jax.text.whisper_tokenizer import WhisperTokenizer
 
@@ -86,7 +87,7 @@ def _features(audio, n_samples, n_mels: int, padding: str):
     return features
 
 
-@functools.partial(jax.jit, static_argnames=("config", "facts", "padding"))
+@functools.partial(jax.jit, static_argnames=("config", "facts", "padding"), compiler_options=LOOP_COMPILER_OPTIONS)
 def _recognise_batch(params, audio, n_samples, *, config: WhisperConfig, facts: DecodingFacts, padding: str):
     """(B, 480000) samples -> (tokens (B, max_new_tokens), lengths (B,)) in one compiled call.
     Module-level with hashable static arguments, so every recogniser of the same checkpoint
