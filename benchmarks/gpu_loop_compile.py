@@ -2,6 +2,7 @@
 
     pip install -e '.[gpu-compile]'
     python benchmarks/gpu_loop_compile.py [--batches 1,64] [--gemm cublas|triton] [--json out.json]
+    python benchmarks/gpu_loop_compile.py --device   # on a GPU machine: its own compiler's choices
 
 Compiles the whole decode of the length prior (8 query slots, a 128-slot canvas) and of the
 autoregressive baseline, with abstract weights and inputs, for an H100 (XLA's GPU compiler
@@ -22,8 +23,9 @@ code the 2026-11-30 H200 run measured), and ``now``: ``decoding.backbone.CACHE_A
 and ``LOOP_COMPILER_OPTIONS``. ``--gemm``: XLA's matrix products as cuBLAS calls (the Triton GEMM
 emitter off; the default) or as Triton fusions. On a card XLA's autotuner picks between the two
 per product; without one, Triton finds no tile size for the 8B first forward's products beyond
-batch 1, and such a compile is reported as failed. A static reading of the compiled program:
-what a GPU run takes is for the GPU to say.
+batch 1, and such a compile is reported as failed. ``--device`` compiles for the attached GPU
+instead, with XLA's own (autotuned) choice of products: which of these loops a run there pays.
+A static reading of the compiled program: what a GPU run takes is for the GPU to say.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ import re
 import sys
 from pathlib import Path
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host runs nothing; the CUDA plugin only compiles
+if "--device" not in sys.argv:
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host runs nothing; the CUDA plugin only compiles
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -77,7 +80,7 @@ def program(fn, options: bool):
     return jax.jit(fn.__wrapped__, static_argnames=static)
 
 
-def compile_loop(mode: str, b: int, dev, side: str, gemm: str) -> tuple[str, LLMConfig]:
+def compile_loop(mode: str, b: int, dev, side: str, gemm: str | None) -> tuple[str, LLMConfig]:
     """The optimised HLO of the whole decode program on ``side`` (``before`` / ``now``), and the
     LLM's config."""
     now = side == "now"
@@ -101,7 +104,8 @@ def compile_loop(mode: str, b: int, dev, side: str, gemm: str) -> tuple[str, LLM
         args = place((v, pre, jnp.int32(GEN), jax.random.key(0), jnp.arange(b), jnp.ones(b, bool)))
         lowered = program(api._diffusion_program, now).lower(*args, bb=bb, cond=api.Conditioner(), plan=plan,
                                                              gen_len=GEN, buckets=(), prior=prior)
-    return lowered.compile(compiler_options={"xla_gpu_enable_triton_gemm": gemm == "triton"}).as_text(), cfg
+    options = None if gemm is None else {"xla_gpu_enable_triton_gemm": gemm == "triton"}
+    return lowered.compile(compiler_options=options).as_text(), cfg
 
 
 def loop_body(hlo: str) -> list[str]:
@@ -164,23 +168,27 @@ def census(lines: list[str], b: int, cfg: LLMConfig) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batches", default="1,64")
-    ap.add_argument("--gemm", choices=("cublas", "triton"), default="cublas")
+    ap.add_argument("--gemm", choices=("cublas", "triton"), default=None,
+                    help="default: cublas without a device, the compiler's own choice with --device")
+    ap.add_argument("--device", action="store_true", help="compile for the attached GPU")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    dev = gpu_device()
+    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0]) if args.device else gpu_device()
+    gemm = args.gemm or (None if args.device else "cublas")
     rows = []
     for mode in ("length_prior", "autoregressive"):
         for b in [int(x) for x in args.batches.split(",")]:
             for side in ("before", "now"):
-                row = {"mode": mode, "batch": b, "side": side, "gemm": args.gemm}
+                row = {"mode": mode, "batch": b, "side": side, "gemm": gemm or "autotuned"}
                 try:
-                    hlo, cfg = compile_loop(mode, b, dev, side, args.gemm)
+                    hlo, cfg = compile_loop(mode, b, dev, side, gemm)
                     row.update(census(loop_body(hlo), b, cfg))
                 except jax.errors.JaxRuntimeError as e:  # Triton without an autotuner: no tile size
                     row["error"] = str(e).splitlines()[0][:120]
                 rows.append(row)
                 print(json.dumps(rows[-1]), flush=True)
-    print(f"\nCompiled for {dev.device_set.pop().device_kind} (no device), {args.gemm} GEMMs, 2 layers of LLaDA-8B "
+    where = "the attached device" if args.device else "no device"
+    print(f"\nCompiled for {dev.device_set.pop().device_kind} ({where}), {gemm or 'autotuned'} GEMMs, 2 layers of LLaDA-8B "
           f"(baseline: LLaMA-8B) shapes, bf16, prefix {PREFIX}, canvas {GEN}, {QUERY_SLOTS} query slots; "
           "bytes and time over 32 layers at 3.84 TB/s\n")
     print("| decode loop | batch | side | kernels per forward (2 layers) | K/V copies | weight joins | "
