@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from whisper_llada_jax.decoding.backbone import LOOP_COMPILER_OPTIONS
 from whisper_llada_jax.errors import DecodeConfigError
 from whisper_llada_jax.models.whisper import Whisper, WhisperKVCache, init_cache
 
@@ -61,8 +60,7 @@ def _bias(vocab: int, ids: Sequence[int]) -> jax.Array:
     return jnp.asarray(bias)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "eos_id", "suppress", "begin_suppress"),
-                   compiler_options=LOOP_COMPILER_OPTIONS)
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "eos_id", "suppress", "begin_suppress"))
 def _greedy(model: Whisper, variables, encoder_out, prompt, *, max_new_tokens: int, eos_id: int,
             suppress: tuple[int, ...], begin_suppress: tuple[int, ...]):
     cfg = model.config

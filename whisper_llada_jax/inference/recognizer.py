@@ -87,6 +87,8 @@ def _features(audio, n_samples, n_mels: int, padding: str):
     return features
 
 
+# compiler options only on a top-level jit (jax refuses them on a nested one, and _greedy is
+# also called inside other programs)
 @functools.partial(jax.jit, static_argnames=("config", "facts", "padding"), compiler_options=LOOP_COMPILER_OPTIONS)
 def _recognise_batch(params, audio, n_samples, *, config: WhisperConfig, facts: DecodingFacts, padding: str):
     """(B, 480000) samples -> (tokens (B, max_new_tokens), lengths (B,)) in one compiled call.
