@@ -67,10 +67,11 @@ class Backbone:
 # 504-slot buffer (compiled for an H100: docs/benchmarks.md, "The K/V buffer's length").
 CACHE_ALIGN = 8
 
-# Compiler options of every top-level jitted decode loop (jax accepts them on a top-level jit only). XLA's GPU dot merger joins matmuls that share an
-# input (a layer's q / k / v projections) by concatenating their weights, and inside a
-# while_loop that concatenation runs again in every forward: 200 MB written per LLaDA-8B layer,
-# 6.4 GB per forward (compiled for an H100: docs/benchmarks.md). Other backends ignore it.
+# Compiler options of the top-level jitted decode programs (jax takes them on a top-level jit
+# only). XLA's GPU dot merger joins matmuls that share an input (a layer's q / k / v projections)
+# by concatenating their weights, and inside a while_loop that concatenation runs again in every
+# forward: 200 MB written per LLaDA-8B layer, 6.4 GB per forward (compiled for an H100:
+# docs/benchmarks.md). Other backends ignore the option.
 LOOP_COMPILER_OPTIONS = {"xla_gpu_dot_merger_threshold_mb": 0}
 
 

@@ -93,7 +93,7 @@ def _window_hidden(bb: Backbone, variables, plan: Plan, prefix: Prefix, x, resp_
     all_valid = jnp.concatenate([prefix.valid, resp_valid], axis=1)
 
     # (A refresh writing into the carried buffer in place would make XLA copy the buffer into
-    # both branches of this cond; a fresh stack of the layers' K/V, once per segment, is cheaper.)
+    # both branches of this cond; a fresh buffer, once per segment, is cheaper.)
     def refresh(_):
         h, kv = full_forward(bb, variables, prefix, x, resp_valid, return_kv=True,
                              kv=cache_buffer(bb, variables, prefix, x, resp_valid))
