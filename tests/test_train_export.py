@@ -320,3 +320,21 @@ def test_profile_traces_of_train_steps_and_evaluate(run, capsys):
                  "--decode", DECODE, "--out", str(root / "eval"), "--profile", str(prof)]) == 0
     assert f"profiler trace in {prof}" in capsys.readouterr().out
     assert list(prof.glob("plugins/profile/*/*.xplane.pb"))
+
+
+def test_decode_defaults_never_decode_past_the_trained_slots():
+    """A MODEL_DIR's decode.yaml from the trainer: a group-span model trained on fewer slots than
+    the decoder's default canvas (128) decodes on its max_response_len (two slots per step, as the
+    default), not on 128 slots that no row ever reached; the paper's 128 keeps the defaults; a
+    canvas model decodes and deliberates on its canvas; the causal baseline sets nothing."""
+    from whisper_llada_jax.data.config import DataConfig
+    from whisper_llada_jax.training.config import TrainConfig
+    from whisper_llada_jax.training.export import decode_defaults
+
+    data = lambda r: DataConfig(max_response_len=r)  # noqa: E731
+    assert decode_defaults(TrainConfig(), data(16)) == {"gen_len": 16, "block_length": 16, "steps": 8}
+    assert decode_defaults(TrainConfig(loss_span="batch_longest"), data(15))["steps"] == 7
+    assert decode_defaults(TrainConfig(), data(128)) is None
+    assert decode_defaults(TrainConfig(loss_span="canvas"), data(24)) == {
+        "gen_len": 24, "block_length": 24, "steps": 24, "deliberation_canvas": "training", "confidence_fill": "mask"}
+    assert decode_defaults(TrainConfig(objective="autoregressive", loss_span="canvas"), data(16)) is None

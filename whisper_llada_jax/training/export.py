@@ -36,11 +36,22 @@ def decode_defaults(cfg, data_cfg) -> dict | None:
     exactly that canvas by default, and deliberates on it too: the first pass followed by the
     eos tail it always saw (a first pass alone, padding hidden, is a canvas it never saw), with a
     mask-filled confidence pass (pad is eos here, and an all-eos canvas reads as an empty
-    transcript to such a model; docs/decoding.md "Deliberation inputs")."""
+    transcript to such a model; docs/decoding.md "Deliberation inputs"). A model trained on
+    group spans never saw a slot past ``max_response_len``: when that is shorter than the
+    decoder's default canvas, it decodes on ``max_response_len`` slots (the default's two slots
+    per step); a model trained from scratch does best on its longest training transcript + 1
+    (docs/configs.md, ``loss_span``), which only the training data knows."""
+    from whisper_llada_jax.decoding.config import DecodeConfig
+
     r = data_cfg.max_response_len
-    if cfg.loss_span == "canvas" and cfg.objective != "autoregressive":
+    if cfg.objective == "autoregressive":
+        return None
+    if cfg.loss_span == "canvas":
         return {"gen_len": r, "block_length": r, "steps": r, "deliberation_canvas": "training",
                 "confidence_fill": "mask"}
+    default = DecodeConfig()
+    if r < default.gen_len:
+        return {"gen_len": r, "block_length": r, "steps": max(1, r * default.steps // default.gen_len)}
     return None
 
 
