@@ -47,9 +47,10 @@ import jax.numpy as jnp  # noqa: E402
 from flax import linen as nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from whisper_llada_jax.config import LLMConfig  # noqa: E402
+from whisper_llada_jax.config import LLMConfig, TokenConfig  # noqa: E402
 from whisper_llada_jax.decoding import api, backbone  # noqa: E402
 from whisper_llada_jax.decoding.backbone import Prefix  # noqa: E402
+from whisper_llada_jax.decoding.config import DecodeConfig  # noqa: E402
 from whisper_llada_jax.models.llada import LLaDA  # noqa: E402
 
 TARGET = Path(__file__).resolve().parent / "h100_target.txtpb"
@@ -98,9 +99,9 @@ def compile_loop(mode: str, b: int, dev, side: str, gemm: str | None) -> tuple[s
         lowered = program(api._autoregressive_program, now).lower(*place((v, pre, jnp.ones(b, bool))), bb=bb,
                                                                   cond=api.Conditioner(), max_new=GEN, eos_id=EOS)
     else:
-        ids = dict(mask_id=MASK, eos_id=EOS)
-        plan = api.diffusion.Plan(num_segments=1, segments="blocks", block=GEN, eos_rule=True, threshold=0.9, **ids)
-        prior = api.length_prior.LengthPriorPlan(threshold=0.9, query_slots=QUERY_SLOTS, length_margin=2, **ids)
+        lp = DecodeConfig(gen_len=GEN, steps=GEN, block_length=GEN, threshold=0.9, length_prior=True,
+                          query_slots=QUERY_SLOTS)
+        plan, prior = api.diffusion_plans(lp, TokenConfig(mask=MASK, eos=EOS))
         args = place((v, pre, jnp.int32(GEN), jax.random.key(0), jnp.arange(b), jnp.ones(b, bool)))
         lowered = program(api._diffusion_program, now).lower(*args, bb=bb, cond=api.Conditioner(), plan=plan,
                                                              gen_len=GEN, buckets=(), prior=prior)

@@ -21,6 +21,7 @@ import pytest
 
 import reference_decode as ref
 from whisper_llada_jax.decoding import api
+from whisper_llada_jax.decoding.config import DecodeConfig
 
 B, GEN, LAYERS, KV_HEADS = 2, 16, 3, 2
 
@@ -114,14 +115,11 @@ def _compiled(mode: str, tpu: bool = False, gen: int = GEN) -> str:
         return api._autoregressive_program.lower(*place((variables, prefix, jnp.ones(B, bool))),
                                                  bb=api.backbone_of(model), cond=api.Conditioner(), max_new=gen,
                                                  eos_id=ref.TOKENS.eos).compile().as_text()
-    ids = dict(mask_id=ref.TOKENS.mask, eos_id=ref.TOKENS.eos)
-    prior = None
     if mode == "length_prior":
-        plan = api.diffusion.Plan(num_segments=1, segments="blocks", block=gen, eos_rule=True, threshold=0.9, **ids)
-        prior = api.length_prior.LengthPriorPlan(threshold=0.9, query_slots=3, length_margin=2, **ids)
+        cfg = DecodeConfig(gen_len=gen, steps=gen, block_length=gen, threshold=0.9, length_prior=True, query_slots=3)
     else:
-        plan = api.diffusion.Plan(num_segments=gen // 4, segments="blocks", block=4, block_window=mode == "dual",
-                                  eos_rule=True, threshold=None, cache=mode, **ids)
+        cfg = DecodeConfig(decoder="semi_ar", gen_len=gen, steps=gen, block_length=4, cache=mode)
+    plan, prior = api.diffusion_plans(cfg, ref.TOKENS)
     args = place((variables, prefix, jnp.int32(4), jax.random.key(0), jnp.arange(B), jnp.ones(B, bool)))
     return api._diffusion_program.lower(*args, bb=api.backbone_of(model), cond=api.Conditioner(), plan=plan,
                                         gen_len=gen, buckets=(), prior=prior).compile().as_text()

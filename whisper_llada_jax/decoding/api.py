@@ -156,17 +156,8 @@ def _cond(cfg: DecodeConfig, audio_tokens: int | None) -> Conditioner:
     return Conditioner(audio_tokens=audio_tokens if cfg.audio_span == "trimmed" else None, text_only=cfg.text_only)
 
 
-def diffusion_decode(model: Any, variables: Any, inputs: Any, cfg: DecodeConfig, rng: jax.Array, *,
-                     tokens: Any = None, row_ids=None, live=None, audio_tokens: int | None = None) -> DecodeOutput:
-    """Diffusion (one block) or semi-AR decoding from an all-masked canvas of ``cfg.gen_len``.
-
-    inputs: ``{"features": (B, mels, frames)}`` / ``{"encoder_out": ...}`` for the composite, or
-    a ``Prefix`` for a bare LLM. ``tokens``: the model's ``TokenConfig`` (mask / eos ids).
-    ``row_ids``: per-row ids for the RNG (default 0..B-1); ``live``: False for padding rows.
-    """
-    validate(cfg)
-    tok = tokens or _tokens_of(model)
-    b = _rows(inputs)
+def diffusion_plans(cfg: DecodeConfig, tok: Any) -> tuple[diffusion.Plan, length_prior.LengthPriorPlan | None]:
+    """The static plans of ``_diffusion_program`` for ``cfg`` (``tok``: the mask / eos ids)."""
     plan = diffusion.Plan(num_segments=cfg.num_blocks, segments="blocks", block=cfg.block,
                           block_window=cfg.cache == "dual", eos_rule=True,
                           threshold=cfg.threshold, remasking=cfg.remasking, temperature=float(cfg.temperature),
@@ -176,6 +167,20 @@ def diffusion_decode(model: Any, variables: Any, inputs: Any, cfg: DecodeConfig,
         prior = length_prior.LengthPriorPlan(threshold=cfg.threshold, query_slots=cfg.query_slots,
                                              length_margin=cfg.length_margin, temperature=float(cfg.temperature),
                                              mask_id=tok.mask, eos_id=tok.eos)
+    return plan, prior
+
+
+def diffusion_decode(model: Any, variables: Any, inputs: Any, cfg: DecodeConfig, rng: jax.Array, *,
+                     tokens: Any = None, row_ids=None, live=None, audio_tokens: int | None = None) -> DecodeOutput:
+    """Diffusion (one block) or semi-AR decoding from an all-masked canvas of ``cfg.gen_len``.
+
+    inputs: ``{"features": (B, mels, frames)}`` / ``{"encoder_out": ...}`` for the composite, or
+    a ``Prefix`` for a bare LLM. ``tokens``: the model's ``TokenConfig`` (mask / eos ids).
+    ``row_ids``: per-row ids for the RNG (default 0..B-1); ``live``: False for padding rows.
+    """
+    validate(cfg)
+    b = _rows(inputs)
+    plan, prior = diffusion_plans(cfg, tokens or _tokens_of(model))
     ids, lv = _ids_and_live(b, row_ids, live)
     spb = np.int32(cfg.steps // cfg.num_blocks)
     out, nfe, toks = _diffusion_program(variables, inputs, spb, rng, ids, lv, bb=backbone_of(model),
