@@ -36,6 +36,30 @@ def test_window_forward_matches_full_forward_and_refreshes_its_slots():
     np.testing.assert_allclose(np.asarray(new2.v), np.asarray(kv.v), atol=2e-5)
 
 
+def test_window_forward_writes_nothing_for_unselected_slots_of_an_aligned_buffer():
+    """8 prefix + 13 response positions get a 24-slot buffer (``cache_slots``): an unselected
+    query slot must write nowhere, not into the masked slots past the positions."""
+    from whisper_llada_jax.decoding.backbone import cache_buffer
+
+    model = ref.tiny_llm(layers=2, kv_heads=2)
+    variables = ref.init_vars(model)
+    bb = Backbone(model, composite=False)
+    prefix = ref.random_prefix(2)
+    x = jax.random.randint(jax.random.key(3), (2, 13), 7, ref.VOCAB)
+    valid = jnp.ones((2, 13), bool)
+    buf = cache_buffer(bb, variables, prefix, x, valid)
+    _, kv = full_forward(bb, variables, prefix, x, valid, return_kv=True, kv=buf)
+    assert kv.length() == 24
+    pos = positions(prefix.valid, valid)
+    all_valid = jnp.concatenate([prefix.valid, valid], axis=1)
+    idx = jnp.array([[1, 4, 9, 12], [0, 2, 3, 5]])
+    sel = jnp.array([[True, False, True, False], [False] * 4])
+    _, new = length_prior.window_forward(bb, variables, x, idx, sel, kv, pos, all_valid)
+    np.testing.assert_allclose(np.asarray(new.k), np.asarray(kv.k), atol=2e-5)
+    np.testing.assert_allclose(np.asarray(new.v), np.asarray(kv.v), atol=2e-5)
+    assert not np.asarray(new.k)[..., ref.PREFIX + 13:, :].any()  # the padded slots stay empty
+
+
 def stale_at(kv, idx, sel):
     """``kv`` with garbage at the selected response slots (the window must not read them)."""
     b = idx.shape[0]

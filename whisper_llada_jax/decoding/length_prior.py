@@ -85,7 +85,7 @@ def window_forward(bb: Backbone, variables, x: jax.Array, idx: jax.Array, sel: j
     window's hidden states ``(B, q, D)`` and the updated cache."""
     r = x.shape[1]
     p = pos.shape[1] - r
-    cols = jnp.where(sel, p + idx, p + r)  # unselected: out of range, dropped by the writes
+    cols = jnp.where(sel, p + idx, kv.length())  # unselected: past the buffer, dropped by the writes
     take = lambda a: jnp.take_along_axis(a, idx, axis=1)
     return cached_forward(bb, variables, take(x), take(pos[:, p:]), kv, cols, all_valid, pos)
 
