@@ -81,7 +81,10 @@ def cache_slots(positions: int) -> int:
 
 
 def to_slots(a: jax.Array, slots: int, fill) -> jax.Array:
-    """``(B, S)`` per-position values extended to a buffer's ``slots`` with ``fill``."""
+    """``(B, S)`` per-position values extended to a buffer's ``slots`` with ``fill`` (as they are
+    when already that long: a loop extends its invariant mask once, outside)."""
+    if a.shape[1] == slots:
+        return a
     return jnp.pad(a, ((0, 0), (0, slots - a.shape[1])), constant_values=fill)
 
 

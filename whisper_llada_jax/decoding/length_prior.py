@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 
 from whisper_llada_jax.decoding import schedule
-from whisper_llada_jax.decoding.backbone import Backbone, Prefix, cache_buffer, cached_forward, full_forward, positions
+from whisper_llada_jax.decoding.backbone import (Backbone, Prefix, cache_buffer, cache_slots, cached_forward,
+                                                 full_forward, positions, to_slots)
 from whisper_llada_jax.models.llada import KV
 
 
@@ -98,7 +99,8 @@ def decode(bb: Backbone, variables, prefix: Prefix, gen_len: int, rng: jax.Array
     slots = jnp.arange(r)[None, :]
     resp_valid = jnp.ones((b, r), bool)
     pos = positions(prefix.valid, resp_valid)
-    all_valid = jnp.concatenate([prefix.valid, resp_valid], axis=1)
+    # the buffer's validity, extended to its slots once here rather than in every later forward
+    all_valid = to_slots(jnp.concatenate([prefix.valid, resp_valid], axis=1), cache_slots(p + r), False)
 
     # 1. the full first forward: first reveal step, length estimate, K/V of every position
     x = jnp.full((b, r), plan.mask_id, jnp.int32)
