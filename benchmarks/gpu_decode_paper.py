@@ -41,7 +41,9 @@ batch 1 is linear in its counts; the autoregressive slope comes from an extra on
 Each batch size also prints the later length-prior forward against its read floor: the weights
 plus that batch's K/V cache read once, at the bandwidth of a 4 GiB device copy measured first.
 
-Decoders run the unrolled layer stack (``--scan`` for the scanned one). Prints a Markdown table
+Decoders run the unrolled layer stack (``--scan`` for the scanned one) and XLA's attention;
+``WHISPER_LLADA_ATTENTION=cudnn`` runs every decoder, the baseline included, with cuDNN's fused
+attention instead (the table's footer says which). Prints a Markdown table
 (seconds per utterance and utterances/s per batch size) for docs/benchmarks.md.
 """
 
@@ -64,7 +66,7 @@ from whisper_llada_jax.config import LLMConfig, TokenConfig  # noqa: E402
 from whisper_llada_jax.decoding import api  # noqa: E402
 from whisper_llada_jax.decoding.backbone import Prefix  # noqa: E402
 from whisper_llada_jax.decoding.config import DecodeConfig  # noqa: E402
-from whisper_llada_jax.models.llada import LLaDA  # noqa: E402
+from whisper_llada_jax.models.llada import LLaDA, attention_implementation  # noqa: E402
 
 PAPER = LLMConfig(dtype="bfloat16", param_dtype="bfloat16", scan_layers=False)  # defaults: LLaDA-8B
 TINY = dataclasses.replace(PAPER, vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=16,
@@ -225,6 +227,7 @@ def main(argv=None):
 
     print(f"\n{jax.devices()[0].device_kind}, {'tiny shape' if args.tiny else '8B shapes'}, bf16 random weights, "
           f"prefix {prompt}+{audio}, {gen} slots, {'scanned' if args.scan else 'unrolled'} layers, "
+          f"{attention_implementation() or 'xla'} attention (WHISPER_LLADA_ATTENTION), "
           f"{time.perf_counter() - t_start:.0f} s in all\n")
     if probe:
         print(f"Single forward in a while_loop, B=1, T=32: scanned {probe[True]:.2f} ms, "

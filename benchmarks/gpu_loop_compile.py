@@ -25,6 +25,8 @@ emitter off; the default) or as Triton fusions. On a card XLA's autotuner picks 
 per product; without one, Triton finds no tile size for the 8B first forward's products beyond
 batch 1, and such a compile is reported as failed. ``--device`` compiles for the attached GPU
 instead, with XLA's own (autotuned) choice of products: which of these loops a run there pays.
+``WHISPER_LLADA_ATTENTION=cudnn`` compiles every loop with cuDNN's fused attention instead of
+XLA's (the extra installs cuDNN, which plans the kernel; no GPU needed).
 A static reading of the compiled program: what a GPU run takes is for the GPU to say.
 """
 
@@ -51,7 +53,7 @@ from whisper_llada_jax.config import LLMConfig, TokenConfig  # noqa: E402
 from whisper_llada_jax.decoding import api, backbone  # noqa: E402
 from whisper_llada_jax.decoding.backbone import Prefix  # noqa: E402
 from whisper_llada_jax.decoding.config import DecodeConfig  # noqa: E402
-from whisper_llada_jax.models.llada import LLaDA  # noqa: E402
+from whisper_llada_jax.models.llada import LLaDA, attention_implementation  # noqa: E402
 
 TARGET = Path(__file__).resolve().parent / "h100_target.txtpb"
 LAYERS, FULL_LAYERS, PREFIX, GEN, QUERY_SLOTS = 2, 32, 20 + 352, 128, 8
@@ -176,11 +178,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
     dev = jax.sharding.SingleDeviceSharding(jax.devices()[0]) if args.device else gpu_device()
     gemm = args.gemm or (None if args.device else "cublas")
+    attention = attention_implementation() or "xla"  # WHISPER_LLADA_ATTENTION
     rows = []
     for mode in ("length_prior", "autoregressive"):
         for b in [int(x) for x in args.batches.split(",")]:
             for side in ("before", "now"):
-                row = {"mode": mode, "batch": b, "side": side, "gemm": gemm or "autotuned"}
+                row = {"mode": mode, "batch": b, "side": side, "gemm": gemm or "autotuned", "attention": attention}
                 try:
                     hlo, cfg = compile_loop(mode, b, dev, side, gemm)
                     row.update(census(loop_body(hlo), b, cfg))
@@ -189,7 +192,8 @@ def main(argv=None):
                 rows.append(row)
                 print(json.dumps(rows[-1]), flush=True)
     where = "the attached device" if args.device else "no device"
-    print(f"\nCompiled for {dev.device_set.pop().device_kind} ({where}), {gemm or 'autotuned'} GEMMs, 2 layers of LLaDA-8B "
+    print(f"\nCompiled for {dev.device_set.pop().device_kind} ({where}), {gemm or 'autotuned'} GEMMs, {attention} attention, "
+          "2 layers of LLaDA-8B "
           f"(baseline: LLaMA-8B) shapes, bf16, prefix {PREFIX}, canvas {GEN}, {QUERY_SLOTS} query slots; "
           "bytes and time over 32 layers at 3.84 TB/s\n")
     print("| decode loop | batch | side | kernels per forward (2 layers) | K/V copies | weight joins | "
