@@ -159,7 +159,8 @@ def main(argv=None):
                  f"transcript, {longest} tokens, plus its eos; at most the {gen}-slot canvas)")
     sizes = [int(b) for b in args.batches.split(",")]
     t_start = time.perf_counter()
-    print(f"{jax.devices()[0].device_kind}; counts: {len(counts)} utterances, means "
+    attention = f"{attention_implementation() or 'xla'} attention (WHISPER_LLADA_ATTENTION)"
+    print(f"{jax.devices()[0].device_kind}; {attention}; counts: {len(counts)} utterances, means "
           + ", ".join(f"{k} {np.mean([c[k] for c in counts]):.1f}" for k in ("exact_nfe", "fast_nfe", "length")),
           flush=True)
 
@@ -227,7 +228,7 @@ def main(argv=None):
 
     print(f"\n{jax.devices()[0].device_kind}, {'tiny shape' if args.tiny else '8B shapes'}, bf16 random weights, "
           f"prefix {prompt}+{audio}, {gen} slots, {'scanned' if args.scan else 'unrolled'} layers, "
-          f"{attention_implementation() or 'xla'} attention (WHISPER_LLADA_ATTENTION), "
+          f"{attention}, "
           f"{time.perf_counter() - t_start:.0f} s in all\n")
     if probe:
         print(f"Single forward in a while_loop, B=1, T=32: scanned {probe[True]:.2f} ms, "
